@@ -1,0 +1,128 @@
+"""timm backbones: pooled features from the model head or from a cut at an intermediate layer."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from featpipe.backbones._base import Backbone, BackboneSpec
+from featpipe.errors import BackboneError
+
+
+class _StopForward(Exception):
+    """Raised by the layer hook: nothing after the cut needs computing."""
+
+
+def vgg_layer_aliases(model: nn.Module) -> dict[str, str]:
+    """Keras-style VGG cut names (``block4_pool``) -> module names (``features.23``)."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        return {}
+    out: dict[str, str] = {}
+    block, conv = 1, 0
+    for idx, layer in enumerate(features):
+        if isinstance(layer, nn.Conv2d):
+            conv += 1
+            out[f"block{block}_conv{conv}"] = f"features.{idx}"
+        elif isinstance(layer, nn.MaxPool2d):
+            out[f"block{block}_pool"] = f"features.{idx}"
+            block, conv = block + 1, 0
+    return out
+
+
+def pool_features(out: Any) -> torch.Tensor:
+    """Global-average-pool whatever a layer returns into (B, D)."""
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if out.ndim == 4:  # (B, C, H, W)
+        return out.float().mean(dim=(2, 3))
+    if out.ndim == 3:  # (B, tokens, C) transformer blocks
+        return out.float().mean(dim=1)
+    return out.float().flatten(1)
+
+
+class TorchBackbone(Backbone):
+    """A frozen timm model run under ``inference_mode`` with channels_last and optional autocast."""
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        model: nn.Module,
+        data_config: dict[str, Any],
+        device: str,
+    ) -> None:
+        from timm.data import create_transform
+
+        preprocessing = {
+            "input_size": list(data_config["input_size"]),
+            "interpolation": data_config["interpolation"],
+            "mean": [float(v) for v in data_config["mean"]],
+            "std": [float(v) for v in data_config["std"]],
+            "crop_pct": float(data_config["crop_pct"]),
+            "crop_mode": data_config.get("crop_mode", "center"),
+        }
+        super().__init__(spec, preprocessing, device)
+        self._transform = create_transform(**data_config, is_training=False)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+        self._captured: torch.Tensor | None = None
+        self._hook = None
+        if spec.layer:
+            self._attach_layer(spec.layer)
+        size = preprocessing["input_size"]
+        self.feature_dim = int(self.forward(torch.zeros(1, *size)).shape[1])
+
+    def _attach_layer(self, layer: str) -> None:
+        modules = dict(self.model.named_modules())
+        name = vgg_layer_aliases(self.model).get(layer, layer)
+        if name not in modules or name == "":
+            hint = ", ".join(list(vgg_layer_aliases(self.model))[-5:] or list_layer_names(self.model)[:8])
+            raise BackboneError(
+                f"layer {layer!r} not found in {self.spec.arch}; try one of: {hint} "
+                f"(all: featpipe backbones --layers {self.spec.name})"
+            )
+
+        def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
+            self._captured = pool_features(out)
+            raise _StopForward
+
+        self._hook = modules[name].register_forward_hook(hook)
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        return self._transform(img)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        prec = self.spec.precision
+        if prec == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if prec == "bf16" else torch.float16
+        dev = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(dev, dtype=dtype)
+
+    def forward(self, batch: torch.Tensor) -> np.ndarray:
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            if self._hook is None:
+                out = pool_features(self.model(x))
+            else:
+                self._captured = None
+                try:
+                    self.model(x)
+                except _StopForward:
+                    pass
+                if self._captured is None:
+                    raise BackboneError(f"layer {self.spec.layer!r} was never reached in the forward pass")
+                out = self._captured
+        return out.float().cpu().numpy()
+
+
+def list_layer_names(model: nn.Module, max_depth: int = 2) -> list[str]:
+    """Module names a user can cut at (up to ``max_depth`` dots deep)."""
+    return [n for n, _ in model.named_modules() if n and n.count(".") < max_depth]

@@ -1,0 +1,338 @@
+"""HDF5 feature caches: one file per (dataset, backbone config), readable with plain h5py.
+
+Crash safety: a file is created complete (all datasets allocated, written to a temporary name,
+then renamed). While embedding, only fixed-size raw rows are written: features first, flushed,
+then the row's status, flushed. A process killed at any moment therefore leaves rows that are
+either fully written and marked ``ok``, or still ``pending``; the next run resumes the pending ones.
+Layout changes (images added, removed or changed) go through a new file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from featpipe.errors import CacheError
+
+FORMAT_VERSION = 1
+PENDING, OK, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", OK: "ok", FAILED: "failed"}
+ERROR_LEN = 200
+_str = h5py.string_dtype("utf-8")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", text).strip("-")[:60] or "dataset"
+
+
+def cache_filename(dataset_name: str, backbone_tag: str, key: str) -> str:
+    return f"{slug(dataset_name)}__{slug(backbone_tag)}__{key[:10]}.h5"
+
+
+@dataclass
+class RowState:
+    """What a cache knows about one image, to decide whether its features are still valid."""
+
+    status: int
+    content_hash: str
+    size: int
+    mtime_ns: int
+
+
+@contextlib.contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``<cache>.lock``; a second writer gets a clear error at once."""
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise CacheError(
+                    f"cache {path.name} is being written by another featpipe process (pid {holder}); "
+                    "wait for it to finish or use another --cache-dir"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the lock file stays (removing it would race)
+
+
+def is_locked(path: Path) -> bool:
+    lock_path = path.with_name(path.name + ".lock")
+    if not lock_path.exists():
+        return False
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode, locking=False)
+    except FileNotFoundError:
+        raise CacheError(f"cache file not found: {path}") from None
+    except OSError as e:
+        raise CacheError(
+            f"cache file {path} is unreadable ({str(e).splitlines()[0][:80]}); delete it or re-run "
+            "featpipe embed with --force"
+        ) from None
+
+
+def create_cache_file(
+    path: Path,
+    *,
+    n: int,
+    dim: int,
+    feature_dtype: str,
+    ids: list[str],
+    paths: list[str],
+    splits: list[str],
+    labels: np.ndarray,
+    labeled: np.ndarray,
+    attrs: dict[str, Any],
+    carry: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write a complete new cache file (all rows allocated) under a temporary name, then rename.
+
+    ``carry`` pre-fills ``features``, ``status``, ``content_hash``, ``size``, ``mtime_ns`` and
+    ``error`` for rows kept from an older file.
+    """
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            def fixed(name: str, shape: tuple, dtype: Any) -> h5py.Dataset:
+                return f.create_dataset(name, shape=shape, dtype=dtype)
+
+            fixed("features", (n, dim), np.dtype(feature_dtype))
+            fixed("status", (n,), np.int8)
+            fixed("content_hash", (n,), "S40")
+            fixed("size", (n,), np.int64)
+            fixed("mtime_ns", (n,), np.int64)
+            fixed("error", (n,), f"S{ERROR_LEN}")
+            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_str)
+            f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=_str)
+            f.create_dataset("split", data=np.array(splits, dtype=object), dtype=_str)
+            f.create_dataset("labels", data=labels)
+            f.create_dataset("labeled", data=labeled.astype(bool))
+            # Write every row now (zeros or carried values) so all storage is allocated up front:
+            # later row writes then never touch file metadata, which is what makes kill -9 safe.
+            carry = carry or {}
+            for name in ("features", "content_hash", "size", "mtime_ns", "error", "status"):
+                ds = f[name]
+                for lo in range(0, max(n, 1), 8192):
+                    hi = min(n, lo + 8192)
+                    if hi > lo:
+                        ds[lo:hi] = carry[name][lo:hi] if name in carry else np.zeros((hi - lo, *ds.shape[1:]), ds.dtype)
+            for k, v in attrs.items():
+                f.attrs[k] = v if isinstance(v, (int, float, bool, np.integer)) else json.dumps(v, default=str)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class CacheWriter:
+    """Row writer for an open cache file; holds the caller's lock for its lifetime."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = _open_h5(path, "r+")
+
+    def write_rows(
+        self,
+        rows: np.ndarray,
+        feats: np.ndarray,
+        status: np.ndarray,
+        hashes: list[str],
+        sizes: np.ndarray,
+        mtimes: np.ndarray,
+        errors: list[str],
+    ) -> None:
+        order = np.argsort(rows)
+        rows = rows[order]
+        f = self.f
+        f["features"][rows] = feats[order].astype(f["features"].dtype)
+        f["content_hash"][rows] = np.array([hashes[i].encode() for i in order], dtype="S40")
+        f["size"][rows] = sizes[order]
+        f["mtime_ns"][rows] = mtimes[order]
+        f["error"][rows] = np.array(
+            [errors[i].encode()[: ERROR_LEN - 1] for i in order], dtype=f"S{ERROR_LEN}"
+        )
+        f.flush()  # the data is in the OS before the status that vouches for it
+        f["status"][rows] = status[order]
+        f.flush()
+
+    def set_attrs(self, **attrs: Any) -> None:
+        for k, v in attrs.items():
+            self.f.attrs[k] = v if isinstance(v, (int, float, bool, np.integer)) else json.dumps(v, default=str)
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def read_attrs(f: h5py.File) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in f.attrs.items():
+        if isinstance(v, bytes):
+            v = v.decode()
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def _strs(ds: h5py.Dataset) -> np.ndarray:
+    return np.array(ds.asstr()[...], dtype=object)
+
+
+def read_row_states(path: Path) -> tuple[dict[str, Any], dict[str, RowState], h5py.File]:
+    """Attributes and per-id row state of an existing cache (file left open for copying)."""
+    f = _open_h5(path, "r")
+    try:
+        attrs = read_attrs(f)
+        ids = _strs(f["ids"])
+        status = f["status"][...]
+        hashes = f["content_hash"][...]
+        sizes = f["size"][...]
+        mtimes = f["mtime_ns"][...]
+    except KeyError as e:
+        f.close()
+        raise CacheError(f"{path} is not a featpipe feature cache (missing {e})") from None
+    states = {
+        i: RowState(int(s), h.decode(), int(sz), int(mt))
+        for i, s, h, sz, mt in zip(ids, status, hashes, sizes, mtimes, strict=True)
+    }
+    return attrs, states, f
+
+
+class FeatureCache:
+    """Read-only view of a complete feature cache (see README for the schema)."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any], data: dict[str, np.ndarray]) -> None:
+        self.path = path
+        self.attrs = attrs
+        self.key: str = attrs["key"]
+        self.config: dict[str, Any] = attrs["config"]
+        self.backbone: dict[str, Any] = attrs["backbone"]
+        self.dataset: dict[str, Any] = attrs["dataset"]
+        self.task: str = attrs["task"]
+        self.classes: list[str] = list(attrs["classes"])
+        self.seed: int = int(attrs.get("seed", 0))
+        self.versions: dict[str, str] = attrs.get("versions", {})
+        self.embed_seconds: float = float(attrs.get("timings", {}).get("embed_seconds_total", 0.0))
+        self.ids: np.ndarray = data["ids"]
+        self.paths: np.ndarray = data["paths"]
+        self.splits: np.ndarray = data["split"]
+        self.labels: np.ndarray = data["labels"]
+        self.labeled: np.ndarray = data["labeled"].astype(bool)
+        self.status: np.ndarray = data["status"]
+        self.errors: np.ndarray = data["error"]
+        self.content_hash: np.ndarray = data["content_hash"]
+        self.features: np.ndarray = data["features"]
+        self.ok: np.ndarray = self.status == OK
+        self.feature_dim: int = int(self.features.shape[1])
+
+    @classmethod
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> FeatureCache:
+        path = Path(path)
+        if not path.exists():
+            raise CacheError(f"cache file not found: {path}")
+        with _open_h5(path, "r") as f:
+            attrs = read_attrs(f)
+            if attrs.get("format") != "featpipe-features":
+                raise CacheError(f"{path} is not a featpipe feature cache")
+            if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
+                raise CacheError(f"{path} was written by a newer featpipe (format {attrs['format_version']})")
+            if not attrs.get("completed") and not allow_incomplete:
+                st = f["status"][...]
+                raise CacheError(
+                    f"cache {path.name} is incomplete ({int((st != PENDING).sum())} of {len(st)} rows "
+                    "embedded); run the same featpipe embed command again to resume"
+                )
+            data = {k: _strs(f[k]) for k in ("ids", "paths", "split")}
+            data["error"] = np.array([e.decode(errors="replace") for e in f["error"][...]], dtype=object)
+            data["content_hash"] = np.array([h.decode() for h in f["content_hash"][...]], dtype=object)
+            for k in ("labels", "labeled", "status"):
+                data[k] = f[k][...]
+            data["features"] = f["features"][...].astype(np.float32, copy=False)
+        return cls(path, attrs, data)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Rows of a split that were embedded fine and carry labels."""
+        return np.flatnonzero((self.splits == split) & self.ok & self.labeled)
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for s in self.splits:
+            counts[str(s)] = counts.get(str(s), 0) + 1
+        return {
+            "path": str(self.path),
+            "key": self.key,
+            "backbone": self.backbone.get("name"),
+            "layer": self.backbone.get("layer"),
+            "dataset": self.dataset.get("name"),
+            "task": self.task,
+            "classes": len(self.classes),
+            "rows": len(self),
+            "ok": int(self.ok.sum()),
+            "failed": int((self.status == FAILED).sum()),
+            "feature_dim": self.feature_dim,
+            "splits": counts,
+        }
+
+
+def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:
+    """One summary row per cache file in a folder (incomplete and unreadable ones included)."""
+    rows = []
+    for p in sorted(Path(cache_dir).glob("*.h5")):
+        try:
+            with _open_h5(p, "r") as f:
+                a = read_attrs(f)
+                st = f["status"][...]
+                dim = f["features"].shape[1]
+            rows.append({
+                "file": p.name,
+                "dataset": a.get("dataset", {}).get("name"),
+                "backbone": a.get("backbone", {}).get("name"),
+                "layer": a.get("backbone", {}).get("layer"),
+                "rows": len(st),
+                "ok": int((st == OK).sum()),
+                "failed": int((st == FAILED).sum()),
+                "dim": dim,
+                "state": "complete" if a.get("completed") else ("writing" if is_locked(p) else "incomplete"),
+                "key": str(a.get("key", ""))[:10],
+            })
+        except (CacheError, KeyError, OSError) as e:
+            rows.append({"file": p.name, "state": f"unreadable: {e}"})
+    return rows

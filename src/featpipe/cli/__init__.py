@@ -1,0 +1,73 @@
+"""The `featpipe` command: a thin click layer over the library modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from featpipe import __version__
+from featpipe.errors import FeaturepipeError
+
+
+class _Group(click.Group):
+    """Prints featpipe's known errors as one line (exit 2); tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except FeaturepipeError as e:
+            if ctx.obj and ctx.obj.get("debug") or os.environ.get("FEATPIPE_DEBUG"):
+                raise
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; the cache keeps every finished row - run the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="featpipe")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """featpipe: embed images once with a frozen backbone, fit and tune heads on the cached
+    features, compare every backbone x head in one report.
+
+    \b
+    Typical session:
+      featpipe embed --data photos/ --backbone efficientnet_lite0
+      featpipe fit-head --cache cache/photos__efficientnet_lite0__*.h5 --head all --out models/
+      featpipe report --models models/ --out report/
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    from featpipe.cli.backbones import backbones
+    from featpipe.cli.cache import cache
+    from featpipe.cli.demo import demo
+    from featpipe.cli.embed import embed
+
+    for cmd in (embed, backbones, cache, demo):
+        main.add_command(cmd)
+    # later stages register themselves here when present
+    try:
+        from featpipe.cli.fit_head import fit_head
+        from featpipe.cli.predict import predict
+
+        main.add_command(fit_head)
+        main.add_command(predict)
+    except ImportError:
+        pass
+    try:
+        from featpipe.cli.report import report
+
+        main.add_command(report)
+    except ImportError:
+        pass
+
+
+_register()

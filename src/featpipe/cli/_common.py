@@ -1,0 +1,66 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from featpipe.backbones._registry import DEFAULT_BACKBONE
+
+
+def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
+                     help="Registry name (featpipe backbones), any timm model name, or an .onnx file."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="State-dict file for the architecture (e.g. face weights for vgg16)."),
+        click.option("--no-pretrained", is_flag=True, help="Seeded random init: a baseline."),
+        click.option("--layer", default=None,
+                     help="Cut at this module (or VGG name like block4_pool) and average-pool it."),
+        click.option("--image-size", type=int, default=None, help="Override the model's input size."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                     show_default=True, help="Autocast precision of the forward pass (bf16: ~2x on CPUs "
+                     "with native bf16; part of the cache key)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def dataset_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--data", "-d", "data", required=True, type=click.Path(),
+                     help="Image folder (class folders or train/val/test folders), CSV, .npz, "
+                     "or a folder with annotations/<label>.txt + images/."),
+        click.option("--name", default=None, help="Dataset name used in cache file names (default: folder name)."),
+        click.option("--split-seed", type=int, default=0, show_default=True,
+                     help="Seed of the stratified split when the source has none."),
+        click.option("--fractions", default="0.7,0.15,0.15", show_default=True,
+                     help="train,val,test fractions when the source has no split."),
+        click.option("--pattern", default=None, help="Image file name pattern for label lists, e.g. 'im{id}.jpg'."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {text!r}") from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def open_dataset(data: str, *, name: str | None, split_seed: int, fractions: str, pattern: str | None):
+    """Load a dataset from the shared CLI options."""
+    from featpipe.data import load_dataset
+
+    opts: dict[str, Any] = {"name": name, "seed": split_seed, "fractions": parse_fractions(fractions)}
+    if pattern:
+        opts["pattern"] = pattern
+    return load_dataset(data, **opts)

@@ -1,0 +1,59 @@
+"""`featpipe embed`: run a frozen backbone over a dataset once, into an HDF5 feature cache."""
+
+from __future__ import annotations
+
+import click
+
+from featpipe.cli._common import backbone_options, dataset_options, open_dataset
+
+
+@click.command()
+@dataset_options
+@backbone_options
+@click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of feature caches (one HDF5 file per dataset x backbone config).")
+@click.option("--cache-file", default=None, type=click.Path(dir_okay=False),
+              help="Explicit cache file instead of the automatic name in --cache-dir.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 64 on GPU.")
+@click.option("--workers", type=int, default=None, help="DataLoader decode workers (default: half the cores).")
+@click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage type of the cached features.")
+@click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Torch seed (random-init backbones).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer, image_size,
+          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, seed, quiet):
+    """Embed every image of a dataset once into a resumable feature cache.
+
+    Finished rows are kept if the run is interrupted (run the same command to resume), images
+    added later are embedded on the next run, and changed images are recomputed.
+
+    \b
+    Examples:
+      featpipe embed --data photos/ --backbone efficientnet_lite0
+      featpipe embed --data faces/ --backbone vgg16 --weights vggface.pth --layer block4_pool
+      featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
+    """
+    from featpipe.backbones import resolve_spec
+    from featpipe.embed import embed_dataset
+
+    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
+    spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
+                        image_size=image_size, precision=precision, seed=seed)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
+    click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
+               f"{len(manifest.classes)} classes", err=True)
+    if manifest.skipped:
+        click.echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {manifest.skipped[0][0]}: "
+                   f"{manifest.skipped[0][1]})", err=True)
+    res = embed_dataset(manifest, spec, cache_dir=cache_dir, cache_file=cache_file, device=device,
+                        batch_size=batch_size, num_workers=workers, feature_dtype=feature_dtype,
+                        force=force, progress=not quiet, seed=seed)
+    rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
+    click.echo(f"embedded {res.n_computed} images{rate}, reused {res.n_reused}, failed {res.n_failed}")
+    for img_id, reason in res.failures[:10]:
+        click.echo(f"  failed: {img_id}: {reason}")
+    if res.n_failed > 10:
+        click.echo(f"  ... and {res.n_failed - 10} more (featpipe cache info {res.path})")
+    click.echo(f"cache: {res.path}")

@@ -1,0 +1,95 @@
+"""`featpipe fit-head`: fit and tune heads on cached features; write models, metrics and predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from featpipe.cli._common import backbone_options
+from featpipe.heads import HEAD_CHOICES
+from featpipe.metrics import METRICS
+
+
+def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
+                    image_size, precision, cache_dir) -> Path:
+    from featpipe.backbones import resolve_spec
+    from featpipe.cli._common import open_dataset
+    from featpipe.embed import find_cache
+    from featpipe.errors import CacheError
+
+    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
+    spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
+                        image_size=image_size, precision=precision)
+    path = find_cache(cache_dir, manifest, spec)
+    if path is None:
+        raise CacheError(f"no complete cache for {data} with backbone {spec.tag()} in {cache_dir}; "
+                         f"run: featpipe embed --data {data} --backbone {backbone}")
+    return path
+
+
+@click.command("fit-head")
+@click.option("--cache", "caches", multiple=True, type=click.Path(dir_okay=False),
+              help="Feature cache file (repeat for several caches).")
+@click.option("--data", "-d", default=None, type=click.Path(),
+              help="Instead of --cache: the dataset whose cache (for --backbone) is looked up in --cache-dir.")
+@click.option("--name", default=None, help="With --data: dataset name as given to featpipe embed.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="With --data: as given to embed.")
+@click.option("--fractions", default="0.7,0.15,0.15", show_default=True, help="With --data: as given to embed.")
+@click.option("--pattern", default=None, help="With --data: as given to embed.")
+@backbone_options
+@click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
+              help="Folder searched for the cache with --data.")
+@click.option("--head", "head", type=click.Choice(HEAD_CHOICES), default="logistic", show_default=True,
+              help="Head to fit; 'all' fits every head.")
+@click.option("--metric", type=click.Choice(METRICS), default=None,
+              help="Main metric (threshold tuning, selection). Default: f1 (binary), accuracy (multiclass), "
+              "micro_f1 (multilabel).")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
+              help="'balanced' weights classes inversely to their frequency (binary: pos_weight = neg/pos).")
+@click.option("--refit", type=click.Choice(["train", "train+val"]), default="train", show_default=True,
+              help="Refit the chosen configuration on train+val before testing.")
+@click.option("--preprocess", type=click.Choice(["standardize", "l2", "none"]), default="standardize",
+              show_default=True, help="Feature preprocessing before the head.")
+@click.option("--min-positives", type=int, default=5, show_default=True,
+              help="Multilabel: labels with fewer val positives use the global threshold.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model).")
+@click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
+def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
+             image_size, precision, cache_dir, head, metric, class_weight, refit, preprocess, min_positives,
+             seed, out_dir):
+    """Fit heads on cached features, tune them on validation, score them once on test.
+
+    \b
+    Examples:
+      featpipe fit-head --cache cache/photos__efficientnet_lite0__ab12cd34ef.h5 --head all
+      featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train+val
+      featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
+    """
+    from featpipe.cache import FeatureCache
+    from featpipe.errors import FeaturepipeError
+    from featpipe.heads import fit_cache, write_run
+    from featpipe.metrics import format_table
+
+    paths = [Path(c) for c in caches]
+    if data:
+        paths.append(_find_cache_for(data, name, split_seed, fractions, pattern, backbone, weights,
+                                     no_pretrained, layer, image_size, precision, cache_dir))
+    if not paths:
+        raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
+    results = []
+    for p in paths:
+        cache = FeatureCache.open(p)
+        try:
+            runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
+                             refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives)
+        except FeaturepipeError as e:
+            raise type(e)(f"{p.name}: {e}") from None
+        for r in runs:
+            d = write_run(r, out_dir)
+            results.append(r.metrics)
+            for s in r.metrics["skipped_labels"]:
+                click.echo(f"  {r.head}: label {s['label']!r} skipped: {s['reason']}", err=True)
+            click.echo(f"wrote {d}", err=True)
+    click.echo(format_table(results))
