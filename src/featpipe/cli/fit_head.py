@@ -53,12 +53,14 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weight
               show_default=True, help="Feature preprocessing before the head.")
 @click.option("--min-positives", type=int, default=5, show_default=True,
               help="Multilabel: labels with fewer val positives use the global threshold.")
+@click.option("--thresholds", "threshold_mode", type=click.Choice(["per-class", "global"]), default="per-class",
+              show_default=True, help="Multilabel: which tuned thresholds the model uses (both are recorded).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model).")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
              image_size, precision, cache_dir, head, metric, class_weight, refit, preprocess, min_positives,
-             seed, out_dir):
+             threshold_mode, seed, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -83,7 +85,8 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weigh
         cache = FeatureCache.open(p)
         try:
             runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
-                             refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives)
+                             refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives,
+                             threshold_mode=threshold_mode)
         except FeaturepipeError as e:
             raise type(e)(f"{p.name}: {e}") from None
         for r in runs:

@@ -1,0 +1,123 @@
+"""Small MLP head (torch, CPU): D -> 256 -> 128 -> dropout -> C, early-stopped on validation loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from featpipe.heads._base import BaseHead
+
+
+class MLPWeights:
+    """Trained MLP as numpy arrays: pickles without torch state and predicts with numpy."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], best_epoch: int):
+        self.layers = layers
+        self.best_epoch = best_epoch
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        h = X
+        for i, (W, b) in enumerate(self.layers):
+            h = h @ W.T + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        h = h - h.max(1, keepdims=True)
+        e = np.exp(h)
+        return e / e.sum(1, keepdims=True)
+
+
+class MLPHead(BaseHead):
+    """Two hidden layers with ReLU and dropout, Adam, cross-entropy; seeded and deterministic on CPU.
+
+    ``weight_decay_grid`` is searched on validation; each fit stops when the validation loss has not
+    improved for ``patience`` epochs and keeps the best epoch's weights. The train+val refit trains for
+    that best epoch count. ``batch_size`` defaults to ``n_train // 10`` clipped to 16..128 (at least ten
+    steps per epoch on small sets). Uses torch's current thread setting (``torch.set_num_threads``).
+    """
+
+    name = "mlp"
+
+    def __init__(self, task: str = "multiclass", hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
+                 weight_decay_grid: Sequence[float] = (1e-4, 1e-2), lr: float = 1e-3, batch_size: int | None = None,
+                 max_epochs: int = 200, patience: int = 10, preprocess: str = "standardize",
+                 class_weight: str | None = None, refit: str = "train", metric: str | None = None, seed: int = 0):
+        self.task = task
+        self.hidden = hidden
+        self.dropout = dropout
+        self.weight_decay_grid = weight_decay_grid
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.preprocess = preprocess
+        self.class_weight = class_weight
+        self.refit = refit
+        self.metric = metric
+        self.seed = seed
+
+    def _grid(self) -> list[dict[str, Any]]:
+        return [{"weight_decay": float(w)} for w in self.weight_decay_grid]
+
+    def _record_params(self, params, model):
+        return {**params, "epochs": model.best_epoch}
+
+    def _refit_params(self, params, model):
+        return {**params, "epochs": model.best_epoch}
+
+    def _fit_one(self, params, X, y, sw, n_classes, X_val, y_val, warm=None):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        dims = [X.shape[1], *self.hidden]
+        mods: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            mods += [nn.Linear(a, b), nn.ReLU()]
+        mods += [nn.Dropout(self.dropout), nn.Linear(dims[-1], n_classes)]
+        net = nn.Sequential(*mods)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=params["weight_decay"])
+        Xt = torch.as_tensor(X, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.long)
+        wt = torch.as_tensor(sw if sw is not None else np.ones(len(y)), dtype=torch.float32)
+        loss_fn = nn.CrossEntropyLoss(reduction="none")
+        fixed_epochs = params.get("epochs")
+        early = X_val is not None and fixed_epochs is None
+        if early:
+            Xv = torch.as_tensor(X_val, dtype=torch.float32)
+            yv = torch.as_tensor(y_val, dtype=torch.long)
+        n_epochs = int(fixed_epochs) if fixed_epochs is not None else self.max_epochs
+        best, best_epoch, best_state, bad = np.inf, n_epochs, None, 0
+        bs = self.batch_size or int(min(128, max(16, len(y) // 10)))
+        for epoch in range(1, n_epochs + 1):
+            net.train()
+            order = torch.as_tensor(rng.permutation(len(y)))
+            for i in range(0, len(y), bs):
+                idx = order[i:i + bs]
+                opt.zero_grad()
+                loss = (loss_fn(net(Xt[idx]), yt[idx]) * wt[idx]).sum() / wt[idx].sum()
+                loss.backward()
+                opt.step()
+            if not early:
+                continue
+            net.eval()
+            with torch.no_grad():
+                vloss = float(loss_fn(net(Xv), yv).mean())
+            if vloss < best - 1e-6:
+                best, best_epoch, bad = vloss, epoch, 0
+                best_state = [t.detach().clone() for t in net.state_dict().values()]
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(dict(zip(net.state_dict().keys(), best_state, strict=True)))
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        layers = [(m.weight.detach().numpy().astype(np.float64).copy(), m.bias.detach().numpy().astype(np.float64).copy())
+                  for m in linears]
+        return MLPWeights(layers, best_epoch)
+
+    def _proba_one(self, model, X):
+        return model.forward(X)

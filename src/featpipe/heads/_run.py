@@ -1,0 +1,156 @@
+"""Fit heads on a feature cache and write the contract's artifacts (model, metrics, predictions).
+
+Hyper-parameters and thresholds are chosen on train + val only; test is scored once at the end.
+Validation scores (and validation rows of predictions.npz) come from the configuration chosen on the
+train-only fit, so they stay held-out even with ``refit="train+val"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import featpipe
+from featpipe.errors import HeadError
+from featpipe.heads import head_names
+from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable
+
+
+@dataclass
+class HeadRun:
+    """One fitted head on one cache: the model bundle, its metrics dict and per-row predictions."""
+
+    run: str
+    head: str
+    model: Any
+    metrics: dict[str, Any]
+    predictions: dict[str, np.ndarray]
+
+
+def train_fingerprint(cache: Any, rows: np.ndarray) -> str:
+    """Identifies the training data: cache key + ids and labels of the rows a head was fitted on."""
+    h = hashlib.sha256(str(cache.key).encode())
+    for i in np.asarray(cache.ids)[rows]:
+        h.update(str(i).encode() + b"\0")
+    h.update(np.ascontiguousarray(np.asarray(cache.labels)[rows]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _rows(cache: Any, split: str) -> np.ndarray:
+    return np.asarray(cache.split_indices(split), dtype=np.int64)
+
+
+def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, class_weight: str | None = None,
+              refit: str = "train", preprocess: str = "standardize", seed: int = 0,
+              head_params: dict[str, dict[str, Any]] | None = None, min_positives: int = 5,
+              threshold_mode: str = "per-class") -> list[HeadRun]:
+    """Fit ``head`` (or every head for ``"all"``) on an open :class:`featpipe.cache.FeatureCache`.
+
+    ``head_params`` maps a head name to extra constructor arguments (e.g. a smaller grid).
+    """
+    from featpipe.model import FeaturepipeModel
+
+    names = head_names(head)
+    task = cache.task
+    metric = metric or DEFAULT_METRIC[task]
+    tr, va, te = _rows(cache, "train"), _rows(cache, "val"), _rows(cache, "test")
+    if len(tr) == 0:
+        raise HeadError(f"cache {Path(cache.path).name} has no labelled, embedded train rows")
+    if len(va) == 0:
+        raise HeadError(f"cache {Path(cache.path).name} has an empty validation split: heads are tuned on "
+                        "validation; re-split the dataset with a val fraction")
+    X = np.asarray(cache.features, dtype=np.float64)
+    Y = np.asarray(cache.labels)
+    fp = train_fingerprint(cache, tr)
+    run_name = Path(cache.path).stem
+    out: list[HeadRun] = []
+    for name in names:
+        t0 = time.perf_counter()
+        model = FeaturepipeModel(
+            head_name=name, task=task, classes=list(cache.classes), metric=metric, class_weight=class_weight,
+            refit=refit, preprocess=preprocess, seed=seed, backbone_spec=dict(cache.backbone),
+            train_fingerprint=fp, min_positives=min_positives, head_params=(head_params or {}).get(name),
+            threshold_mode=threshold_mode,
+        ).fit(X[tr], Y[tr], X[va], Y[va])
+        fit_seconds = time.perf_counter() - t0
+        probas = {"train": model.predict_proba(X[tr]), "val": model.val_proba_}
+        if len(te):
+            probas["test"] = model.predict_proba(X[te])  # the only time test rows are touched
+        rows = {"train": tr, "val": va, "test": te}
+        scores: dict[str, Any] = {}
+        preds: dict[str, np.ndarray] = {}
+        for split, proba in probas.items():
+            preds[split] = model.decide(proba)
+            scores[split] = evaluate(Y[rows[split]], proba, preds[split], task, cache.classes, metric)
+            _add_thresholds(scores[split], model)
+        scores.setdefault("test", None)
+        gap = scores["train"]["main"] - scores["val"]["main"]
+        metrics = {
+            "featpipe_version": featpipe.__version__,
+            "run": run_name,
+            "head": name,
+            "task": task,
+            "classes": list(cache.classes),
+            "metric": metric,
+            "seed": seed,
+            "cache": {
+                "path": str(cache.path), "key": cache.key, "backbone": dict(cache.backbone),
+                "layer": cache.backbone.get("layer"), "feature_dim": int(cache.feature_dim),
+                "embed_seconds": float(cache.embed_seconds), "dataset": cache.dataset,
+            },
+            "params": model.params_,
+            "search": model.search_,
+            "refit": refit,
+            "preprocess": preprocess,
+            "class_weight": class_weight or "none",
+            "threshold": model.threshold_,
+            "skipped_labels": model.skipped_labels_,
+            "scores": scores,
+            "val_scores_from": "model fitted on train (held-out)",
+            "gap": gap,
+            "fit_seconds": fit_seconds,
+            "train_fingerprint": fp,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": model.versions,
+        }
+        used = [s for s in ("train", "val", "test") if s in probas]
+        idx = np.concatenate([rows[s] for s in used])
+        predictions = {
+            "ids": np.asarray(cache.ids)[idx].astype(str),
+            "paths": np.asarray(cache.paths)[idx].astype(str),
+            "split": np.concatenate([np.full(len(rows[s]), s) for s in used]).astype(str),
+            "y_true": Y[idx],
+            "proba": np.concatenate([probas[s] for s in used]).astype(np.float32),
+            "pred": np.concatenate([preds[s] for s in used]),
+        }
+        out.append(HeadRun(run_name, name, model, metrics, predictions))
+    return out
+
+
+def _add_thresholds(scores: dict[str, Any], model: Any) -> None:
+    if model.thresholds_ is None:
+        return
+    classes = list(model.classes_)
+    if model.task == "binary":
+        scores["per_class"][classes[1]]["threshold"] = float(model.thresholds_)
+    else:
+        for c, t in zip(classes, model.thresholds_, strict=True):
+            scores["per_class"][c]["threshold"] = float(t)
+
+
+def write_run(run: HeadRun, out_dir: str | Path) -> Path:
+    """Write ``out_dir/<run>/<head>/{model.joblib, model.joblib.sha256, metrics.json, predictions.npz}``."""
+    d = Path(out_dir) / run.run / run.head
+    d.mkdir(parents=True, exist_ok=True)
+    run.model.save(d / "model.joblib")
+    text = json.dumps(jsonable(run.metrics), indent=2, allow_nan=False)
+    (d / "metrics.json").write_text(text + "\n")
+    np.savez_compressed(d / "predictions.npz", **run.predictions)
+    return d

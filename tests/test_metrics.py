@@ -1,0 +1,108 @@
+"""evaluate(): contract keys, undefined metrics as nan/null without warnings, format_table."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+from featpipe.errors import HeadError
+from featpipe.metrics import evaluate, format_table, jsonable, main_metric_key
+
+
+def _onehot_proba(pred, C):
+    p = np.full((len(pred), C), 0.1 / max(C - 1, 1))
+    p[np.arange(len(pred)), pred] = 0.9
+    return p
+
+
+def test_binary_keys_and_values_match_sklearn():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    proba1 = np.array([0.1, 0.6, 0.7, 0.9, 0.4, 0.2, 0.8, 0.3])
+    proba = np.stack([1 - proba1, proba1], 1)
+    pred = (proba1 >= 0.5).astype(int)
+    m = evaluate(y, proba, pred, "binary", ["neg", "pos"], "f1")
+    for k in ("accuracy", "precision_binary", "recall_binary", "f1_binary", "f1_micro", "f1_macro",
+              "f1_weighted", "roc_auc", "average_precision", "confusion_matrix", "per_class", "main", "n"):
+        assert k in m
+    assert "f1_samples" not in m and "most_confused" not in m
+    assert m["f1_binary"] == pytest.approx(f1_score(y, pred))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["precision_weighted"] == pytest.approx(precision_score(y, pred, average="weighted"))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, proba1))
+    assert m["main"] == m["f1_binary"]
+    assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert m["per_class"]["pos"]["support"] == 4
+
+
+def test_multiclass_absent_class_is_nan_json_null_and_no_warnings():
+    y = np.array([0, 0, 1, 1, 1, 0])  # class "c" never occurs and is never predicted
+    pred = np.array([0, 1, 1, 1, 0, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = evaluate(y, _onehot_proba(pred, 3), pred, "multiclass", ["a", "b", "c"])
+    assert math.isnan(m["per_class"]["c"]["f1"]) and math.isnan(m["per_class"]["c"]["roc_auc"])
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", labels=[0, 1]))
+    assert m["recall_macro"] == pytest.approx(recall_score(y, pred, average="macro", labels=[0, 1]))
+    assert m["main"] == m["accuracy"] == pytest.approx(4 / 6)
+    assert m["most_confused"] == [["a", "b", 1], ["b", "a", 1]]
+    text = json.dumps(jsonable(m), allow_nan=False)
+    assert json.loads(text)["per_class"]["c"]["f1"] is None
+
+
+def test_multiclass_most_confused_sorted_by_count():
+    y = np.array([0, 0, 0, 1, 2, 2, 2])
+    pred = np.array([2, 2, 0, 1, 1, 0, 0])
+    m = evaluate(y, _onehot_proba(pred, 3), pred, "multiclass", ["x", "y", "z"])
+    assert m["most_confused"][:2] == [["x", "z", 2], ["z", "x", 2]]
+    assert np.array(m["confusion_matrix"]).sum() == len(y)
+
+
+def test_multilabel_samples_map_and_per_class_confusion():
+    Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=np.uint8)
+    P = np.array([[0.9, 0.2, 0.1], [0.8, 0.4, 0.1], [0.3, 0.9, 0.2], [0.1, 0.1, 0.1]])
+    pred = (P >= 0.5).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = evaluate(Y, P, pred, "multilabel", ["a", "b", "rare"], "micro_f1")
+    assert m["f1_micro"] == pytest.approx(f1_score(Y, pred, average="micro"))
+    assert "f1_samples" in m and 0 < m["f1_samples"] <= 1
+    assert m["accuracy"] == pytest.approx(3 / 4)  # subset accuracy
+    assert m["average_precision"] == pytest.approx(1.0)  # mAP over defined labels (a, b)
+    assert m["confusion_matrix"][1] == [[2, 0], [1, 1]]
+    assert math.isnan(m["per_class"]["rare"]["recall"])
+    assert m["main"] == m["f1_micro"]
+
+
+def test_nan_rows_are_ignored():
+    y = np.array([0, 1, 1])
+    proba = np.array([[0.8, 0.2], [0.3, 0.7], [np.nan, np.nan]])
+    m = evaluate(y, proba, np.array([0, 1, -1]), "binary", ["n", "p"], "accuracy")
+    assert m["n"] == 2 and m["accuracy"] == 1.0
+
+
+def test_main_metric_names():
+    assert main_metric_key("macro_f1", "multiclass") == "f1_macro"
+    assert main_metric_key(None, "multilabel") == "f1_micro"
+    with pytest.raises(HeadError, match="unknown metric"):
+        main_metric_key("top5", "multiclass")
+    with pytest.raises(HeadError, match="not defined"):
+        main_metric_key("samples_f1", "binary")
+
+
+def test_format_table_lists_each_head_with_scores():
+    rows = [
+        {"run": "r1", "head": "logistic", "metric": "accuracy", "gap": 0.05, "fit_seconds": 1.25,
+         "scores": {"train": {"main": 0.99}, "val": {"main": 0.94}, "test": {"main": float("nan")}}},
+        {"run": "r1", "head": "lgbm", "metric": "accuracy", "gap": None, "fit_seconds": 3.0,
+         "scores": {"train": {"main": 1.0}, "val": {"main": 0.9}, "test": None}},
+    ]
+    text = format_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:6] == ["run", "head", "metric", "train", "val", "test"]
+    assert "0.9400" in lines[2] and "logistic" in lines[2] and "1.2" in lines[2]
+    assert "lgbm" in lines[3] and "-" in lines[3].split()
