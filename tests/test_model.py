@@ -88,6 +88,10 @@ def test_save_load_checksum_and_version_warning(tmp_path):
     m.save(path)
     with pytest.warns(FeaturepipeVersionWarning, match="scikit-learn 0.0.1"):
         load_model(path)
+    import joblib
+
+    with pytest.warns(FeaturepipeVersionWarning, match="scikit-learn 0.0.1"):  # plain joblib.load too
+        joblib.load(path)
     (tmp_path / "x.joblib").write_bytes(b"not a pickle")
     with pytest.raises(ModelError, match="cannot load"):
         load_model(tmp_path / "x.joblib", verify=False)

@@ -237,6 +237,12 @@ class FeaturepipeModel:
         Path(str(path) + ".sha256").write_text(digest + "\n")
         return path
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # plain joblib.load() lands here too, so a version change warns in any script
+        self.__dict__.update(state)
+        if "head_" in state:
+            _warn_if_versions_differ(state.get("versions"), "this featpipe model")
+
     def __repr__(self) -> str:
         state = "fitted" if hasattr(self, "head_") else "unfitted"
         return f"FeaturepipeModel(head={self.head_name!r}, task={self.task!r}, classes={len(self.classes or [])}, {state})"
@@ -270,10 +276,13 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel
         raise ModelError(f"cannot load model {path}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}") from None
     if not isinstance(model, FeaturepipeModel):
         raise ModelError(f"{path} does not hold a featpipe model (found {type(model).__name__})")
+    return model
+
+
+def _warn_if_versions_differ(versions: dict[str, str] | None, what: str) -> None:
     now = library_versions()
-    diff = [f"{k} {v} -> {now[k]}" for k, v in (getattr(model, "versions", None) or {}).items()
+    diff = [f"{k} {v} -> {now[k]}" for k, v in (versions or {}).items()
             if k in now and k != "python" and now[k] != v]
     if diff:
-        warnings.warn(f"model {path.name} was saved with other library versions ({'; '.join(diff)}); "
-                      "predictions may differ", FeaturepipeVersionWarning, stacklevel=2)
-    return model
+        warnings.warn(f"{what} was saved with other library versions ({'; '.join(diff)}); "
+                      "predictions may differ", FeaturepipeVersionWarning, stacklevel=3)
