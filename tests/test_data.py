@@ -4,7 +4,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from _imgutil import make_class_folders, write_image
 from featpipe.data import (
     Manifest,
     detect_source,
@@ -17,6 +16,8 @@ from featpipe.data import (
     stratified_split,
 )
 from featpipe.errors import DatasetError
+
+from _imgutil import make_class_folders, write_image
 
 
 def _by_split(m: Manifest) -> Counter:

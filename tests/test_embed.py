@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY, TINY_SIZE, make_class_folders
 from PIL import Image
 
 from featpipe.backbones import resolve_spec
@@ -23,6 +22,8 @@ from featpipe.cli import main
 from featpipe.data import load_dataset
 from featpipe.embed import embed_dataset, embed_paths
 from featpipe.errors import BackboneError, CacheError
+
+from conftest import TINY, TINY_SIZE, make_class_folders
 
 
 def _embed(folder: Path, spec, cache_dir: Path, **kw):

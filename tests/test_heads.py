@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from _digits import task_data, write_cache
 from featpipe.errors import HeadError
 from featpipe.heads import HEADS, LGBMHead, LogisticHead, balanced_weights, head_names, make_head
+
+from _digits import task_data, write_cache
 
 FAST = {
     "logistic": {"C_grid": (1e-3, 1e-1, 1e1), "refine_steps": 1},

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from _imgutil import noise
 from featpipe.errors import ImageError
 from featpipe.images import image_from_array, load_image, read_bytes_and_hash
+
+from _imgutil import noise
 
 
 def _jpeg_bytes(img: Image.Image, **kw) -> bytes:

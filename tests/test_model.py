@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from _digits import task_data
 from featpipe.errors import ModelError
 from featpipe.model import FeaturepipeModel, FeaturepipeVersionWarning, load_model
 from test_heads import FAST
+
+from _digits import task_data
 
 
 def _fit(task="multiclass", head="logistic", **kw):
@@ -115,8 +116,9 @@ def test_fresh_process_loads_and_predicts_the_same(tmp_path):
 
 
 def test_end_to_end_embed_fit_head_predict_on_images(tmp_path, image_folder):
-    from conftest import TINY, TINY_SIZE
     from featpipe.cli import main
+
+    from conftest import TINY, TINY_SIZE
 
     run = CliRunner()
     cache_dir = tmp_path / "cache"

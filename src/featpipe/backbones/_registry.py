@@ -287,12 +287,12 @@ def _load_weights(model: torch.nn.Module, spec: BackboneSpec) -> None:
         # Same tensors in the same order under another naming scheme (e.g. the TF-port packages).
         if len(sd) > len(target):  # the feature extractor has no classifier
             sd = {k: v for k, v in sd.items() if not k.startswith(("_fc.", "fc.", "classifier.", "head."))}
-        if len(sd) != len(target) or any(v.shape != t.shape for v, t in zip(sd.values(), target.values())):
+        if len(sd) != len(target) or any(v.shape != t.shape for v, t in zip(sd.values(), target.values(), strict=True)):
             raise BackboneError(
                 f"weights in {spec.weights_path} do not fit architecture {spec.arch} "
                 f"({len(sd)} tensors vs {len(target)} expected)"
             )
-        sd = dict(zip(target.keys(), sd.values()))
+        sd = dict(zip(target.keys(), sd.values(), strict=True))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing:
         raise BackboneError(
