@@ -73,4 +73,36 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
         echo(f"{spec.tag()}: embedded {res.n_computed}, reused {res.n_reused}, failed {res.n_failed} -> {res.path}")
         caches.append(res.path)
     result: dict[str, Any] = {"caches": [str(c) for c in caches]}
+    heads = cfg.get("heads", ["all"])
+    if heads:
+        result["models"] = _fit_heads(cfg, caches, heads, out / "models", echo)
+    if cfg.get("report", True):
+        from featpipe.report import build_report
+
+        report_cfg = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
+        index = build_report(caches=caches, models_dir=out / "models", out=out / "report",
+                             human_baseline=report_cfg.get("human_baseline"))
+        echo(f"report: {index}")
+        result["report"] = str(index)
     return result
+
+
+def _fit_heads(cfg: dict[str, Any], caches: list[Path], heads: list[str], models_dir: Path,
+               echo: Callable[[str], Any]) -> list[str]:
+    from featpipe.cache import FeatureCache
+    from featpipe.heads import fit_cache, write_run
+    from featpipe.metrics import format_table
+
+    fit = dict(cfg.get("fit", {}))
+    written, results = [], []
+    for path in caches:
+        cache = FeatureCache.open(path)
+        for head in heads:
+            for run in fit_cache(cache, head, metric=fit.get("metric"), class_weight=fit.get("class_weight"),
+                                 refit=fit.get("refit", "train"), preprocess=fit.get("preprocess", "standardize"),
+                                 seed=int(cfg.get("seed", 0)), min_positives=int(fit.get("min_positives", 5))):
+                written.append(str(write_run(run, models_dir)))
+                results.append(run.metrics)
+    if results:
+        echo(format_table(results))
+    return written

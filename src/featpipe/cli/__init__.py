@@ -50,8 +50,9 @@ def _register() -> None:
     from featpipe.cli.cache import cache
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
+    from featpipe.cli.run import run
 
-    for cmd in (embed, backbones, cache, demo):
+    for cmd in (embed, backbones, cache, run, demo):
         main.add_command(cmd)
     # later stages register themselves here when present
     try:
