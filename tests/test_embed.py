@@ -300,3 +300,31 @@ def test_backbones_command_marks_offline_ones():
     rows = {line.split()[0]: line.split()[1] for line in r.output.splitlines()[1:]}
     assert rows["efficientnet_lite0"] == "yes" and rows["sface"] == "yes"
     assert rows["vgg16"] == "no"
+
+
+def test_any_onnx_file_is_a_feature_extractor(tmp_path, image_folder):
+    import warnings
+
+    import timm
+
+    from featpipe.backbones import load_backbone
+
+    torch.manual_seed(0)
+    model = timm.create_model(TINY, num_classes=0).eval()
+    onnx_file = tmp_path / "tiny.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, 3, 32, 32), onnx_file, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    spec = resolve_spec(str(onnx_file))
+    assert spec.kind == "onnx" and spec.weights_id.startswith("sha256:")
+    backbone = load_backbone(spec)
+    assert backbone.preprocessing["input_size"] == [3, 32, 32] and backbone.feature_dim == model.num_features
+    x = torch.stack([backbone.preprocess(Image.open(p).convert("RGB"))
+                     for p in sorted((image_folder / "dog").glob("*.png"))[:3]])
+    with torch.inference_mode():
+        np.testing.assert_allclose(backbone.forward(x), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    res = _embed(image_folder, spec, tmp_path / "cache")
+    assert res.n_computed == 36 and res.n_failed == 0
+    with pytest.raises(BackboneError, match="ONNX file not found"):
+        resolve_spec(str(tmp_path / "missing.onnx"))

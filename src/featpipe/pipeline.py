@@ -54,7 +54,7 @@ def _manifest(cfg: dict[str, Any], out: Path):
 def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """Run every stage the config names; return the paths it wrote."""
     from featpipe.backbones import resolve_spec
-    from featpipe.embed import embed_dataset
+    from featpipe.embed import embed_dataset, resolve_device
 
     out = Path(cfg.get("out", "runs/" + str(cfg.get("name", "study"))))
     out.mkdir(parents=True, exist_ok=True)
@@ -66,10 +66,11 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
         b = {"name": b} if isinstance(b, str) else dict(b)
         spec = resolve_spec(
             b["name"], weights=b.get("weights"), pretrained=b.get("pretrained", True), layer=b.get("layer"),
-            image_size=b.get("image_size"), precision=b.get("precision", "fp32"), seed=int(cfg.get("seed", 0)),
+            image_size=b.get("image_size"), precision=b.get("precision", "auto"), seed=int(cfg.get("seed", 0)),
+            device=resolve_device(cfg.get("device", "auto")),
         )
-        res = embed_dataset(manifest, spec, cache_dir=cache_dir, progress=progress, seed=int(cfg.get("seed", 0)),
-                            batch_size=b.get("batch_size"))
+        res = embed_dataset(manifest, spec, cache_dir=cache_dir, progress=progress, device=cfg.get("device", "auto"),
+                            seed=int(cfg.get("seed", 0)), batch_size=b.get("batch_size"))
         echo(f"{spec.tag()}: embedded {res.n_computed}, reused {res.n_reused}, failed {res.n_failed} -> {res.path}")
         caches.append(res.path)
     result: dict[str, Any] = {"caches": [str(c) for c in caches]}

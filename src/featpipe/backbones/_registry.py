@@ -129,11 +129,16 @@ def resolve_spec(
     image_size: int | None = None,
     precision: str = "fp32",
     seed: int = 0,
+    device: str = "cpu",
 ) -> BackboneSpec:
     """Turn what a user typed into a complete, recordable :class:`BackboneSpec`.
 
+    ``precision="auto"`` means bf16 autocast on a CUDA ``device`` and fp32 elsewhere.
     Cheap: hashes weight files but builds no model.
     """
+    if precision == "auto":
+        onnx = name in PACKAGED_ONNX or _is_onnx(name)
+        precision = "bf16" if device.startswith("cuda") and not onnx else "fp32"
     if precision not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": seed}

@@ -39,11 +39,12 @@ def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pret
       featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
     """
     from featpipe.backbones import resolve_spec
-    from featpipe.embed import embed_dataset
+    from featpipe.embed import embed_dataset, resolve_device
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
-                        image_size=image_size, precision=precision, seed=seed)
+                        image_size=image_size, precision=precision, seed=seed,
+                        device=resolve_device(device))
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
