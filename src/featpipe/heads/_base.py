@@ -35,19 +35,30 @@ class ConstantProba:
 
 
 class Preprocessor:
-    """``standardize`` (train mean/std), ``l2`` (unit-norm rows) or ``none``; fitted on the fit rows."""
+    """``standardize`` (train mean/std), ``l2`` (unit-norm rows) or ``none``; fitted on the fit rows.
 
-    def __init__(self, kind: str = "standardize"):
+    With ``pca=k`` the result is then projected on its top ``k`` principal components (seeded
+    randomized SVD), used by tree heads, which are slow and no better on 1000+ dense dimensions.
+    """
+
+    def __init__(self, kind: str = "standardize", pca: int | None = None, seed: int = 0):
         self.kind = kind
+        self.pca = pca
+        self.seed = seed
 
     def fit(self, X: np.ndarray) -> Preprocessor:
         if self.kind == "standardize":
             self.mean_ = X.mean(0)
             std = X.std(0)
             self.scale_ = np.where(std > 1e-12, std, 1.0)
+        self.pca_ = None
+        if self.pca and X.shape[1] > self.pca and len(X) > self.pca:
+            from sklearn.decomposition import PCA
+
+            self.pca_ = PCA(self.pca, svd_solver="randomized", random_state=self.seed).fit(self._scale(X))
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def _scale(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if self.kind == "standardize":
             return (X - self.mean_) / self.scale_
@@ -55,6 +66,11 @@ class Preprocessor:
             n = np.linalg.norm(X, axis=1, keepdims=True)
             return X / np.where(n > 1e-12, n, 1.0)
         return X
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        Xs = self._scale(X)
+        pca = getattr(self, "pca_", None)
+        return pca.transform(Xs) if pca is not None else Xs
 
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
@@ -165,7 +181,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.skipped_labels_: list[dict[str, Any]] = []
 
-        pre = Preprocessor(self.preprocess).fit(X)
+        pre = Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed).fit(X)
         Xt, Xv = pre.transform(X), pre.transform(X_val)
         if self.task == "multilabel":
             y, y_val = y.astype(np.uint8), y_val.astype(np.uint8)
@@ -234,7 +250,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         self.best_val_score_ = search[best]["val_score"]
         self.val_proba_ = self._expand(self._proba_one(model, Xv), C)
         if self.refit == "train+val":
-            pre = Preprocessor(self.preprocess).fit(np.vstack([X, X_val]))
+            pre = Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed).fit(np.vstack([X, X_val]))
             Xa = pre.transform(np.vstack([X, X_val]))
             ya = remap[np.concatenate([y, y_val])]
             keep = ya >= 0
@@ -258,7 +274,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         val_proba = np.zeros((len(X_val), C))
         if self.refit == "train+val":
             Xall = np.vstack([X, X_val])
-            pre_all = Preprocessor(self.preprocess).fit(Xall)
+            pre_all = Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed).fit(Xall)
             Xa = pre_all.transform(Xall)
             Ya = np.vstack([Y, Y_val])
         for k in range(C):
