@@ -16,7 +16,7 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
               help="Explicit cache file instead of the automatic name in --cache-dir.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 64 on GPU.")
-@click.option("--workers", type=int, default=None, help="DataLoader decode workers (default: half the cores).")
+@click.option("--workers", type=int, default=None, help="DataLoader decode workers (default: 0 on CPUs with <= 2 cores, more on GPU).")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
 @click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
