@@ -328,3 +328,16 @@ def test_any_onnx_file_is_a_feature_extractor(tmp_path, image_folder):
     assert res.n_computed == 36 and res.n_failed == 0
     with pytest.raises(BackboneError, match="ONNX file not found"):
         resolve_spec(str(tmp_path / "missing.onnx"))
+
+
+def test_precision_auto_is_bf16_on_cuda_only_and_part_of_the_key():
+    assert resolve_spec(TINY, pretrained=False, precision="auto", device="cpu").precision == "fp32"
+    assert resolve_spec(TINY, pretrained=False, precision="auto", device="cuda").precision == "bf16"
+    assert resolve_spec("sface", precision="auto", device="cuda").precision == "fp32"
+    from featpipe.backbones import load_backbone
+
+    a = load_backbone(resolve_spec(TINY, pretrained=False, image_size=32))
+    b = load_backbone(resolve_spec(TINY, pretrained=False, image_size=32, precision="bf16"))
+    assert a.key() != b.key()
+    x = torch.rand(2, 3, 32, 32)
+    np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=0.1, atol=0.02)
