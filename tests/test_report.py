@@ -182,19 +182,53 @@ def test_label_errors_are_found_and_ranked_first(study):
     assert all(m in html for m in MISLABELLED)
 
 
-def test_near_duplicates_blockwise_equal_brute_force(study, tmp_path):
+def _brute_force_duplicates(c, ratio=0.7, min_similarity=0.6, exact=0.95):
+    F = c.features[c.ok].mean(0)
+    G = c.features - F
+    G = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-12)
+    flagged = {}
+    for ref, query in (("train", "test"), ("train", "val"), ("val", "test")):
+        ia = np.flatnonzero((c.splits == ref) & c.ok)
+        ib = np.flatnonzero((c.splits == query) & c.ok)
+        S = np.sort(G[ib] @ G[ia].T, axis=1)[:, ::-1]
+        s1, s2 = S[:, 0], (S[:, 1] if S.shape[1] > 1 else np.full(len(S), -1.0))
+        r = (1 - s1) / np.maximum(1 - s2, 1e-9)
+        flagged[f"{ref}/{query}"] = int(((s1 >= exact) | ((r <= ratio) & (s1 >= min_similarity))).sum())
+    return flagged
+
+
+def test_near_duplicates_blockwise_equal_brute_force(study):
     c = FeatureCache.open(study["cache"])
-    got = near_duplicates(c, threshold=0.9, top=1000, block=5)  # many blocks
-    F = c.features / np.maximum(np.linalg.norm(c.features, axis=1, keepdims=True), 1e-12)
-    want = 0
-    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
-        ia = np.flatnonzero((c.splits == a) & c.ok)
-        ib = np.flatnonzero((c.splits == b) & c.ok)
-        want += int((F[ia] @ F[ib].T >= 0.9).sum())
-    assert got["n_pairs"] == want > 0
-    sims = [p["similarity"] for p in got["pairs"]]
-    assert sims == sorted(sims, reverse=True) and len(sims) == min(1000, want)
+    for ratio in (0.7, 0.95):
+        got = near_duplicates(c, ratio=ratio, top=1000, block=5)  # many blocks on both sides
+        assert got["counts"] == _brute_force_duplicates(c, ratio=ratio)
+    assert got["n_pairs"] > 0
+    ratios = [p["ratio"] for p in got["pairs"]]
+    assert ratios == sorted(ratios) and len(ratios) == min(1000, got["n_pairs"])
     assert all(c.splits[p["a"]] != c.splits[p["b"]] for p in got["pairs"])
+    assert all(p["second"] <= p["similarity"] for p in got["pairs"])
+
+
+def test_planted_train_test_leaks_are_the_top_near_duplicates(tmp_path):
+    """A test image copied from train and one re-encoded with a slight brightness shift are found first."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "leaky"
+    for split, n in (("train", 12), ("test", 6)):
+        for cls, base in (("warm", (200, 80, 40)), ("cool", (40, 90, 200))):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for k in range(n):
+                arr = np.clip(np.array(base) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{k:02d}.png")
+    shutil.copy(root / "train" / "warm" / "03.png", root / "test" / "warm" / "copy.png")
+    shifted = np.asarray(Image.open(root / "train" / "cool" / "07.png")).astype(int) + 4
+    Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8)).save(root / "test" / "cool" / "brighter.png")
+    res = embed_dataset(load_dataset(root), _spec(), cache_dir=tmp_path / "cache", progress=False)
+    c = FeatureCache.open(res.path)
+    dup = near_duplicates(c)
+    top = {(str(c.ids[p["a"]]), str(c.ids[p["b"]])) for p in dup["pairs"][:2]}
+    assert top == {("train/warm/03", "test/warm/copy"), ("train/cool/07", "test/cool/brighter")}, dup["pairs"][:4]
+    assert dup["counts"]["train/test"] >= 2
 
 
 def test_caches_only_then_rerun_with_new_heads_and_backbone_updates(study, tmp_path):

@@ -219,8 +219,9 @@ def _dataset_section(
         "analyses": [],
     }
     if analyses:
-        for cache in caches:
-            section["analyses"].append(_cache_analyses(cache, thumbs, hashes, out))
+        found = [_cache_analyses(cache, thumbs, hashes, out) for cache in caches]
+        # the strongest probe first: its flags are the most trustworthy (a weak backbone flags its own mistakes)
+        section["analyses"] = sorted(found, key=lambda a: -(_num(a["li"].get("cv_accuracy")) or -1.0))
     return section
 
 
@@ -228,7 +229,7 @@ def _cache_analyses(c: Any, thumbs: _data.Thumbnails, hashes: dict[str, str], ou
     """Label issues and near-duplicates of one cache (cached in out/.analysis by cache identity)."""
     adir = out / ".analysis"
     adir.mkdir(parents=True, exist_ok=True)
-    params = {"v": 2, "folds": 5, "max_rows": _analysis.MAX_CV_ROWS, "dup": 0.97, "top": 24}
+    params = {"v": 3, "folds": 5, "max_rows": _analysis.MAX_CV_ROWS, "dup_ratio": 0.7, "top": 24}
     ident = _data.file_digest(Path(c.path))
     apath = adir / f"{Path(c.path).stem}-{ident}.json"
     data = None
@@ -245,7 +246,7 @@ def _cache_analyses(c: Any, thumbs: _data.Thumbnails, hashes: dict[str, str], ou
             c, folds=params["folds"], max_rows=params["max_rows"], seed=c.seed, top=params["top"]
         )
         t1 = time.perf_counter()
-        dup = _analysis.near_duplicates(c, threshold=params["dup"], top=params["top"])
+        dup = _analysis.near_duplicates(c, ratio=params["dup_ratio"], top=params["top"])
         data = {
             "params": params,
             "label_issues": li,
@@ -262,7 +263,7 @@ def _cache_analyses(c: Any, thumbs: _data.Thumbnails, hashes: dict[str, str], ou
 
     li, dup = data["label_issues"], data["duplicates"]
     issues = [{**item(d["row"]), **d} for d in li["issues"]]
-    pairs = [{"similarity": d["similarity"], "a": item(d["a"]), "b": item(d["b"])} for d in dup["pairs"]]
+    pairs = [{**d, "a": item(d["a"]), "b": item(d["b"])} for d in dup["pairs"]]
     return {
         "cache": Path(c.path).name,
         "backbone": _backbone_label(c.backbone, Path(c.path).stem),
@@ -662,7 +663,7 @@ def _summary_md(ctx: dict[str, Any]) -> str:
             )
             L.append(
                 f"- {a['backbone']}: {li_txt}; {dup['n_pairs']} near-duplicate pairs across splits "
-                f"(cosine >= {dup['threshold']})"
+                f"(nearest-neighbour distance ratio <= {dup['ratio']})"
             )
         L.append("")
     for b in ctx["boards"]:
@@ -801,7 +802,7 @@ def build_report(
             row["chance"], row["human_baseline"] = ch, human_baseline
         names = [
             f"{x['backbone']} / {x['layer']} / {x['head']}"
-            if x["layer"] != "final"
+            if x["layer"] != "final" and f"@{x['layer']}" not in x["backbone"]
             else f"{x['backbone']} / {x['head']}"
             for x in rows
         ]

@@ -184,43 +184,90 @@ def label_issues(
 # --------------------------------------------------------------------------------- near duplicates
 
 
-def _normalized(F: np.ndarray) -> np.ndarray:
-    F = np.asarray(F, dtype=np.float32)
-    n = np.linalg.norm(F, axis=1, keepdims=True)
-    return F / np.maximum(n, 1e-12)
+def _centred_unit(F: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    F = np.asarray(F, dtype=np.float32) - mean
+    return F / np.maximum(np.linalg.norm(F, axis=1, keepdims=True), 1e-12)
+
+
+def _feature_mean(features: Any, rows: np.ndarray, block: int) -> np.ndarray:
+    total = np.zeros(features.shape[1], np.float64)
+    for lo in range(0, len(rows), block):
+        total += np.asarray(features[rows[lo : lo + block]], dtype=np.float64).sum(0)
+    return (total / max(len(rows), 1)).astype(np.float32)
 
 
 def near_duplicates(
-    cache: Any, *, threshold: float = 0.97, top: int = 24, block: int = 2048
+    cache: Any,
+    *,
+    ratio: float = 0.7,
+    min_similarity: float = 0.6,
+    exact: float = 0.95,
+    top: int = 24,
+    block: int = 2048,
 ) -> dict[str, Any]:
-    """Pairs of images in different splits whose embeddings have cosine similarity >= ``threshold``.
+    """Images of a later split (val, test) with a near-duplicate in an earlier one (train, val).
 
-    Blocks of ``block`` x ``block`` similarities at a time: memory stays O(block^2) whatever the
-    number of rows (no N x N matrix). Returns the total count per split pair and the ``top`` most
-    similar pairs overall.
+    Embeddings are centred (the mean embedding of every embedded row is subtracted: raw CNN features
+    share a large common component that puts every cosine near 1) and L2-normalised. Each row of
+    the later split is matched to its nearest neighbour in the earlier one and flagged when the match
+    is an outlier for that row: the cosine distance to it is at most ``ratio`` times the distance to the
+    second-nearest (a ratio test, so the rule adapts to each backbone's similarity scale) with cosine
+    >= ``min_similarity``, or cosine >= ``exact`` whatever the second neighbour. Blocks of ``block``
+    rows at a time: memory stays O(block^2) (no N x N matrix). Returns the flagged count per split pair
+    and the ``top`` most distinctive flagged pairs (lowest distance ratio first).
     """
     splits = np.asarray(cache.splits)
     ok = np.asarray(cache.ok)
+    feats = cache.features
+    mean = _feature_mean(feats, np.flatnonzero(ok), block)
     counts: dict[str, int] = {}
-    best: list[tuple[float, int, int]] = []
-    for a, b in SPLIT_PAIRS:
-        ia = np.flatnonzero((splits == a) & ok)
-        ib = np.flatnonzero((splits == b) & ok)
+    found: list[dict[str, Any]] = []
+    for ref, query in SPLIT_PAIRS:
+        ia = np.flatnonzero((splits == ref) & ok)
+        ib = np.flatnonzero((splits == query) & ok)
         if len(ia) == 0 or len(ib) == 0:
             continue
         n = 0
-        for lo in range(0, len(ia), block):
-            A = _normalized(cache.features[ia[lo : lo + block]])
-            for lo2 in range(0, len(ib), block):
-                B = _normalized(cache.features[ib[lo2 : lo2 + block]])
-                S = A @ B.T
-                r, c = np.nonzero(S >= threshold)
-                n += len(r)
-                if len(r):
-                    sims = S[r, c]
-                    keep = np.argsort(-sims)[:top]
-                    best += [(float(sims[k]), int(ia[lo + r[k]]), int(ib[lo2 + c[k]])) for k in keep]
-                    best = sorted(best, reverse=True)[:top]
-        counts[f"{a}/{b}"] = n
-    pairs = [{"similarity": s, "a": i, "b": j} for s, i, j in best]
-    return {"threshold": threshold, "counts": counts, "n_pairs": int(sum(counts.values())), "pairs": pairs}
+        for lo in range(0, len(ib), block):
+            B = _centred_unit(feats[ib[lo : lo + block]], mean)
+            s1 = np.full(len(B), -np.inf, np.float32)  # best and second-best cosine per query row
+            s2 = np.full(len(B), -np.inf, np.float32)
+            j1 = np.zeros(len(B), np.int64)
+            for lo2 in range(0, len(ia), block):
+                S = B @ _centred_unit(feats[ia[lo2 : lo2 + block]], mean).T
+                k = min(2, S.shape[1])
+                part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+                vals = np.take_along_axis(S, part, 1)
+                o = np.argsort(-vals, axis=1)
+                part, vals = np.take_along_axis(part, o, 1), np.take_along_axis(vals, o, 1)
+                b1 = vals[:, 0]
+                b2 = vals[:, 1] if k > 1 else np.full(len(B), -np.inf, np.float32)
+                new_best = b1 > s1
+                s2 = np.where(new_best, np.maximum(s1, b2), np.maximum(s2, b1))
+                j1 = np.where(new_best, lo2 + part[:, 0], j1)
+                s1 = np.where(new_best, b1, s1)
+            second = np.where(np.isfinite(s2), s2, -1.0)
+            dist_ratio = (1.0 - s1) / np.maximum(1.0 - second, 1e-9)
+            flag = (s1 >= exact) | ((dist_ratio <= ratio) & (s1 >= min_similarity))
+            n += int(flag.sum())
+            for r in np.flatnonzero(flag):
+                found.append(
+                    {
+                        "similarity": float(s1[r]),
+                        "second": float(second[r]),
+                        "ratio": float(dist_ratio[r]),
+                        "a": int(ia[j1[r]]),
+                        "b": int(ib[lo + r]),
+                    }
+                )
+            found = sorted(found, key=lambda d: (d["ratio"], -d["similarity"]))[:top]
+        counts[f"{ref}/{query}"] = n
+    return {
+        "method": "centred cosine, nearest-neighbour ratio test",
+        "ratio": ratio,
+        "min_similarity": min_similarity,
+        "exact": exact,
+        "counts": counts,
+        "n_pairs": int(sum(counts.values())),
+        "pairs": found,
+    }
