@@ -60,6 +60,9 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
     out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(cfg, out)
     echo(f"dataset {manifest.name}: {len(manifest)} images, {manifest.task}, {len(manifest.classes)} classes")
+    if manifest.skipped:
+        what, why = manifest.skipped[0]
+        echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {what}: {why})")
     cache_dir = Path(cfg.get("cache_dir", out / "cache"))
     caches = []
     for b in cfg["backbones"]:

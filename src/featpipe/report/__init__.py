@@ -659,7 +659,10 @@ def _summary_md(ctx: dict[str, Any]) -> str:
             if li.get("cv_accuracy") is not None:
                 sub += f", out-of-fold probe accuracy {li['cv_accuracy']:.3f}"
             li_txt = (
-                li["skipped"] or f"{li['n_flagged']} suspected label errors among {li['n_labeled']} rows{sub}"
+                li["skipped"]
+                or f"{li['n_flagged']} suspected label errors"
+                + (" ((image, label) values)" if d["task"] == "multilabel" else "")
+                + f" among {li['n_labeled']} rows{sub}"
             )
             L.append(
                 f"- {a['backbone']}: {li_txt}; {dup['n_pairs']} near-duplicate pairs across splits "
