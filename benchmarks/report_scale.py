@@ -4,8 +4,8 @@ Writes N small JPEGs (default 100,000 of 64x64) in class folders, embeds them wi
 backbone through the real embed path, fits a logistic head, then builds the report in a fresh
 process and measures its peak resident memory. The references, measured in the same run: a process
 that imports the libraries a report uses and opens the same feature cache (the floor), and the
-decoded size of all the images (what a report that loaded every image would need at least). Thumbnails must stay
-bounded whatever N is.
+decoded size of all the images (what a report that loaded every image would need at least).
+Thumbnails must stay bounded whatever N is.
 
     python benchmarks/report_scale.py --n 100000 --work /tmp/featpipe-scale
 """
