@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import time
@@ -41,16 +40,8 @@ SECONDARY = (
 )
 
 
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) or math.isinf(v) else v
-
-
 def _fmt(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = _analysis.finite(x)
     return "–" if v is None else f"{v:.{digits}f}"
 
 
@@ -221,7 +212,7 @@ def _dataset_section(
     if analyses:
         found = [_cache_analyses(cache, thumbs, hashes, out) for cache in caches]
         # the strongest probe first: its flags are the most trustworthy (a weak backbone flags its own mistakes)
-        section["analyses"] = sorted(found, key=lambda a: -(_num(a["li"].get("cv_accuracy")) or -1.0))
+        section["analyses"] = sorted(found, key=lambda a: -(_analysis.finite(a["li"].get("cv_accuracy")) or -1.0))
     return section
 
 
@@ -291,19 +282,19 @@ def _leader_row(m: _data.ModelRun) -> dict[str, Any]:
         "backbone": _backbone_label(cache.get("backbone") or {}, m.run),
         "layer": cache.get("layer") or (cache.get("backbone") or {}).get("layer") or "final",
         "metric": mt.get("metric", "?"),
-        "val": _num(val.get("main")),
-        "test": _num(test.get("main")),
-        "train": _num((sc.get("train") or {}).get("main")),
-        "gap": _num(mt.get("gap")),
-        "embed_seconds": _num(cache.get("embed_seconds")),
-        "fit_seconds": _num(mt.get("fit_seconds")),
+        "val": _analysis.finite(val.get("main")),
+        "test": _analysis.finite(test.get("main")),
+        "train": _analysis.finite((sc.get("train") or {}).get("main")),
+        "gap": _analysis.finite(mt.get("gap")),
+        "embed_seconds": _analysis.finite(cache.get("embed_seconds")),
+        "fit_seconds": _analysis.finite(mt.get("fit_seconds")),
         "feature_dim": cache.get("feature_dim"),
         "dir": str(m.dir),
         "task": mt.get("task"),
     }
     for key, _ in SECONDARY:
-        row[f"{key}_test"] = _num(test.get(key))
-        row[f"{key}_val"] = _num(val.get(key))
+        row[f"{key}_test"] = _analysis.finite(test.get(key))
+        row[f"{key}_val"] = _analysis.finite(val.get(key))
     return row
 
 
@@ -490,7 +481,7 @@ def _model_section(
                 p,
                 curve["thresholds"],
                 curve["scores"],
-                _num(th.get("global")),
+                _analysis.finite(th.get("global")),
                 str(th.get("metric")),
                 th.get("plateau"),
             ),
@@ -717,7 +708,7 @@ def _render(ctx: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters["f"] = _fmt
-    env.filters["pct"] = lambda v: "–" if _num(v) is None else f"{100 * float(v):.1f}%"
+    env.filters["pct"] = lambda v: "–" if _analysis.finite(v) is None else f"{100 * float(v):.1f}%"
     css = (Path(__file__).parent / "templates" / "style.css").read_text()
     return env.get_template("index.html").render(css=css, **ctx)
 
@@ -739,7 +730,7 @@ def build_report(
     ``analyses=False`` skips the label-error and near-duplicate analyses.
     """
     if human_baseline is not None:
-        hb = _num(human_baseline)
+        hb = _analysis.finite(human_baseline)
         if hb is None:
             raise FeaturepipeError(f"human baseline must be a number, got {human_baseline!r}")
         human_baseline = hb

@@ -14,12 +14,13 @@ MAX_CV_ROWS = 20_000
 SPLIT_PAIRS = (("train", "test"), ("train", "val"), ("val", "test"))
 
 
-def _num(x: Any) -> float | None:
+def finite(x: Any) -> float | None:
+    """``x`` as a float, or None when it is missing, not a number, NaN or infinite."""
     try:
         v = float(x)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(v) else v
+    return None if math.isnan(v) or math.isinf(v) else v
 
 
 def chance_level(cache: Any, metric: str, split: str = "test") -> dict[str, Any] | None:
@@ -52,7 +53,7 @@ def chance_level(cache: Any, metric: str, split: str = "test") -> dict[str, Any]
         pred = np.tile(p, (len(rows), 1)) if task == "multilabel" else np.full(len(rows), p)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s = _num(evaluate(y, proba, pred, task, cache.classes, metric)["main"])
+            s = finite(evaluate(y, proba, pred, task, cache.classes, metric)["main"])
         if s is not None and (best is None or s > best["value"]):
             best = {"value": s, "rule": name, "split": split}
     return best
