@@ -98,7 +98,7 @@ def study(tmp_path_factory):
     return {"root": root, "cache": res.path, "out": out, "models": root / "models"}
 
 
-def _dump_dom(html: Path, tmp: Path) -> str:
+def _dump_dom(html: Path, tmp: Path) -> tuple[str, str]:
     cmd = [
         CHROMIUM,
         "--headless",
@@ -117,13 +117,15 @@ def _dump_dom(html: Path, tmp: Path) -> str:
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert p.returncode == 0, p.stderr[-2000:]
-    return p.stdout
+    return p.stdout, p.stderr
 
 
 def test_report_page_loads_in_headless_chromium(study, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    dom = _dump_dom(study["out"] / "index.html", tmp_path)
+    dom, log = _dump_dom(study["out"] / "index.html", tmp_path)
+    console = [ln for ln in log.splitlines() if ":CONSOLE" in ln]  # anything the page wrote to the console
+    assert not console, console
     body = re.search(r"<body([^>]*)>", dom).group(1)
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
     assert attrs.get("checked") == "1", "the page's self-check script did not run"
