@@ -318,3 +318,21 @@ def test_nothing_to_report_and_bad_inputs_are_one_line_errors(study, tmp_path):
     assert "unreadable history.json" in index.read_text()
     with pytest.raises(FeaturepipeError, match="human baseline"):
         build_report(caches=[study["cache"]], out=tmp_path / "rep3", human_baseline="high")
+
+
+def test_leaderboard_chart_identity_covers_every_run():
+    """A change in any run (here the last of twelve) or a reference line gives the chart a new name."""
+    from featpipe.report import _leaderboard_fingerprint
+    from featpipe.report._data import ModelRun
+
+    def runs(last: str) -> list[ModelRun]:
+        return [
+            ModelRun(Path(f"m/r{i}/logistic"), f"r{i:02d}", "logistic", {}, True, f"r{i:02d}--logistic",
+                     last if i == 11 else f"{i:010d}")
+            for i in range(12)
+        ]
+
+    base = _leaderboard_fingerprint(runs("aaaaaaaaaa"), 0.1, None)
+    assert _leaderboard_fingerprint(runs("aaaaaaaaaa"), 0.1, None) == base
+    assert _leaderboard_fingerprint(runs("bbbbbbbbbb"), 0.1, None) != base
+    assert _leaderboard_fingerprint(runs("aaaaaaaaaa"), 0.1, 0.9) != base

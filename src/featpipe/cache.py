@@ -32,8 +32,9 @@ ERROR_LEN = 200
 _str = h5py.string_dtype("utf-8")
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", text).strip("-")[:60] or "dataset"
+def slug(text: str, max_len: int = 60, default: str = "dataset") -> str:
+    """``text`` made safe for file names and HTML ids: runs of other characters become one '-'."""
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "-", text).strip("-")[:max_len] or default
 
 
 def cache_filename(dataset_name: str, backbone_tag: str, key: str) -> str:

@@ -269,6 +269,12 @@ def _cache_analyses(c: Any, thumbs: _data.Thumbnails, hashes: dict[str, str], ou
 # -------------------------------------------------------------------------------------- leaderboard
 
 
+def _leaderboard_fingerprint(runs: Sequence[_data.ModelRun], chance: float | None, human: float | None) -> str:
+    """Identity of a leaderboard chart's inputs: every run's files and both reference lines."""
+    parts = [f"{r.slug}:{r.fingerprint}" for r in sorted(runs, key=lambda r: r.slug)]
+    return hashlib.sha1(f"{'|'.join(parts)}|{chance}|{human}".encode()).hexdigest()[:10]
+
+
 def _leader_row(m: _data.ModelRun) -> dict[str, Any]:
     mt = m.metrics
     sc = mt.get("scores") or {}
@@ -802,10 +808,8 @@ def build_report(
         ]
         ds_name = rows[0]["dataset"] if rows else "?"
         slug = _data.safe_slug(f"lb-{ds_name}-{metric}")
-        fp = _data.safe_slug("-".join(r.fingerprint for r in sorted(rs, key=lambda r: r.slug)))
-        fp = hashlib.sha1(f"{fp}{ch}{human_baseline}".encode()).hexdigest()[:10]
         plot = plots.get(
-            f"{slug}-{fp}",
+            f"{slug}-{_leaderboard_fingerprint(rs, ch, human_baseline)}",
             lambda p, rows=rows, names=names, metric=metric, ch=ch: _plots.leaderboard(
                 p, names, [x["val"] for x in rows], [x["test"] for x in rows], metric, ch, human_baseline
             ),

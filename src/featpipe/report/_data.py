@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.cache import FeatureCache
+from featpipe.cache import FeatureCache, slug
 from featpipe.errors import CacheError, FeaturepipeError
 
 
@@ -55,8 +55,7 @@ def file_digest(*paths: Path) -> str:
 
 
 def safe_slug(text: str) -> str:
-    out = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
-    return out.strip("-")[:80] or "x"
+    return slug(text, max_len=80, default="x")
 
 
 def find_cache_files(cache_dir: str | Path | None, caches: list[str | Path] | None) -> list[Path]:
