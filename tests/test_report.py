@@ -225,7 +225,8 @@ def test_planted_train_test_leaks_are_the_top_near_duplicates(tmp_path):
     shutil.copy(root / "train" / "warm" / "03.png", root / "test" / "warm" / "copy.png")
     shifted = np.asarray(Image.open(root / "train" / "cool" / "07.png")).astype(int) + 4
     Image.fromarray(np.clip(shifted, 0, 255).astype(np.uint8)).save(root / "test" / "cool" / "brighter.png")
-    res = embed_dataset(load_dataset(root), _spec(), cache_dir=tmp_path / "cache", progress=False)
+    # no val carved out of train: the planted originals must stay in train (splits are per-image hashes)
+    res = embed_dataset(load_dataset(root, val_fraction=0.0), _spec(), cache_dir=tmp_path / "cache", progress=False)
     c = FeatureCache.open(res.path)
     dup = near_duplicates(c)
     top = {(str(c.ids[p["a"]]), str(c.ids[p["b"]])) for p in dup["pairs"][:2]}

@@ -31,6 +31,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+# pipeline ``data:`` keys passed to load_dataset as they are (CSV ones apply to CSV datasets only)
+_DATA_KEYS = ("name", "pattern", "fractions", "label_sep", "label_col", "path_col", "split_col", "unlabeled_empty")
+
+
 def _manifest(cfg: dict[str, Any], out: Path):
     from featpipe.data import load_dataset
     from featpipe.samples import write_digits
@@ -42,7 +46,7 @@ def _manifest(cfg: dict[str, Any], out: Path):
     path = data.pop("path", None)
     if not path:
         raise FeaturepipeError("pipeline 'data' needs a 'path' (or 'sample: digits')")
-    opts = {k: v for k, v in data.items() if k in ("name", "pattern", "fractions")}
+    opts = {k: v for k, v in data.items() if k in _DATA_KEYS and v is not None}
     if "split_seed" in data:
         opts["seed"] = int(data["split_seed"])
     if "fractions" in opts:
@@ -63,6 +67,8 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
     if manifest.skipped:
         what, why = manifest.skipped[0]
         echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {what}: {why})")
+    if manifest.split_summary():
+        echo(f"  {manifest.split_summary()}")
     cache_dir = Path(cfg.get("cache_dir", out / "cache"))
     caches = []
     for b in cfg["backbones"]:

@@ -41,9 +41,30 @@ def dataset_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="train,val,test fractions when the source has no split."),
         click.option("--pattern", default=None, help="Image file name pattern for label lists, e.g. 'im{id}.jpg'."),
     ]
+    f = csv_options(f)
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def csv_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """CSV column and label options (every command that opens a dataset has them)."""
+    opts = [
+        click.option("--label-sep", default=None,
+                     help="CSV: separator of several labels in one cell (';', '|', ',', 'space'), or 'none' "
+                     "for one label per cell. Default: ';', '|' or ',' when only one of them occurs."),
+        click.option("--label-col", default=None, help="CSV: the label column (default: label, labels, tags, ...)."),
+        click.option("--path-col", default=None, help="CSV: the image path column (default: path, image, file, ...)."),
+        click.option("--split-col", default=None, help="CSV: the train/val/test column (default: split, subset, ...)."),
+        click.option("--unlabeled-empty", is_flag=True,
+                     help="CSV, single-label: an empty label cell marks the row unlabeled instead of an error."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+CSV_OPTION_NAMES = ("label_sep", "label_col", "path_col", "split_col", "unlabeled_empty")
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -56,11 +77,14 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
-def open_dataset(data: str, *, name: str | None, split_seed: int, fractions: str, pattern: str | None):
-    """Load a dataset from the shared CLI options."""
+def open_dataset(data: str, *, name: str | None, split_seed: int, fractions: str, pattern: str | None,
+                 **csv: Any):
+    """Load a dataset from the shared CLI options (``csv``: :data:`CSV_OPTION_NAMES`; unset ones are
+    left out, so they only matter for CSV datasets)."""
     from featpipe.data import load_dataset
 
     opts: dict[str, Any] = {"name": name, "seed": split_seed, "fractions": parse_fractions(fractions)}
     if pattern:
         opts["pattern"] = pattern
+    opts.update({k: v for k, v in csv.items() if k in CSV_OPTION_NAMES and v not in (None, False)})
     return load_dataset(data, **opts)

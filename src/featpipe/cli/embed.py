@@ -24,7 +24,8 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--write-every", type=int, default=256, show_default=True,
               help="Rows per cache write (at most this many are redone after a crash).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer, image_size,
+def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
+          unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,
           precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, seed,
           write_every, quiet):
     """Embed every image of a dataset once into a resumable feature cache.
@@ -37,17 +38,22 @@ def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pret
       featpipe embed --data photos/ --backbone efficientnet_lite0
       featpipe embed --data faces/ --backbone vgg16 --weights vggface.pth --layer block4_pool
       featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
+      featpipe embed --data faces.csv --label-col attributes --label-sep ';' --path-col file
     """
     from featpipe.backbones import resolve_spec
     from featpipe.embed import embed_dataset, resolve_device
 
-    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
+    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
+                            label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
+                            unlabeled_empty=unlabeled_empty)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
                         image_size=image_size, precision=precision, seed=seed,
                         device=resolve_device(device))
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
+    if manifest.split_summary():
+        click.echo(f"  {manifest.split_summary()}", err=True)
     if manifest.skipped:
         click.echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {manifest.skipped[0][0]}: "
                    f"{manifest.skipped[0][1]})", err=True)

@@ -6,19 +6,20 @@ from pathlib import Path
 
 import click
 
-from featpipe.cli._common import backbone_options
+from featpipe.cli._common import backbone_options, csv_options
 from featpipe.heads import HEAD_CHOICES
 from featpipe.metrics import METRICS
 
 
-def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
+def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
                     image_size, precision, cache_dir) -> Path:
     from featpipe.backbones import resolve_spec
     from featpipe.cli._common import open_dataset
     from featpipe.embed import find_cache
     from featpipe.errors import CacheError
 
-    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
+    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
+                            **csv_opts)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
                         image_size=image_size, precision=precision)
     path = find_cache(cache_dir, manifest, spec)
@@ -37,6 +38,7 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weight
 @click.option("--split-seed", type=int, default=0, show_default=True, help="With --data: as given to embed.")
 @click.option("--fractions", default="0.7,0.15,0.15", show_default=True, help="With --data: as given to embed.")
 @click.option("--pattern", default=None, help="With --data: as given to embed.")
+@csv_options
 @backbone_options
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Folder searched for the cache with --data.")
@@ -58,7 +60,8 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weight
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model).")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
-def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
+def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
+             unlabeled_empty, backbone, weights, no_pretrained, layer,
              image_size, precision, cache_dir, head, metric, class_weight, refit, preprocess, min_positives,
              threshold_mode, seed, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
@@ -76,7 +79,9 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weigh
 
     paths = [Path(c) for c in caches]
     if data:
-        paths.append(_find_cache_for(data, name, split_seed, fractions, pattern, backbone, weights,
+        csv_opts = dict(label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
+                        unlabeled_empty=unlabeled_empty)
+        paths.append(_find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights,
                                      no_pretrained, layer, image_size, precision, cache_dir))
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")

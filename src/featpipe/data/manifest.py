@@ -23,7 +23,8 @@ class Manifest:
     ``labels`` is ``int64 (N,)`` class indices for binary/multiclass (``-1`` = unlabeled) or
     ``uint8 (N, C)`` multi-hot for multilabel (unlabeled rows are flagged by ``labeled``).
     Array-backed datasets (``.npz``) keep their images in ``array`` and use ``paths`` of the
-    form ``"<file.npz>#<index>"``.
+    form ``"<file.npz>#<index>"``. ``split_repairs`` counts the images a seeded split moved away
+    from their hash split so that every class/label appears where stratification needs it.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Manifest:
     classes: list[str]
     split_seed: int | None = None
     split_fractions: tuple[float, float, float] | None = None
+    split_repairs: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     array: np.ndarray | None = None
 
@@ -70,8 +72,18 @@ class Manifest:
             "split_counts": self.split_counts(),
             "split_seed": self.split_seed,
             "split_fractions": list(self.split_fractions) if self.split_fractions else None,
+            "split_repairs": self.split_repairs,
             "n_skipped": len(self.skipped),
         }
+
+    def split_summary(self) -> str | None:
+        """One line on how featpipe made the split (``None`` when the source gave every split)."""
+        if self.split_seed is None:
+            return None
+        fr = "/".join(f"{f:g}" for f in self.split_fractions or ())
+        n = self.split_repairs
+        return (f"split: seeded hash per image (seed {self.split_seed}, fractions {fr}); "
+                f"{n} image{'' if n == 1 else 's'} moved so every class/label is in every split it needs")
 
     def fingerprint(self) -> str:
         """Hash of ids, splits and labels (not image bytes): identifies the labelled dataset."""

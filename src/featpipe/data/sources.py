@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.manifest import Manifest
-from featpipe.data.splitting import check_fractions, stratified_split
+from featpipe.data.splitting import assign_splits, check_fractions
 from featpipe.errors import DatasetError
 
 __all__ = [
@@ -130,35 +131,37 @@ def _existing_dir(path: str | Path, what: str) -> Path:
 def _fill_missing_splits(
     splits: np.ndarray,
     labels: np.ndarray,
+    ids: Sequence[str],
     task: str,
     fractions: Sequence[float],
     val_fraction: float | None,
     seed: int,
-) -> tuple[float, float, float] | None:
-    """Carve the missing val and/or test split out of the train rows, stratified; in place.
+) -> tuple[tuple[float, float, float] | None, int]:
+    """Carve the missing val and/or test split out of the train rows, stratified and stable; in place.
 
     A missing val split takes ``val_fraction`` (default: the val share of ``fractions``) of the train
     rows, a missing test split the test share of ``fractions``. Returns the ``(train, val, test)``
-    fractions applied to the train rows, or ``None`` when nothing was carved.
+    fractions applied to the train rows (``None`` when nothing was carved) and the repair count.
     """
     fractions = check_fractions(fractions)
     present = set(splits.tolist())
     if "train" not in present:
-        return None
+        return None, 0
     need_val, need_test = "val" not in present, "test" not in present
     if not (need_val or need_test):
-        return None
+        return None, 0
     fv = fractions[1] if val_fraction is None else float(val_fraction)
     if not 0 <= fv < 1:
         raise DatasetError(f"val_fraction must be >= 0 and < 1, got {val_fraction}")
     fv = fv if need_val else 0.0
     ft = fractions[2] if need_test else 0.0
     if fv == 0 and ft == 0:
-        return None
+        return None, 0
     fr = check_fractions((1.0 - fv - ft, fv, ft))
     tr = np.flatnonzero(splits == "train")
-    splits[tr] = stratified_split(labels[tr], task, fr, seed)
-    return fr
+    res = assign_splits([ids[i] for i in tr], labels[tr], task, fr, seed)
+    splits[tr] = res.splits
+    return fr, res.repairs
 
 
 def _check_options(fn: Callable, options: dict, kind: str) -> None:
@@ -214,19 +217,21 @@ def from_class_folders(
     task = _task_for(len(classes), str(root))
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
-    splits = stratified_split(labels, task, fractions, seed)
+    ids = _unique_ids([os.path.relpath(p, root) for p in paths])
+    split = assign_splits(ids, labels, task, fractions, seed)
     return Manifest(
         name=name or root.name,
         source=str(root),
-        ids=_unique_ids([os.path.relpath(p, root) for p in paths]),
+        ids=ids,
         paths=[str(p) for p in paths],
-        splits=[str(s) for s in splits],
+        splits=[str(s) for s in split.splits],
         labels=labels,
         labeled=np.ones(len(paths), dtype=bool),
         task=task,
         classes=classes,
         split_seed=seed,
         split_fractions=fractions,
+        split_repairs=split.repairs,
         skipped=skipped,
     )
 
@@ -281,14 +286,17 @@ def from_split_folders(
     labels = np.array([-1 if c is None else index[c] for c in class_of], dtype=np.int64)
     labeled = labels >= 0
     splits = np.array(split_of, dtype=object)
+    ids = _unique_ids([os.path.relpath(p, root) for p in paths])
     lab_idx = np.flatnonzero(labeled)
     sub = splits[lab_idx].astype(str)
-    fr = _fill_missing_splits(sub, labels[lab_idx], task, fractions, val_fraction, seed)
+    fr, repairs = _fill_missing_splits(
+        sub, labels[lab_idx], [ids[i] for i in lab_idx], task, fractions, val_fraction, seed
+    )
     splits[lab_idx] = sub
     return Manifest(
         name=name or root.name,
         source=str(root),
-        ids=_unique_ids([os.path.relpath(p, root) for p in paths]),
+        ids=ids,
         paths=[str(p) for p in paths],
         splits=[str(s) for s in splits],
         labels=labels,
@@ -297,6 +305,7 @@ def from_split_folders(
         classes=classes,
         split_seed=seed if fr is not None else None,
         split_fractions=fr,
+        split_repairs=repairs,
         skipped=skipped,
     )
 
@@ -317,6 +326,7 @@ def _find_col(
     what: str,
     csv_path: Path,
     required: bool,
+    option: str = "",
 ) -> str | None:
     lower = {h.strip().lower(): h for h in header}
     if wanted is not None:
@@ -330,37 +340,91 @@ def _find_col(
             return lower[c]
     if required:
         raise DatasetError(
-            f"{csv_path}: cannot tell which column holds the {what}; pass it explicitly "
-            f"(columns: {', '.join(header)})"
+            f"{csv_path}: cannot tell which column holds the {what}; pass it explicitly"
+            f"{' with ' + option if option else ''} (columns: {', '.join(header)})"
         )
     return None
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """Header, rows (stripped cells) and the line each row ends on; the dialect is sniffed."""
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DatasetError(f"{csv_path}: not a UTF-8 text file") from None
     except OSError as e:
         raise DatasetError(f"{csv_path}: cannot read ({e.strerror or e})") from None
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
+    if not text.strip() or not text.lstrip("\r\n").splitlines()[0].strip():
         raise DatasetError(f"{csv_path}: empty CSV file")
-    first = lines[0]
-    delim = "\t" if csv_path.suffix.lower() == ".tsv" else max(",;\t", key=first.count)
-    if first.count(delim) == 0:
-        delim = ","
-    reader = csv.DictReader(lines, delimiter=delim)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    rows = []
-    for r in reader:
-        if None in r:  # more cells than header columns
-            raise DatasetError(f"{csv_path}: line {reader.line_num}: more cells than header columns")
-        rows.append({k: (v or "").strip() for k, v in r.items()})
+    dialect: type[csv.Dialect] | csv.Dialect
+    if csv_path.suffix.lower() == ".tsv":
+        dialect = csv.excel_tab
+    else:
+        sample = "".join(text.splitlines(keepends=True)[:200])[:1 << 16]
+        try:
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+        except csv.Error:  # one column, or nothing regular enough: the standard comma dialect
+            dialect = csv.excel
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        rows, lines = [], []
+        for r in reader:
+            if None in r:  # more cells than header columns
+                raise DatasetError(f"{csv_path}: line {reader.line_num}: more cells than header columns")
+            rows.append({k: (v or "").strip() for k, v in r.items()})
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise DatasetError(f"{csv_path}: line {reader.line_num}: {e}") from None
     if len(header) != len(set(header)):
         raise DatasetError(f"{csv_path}: duplicate column names in the header")
-    return header, rows
+    return header, rows, lines
+
+
+_AUTO_SEPS = (";", "|", ",")
+_WHITESPACE_SEPS = {"space", "spaces", "whitespace"}
+
+
+def _normalize_label_sep(sep: str | None) -> str | None:
+    """``None`` (detect), ``"none"`` (one label per cell), ``" "`` (whitespace) or the separator."""
+    if sep is None:
+        return None
+    if sep.strip() == "" or sep.strip().lower() in _WHITESPACE_SEPS:
+        return " "
+    return "none" if sep.strip().lower() == "none" else sep
+
+
+def _split_cell(v: str, sep: str) -> list[str]:
+    parts = v.split() if sep == " " else [p.strip() for p in v.split(sep)]
+    return list(dict.fromkeys(p for p in parts if p))
+
+
+def _detect_label_sep(cells: list[tuple[int, str]], lcol: str, csv_path: Path) -> str:
+    """The label separator of a one-column label field, or ``"none"`` when it is single-label.
+
+    ``;``, ``|`` and ``,`` are detected when exactly one of them occurs; whitespace never is (class
+    names may hold spaces), but a cell made only of other cells' whole labels ("cat dog") stops.
+    """
+    found = [sep for sep in _AUTO_SEPS if any(sep in v for _, v in cells)]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        ln, v = next((ln, v) for ln, v in cells if found[1] in v)
+        raise DatasetError(
+            f"{csv_path}: label column {lcol!r} looks multi-label but the separator is ambiguous "
+            f"({' and '.join(repr(x) for x in found)} both occur, e.g. line {ln}: {v!r}); pass --label-sep "
+            "with the separator, or --label-sep none for one label per cell"
+        )
+    singles = {v for _, v in cells if len(v.split()) == 1}
+    for ln, v in cells:
+        toks = v.split()
+        if len(toks) >= 2 and all(t in singles for t in toks):
+            raise DatasetError(
+                f"{csv_path}: label column {lcol!r} looks multi-label with labels separated by spaces "
+                f"(line {ln}: {v!r}); pass --label-sep ' ' for that, or --label-sep none for one label per cell"
+            )
+    return "none"
 
 
 def from_csv(
@@ -368,10 +432,11 @@ def from_csv(
     *,
     path_col: str | None = None,
     label_col: str | None = None,
-    labels_sep: str | None = None,
+    label_sep: str | None = None,
     label_cols: Sequence[str] | None = None,
     split_col: str | None = None,
     id_col: str | None = None,
+    unlabeled_empty: bool = False,
     root: str | Path | None = None,
     name: str | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -380,14 +445,20 @@ def from_csv(
 ) -> Manifest:
     """A CSV with one row per image.
 
-    Columns (auto-detected when not given, case-insensitive): the image path (``path``, ``filepath``,
-    ``image``, ``file``, ...; relative paths resolve against ``root`` or the CSV's folder); either one label
-    column (``label``, ``labels``, ``class``, ...; multilabel when ``labels_sep`` is given, or auto when the
-    column's cells contain ``|``) or several 0/1 columns ``label_cols`` (multilabel; auto: every other
-    column when all hold only 0/1); an optional ``split`` column (train/val/test, other values are
-    unlabeled rows; without it the rows are split stratified with ``fractions``; a missing val/test split
-    is carved out of train as in :func:`from_split_folders`). Bad label cells and conflicting duplicate
-    rows raise :class:`DatasetError` naming the line; missing image files are skipped unless all are.
+    The dialect (delimiter, quoting) is sniffed with :class:`csv.Sniffer` (``.tsv``: tabs). Columns
+    (auto-detected when not given, case-insensitive): the image path (``path``, ``filepath``, ``image``,
+    ``file``, ...; relative paths resolve against ``root`` or the CSV's folder); either one label column
+    (``label``, ``labels``, ``class``, ``tags``, ...) or several 0/1 columns ``label_cols`` (multilabel;
+    auto: every other column when all hold only 0/1); an optional ``split`` column (train/val/test,
+    other values are unlabeled rows; without it the rows get a stable stratified split with
+    ``fractions``; a missing val/test split is carved out of train as in :func:`from_split_folders`).
+
+    A label column is multilabel when ``label_sep`` is given (``" "``/``"space"``: whitespace; ``"none"``:
+    one label per cell) or when exactly one of ``;`` ``|`` ``,`` occurs in its cells; a column that looks
+    multilabel with an ambiguous separator is an error naming ``--label-sep``. In a multilabel column an
+    empty cell is an image with no labels; in a single-label column it is an error, or an unlabeled row
+    with ``unlabeled_empty``. Bad cells and conflicting duplicate rows raise :class:`DatasetError` naming
+    the line; missing image files are skipped unless all are.
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
@@ -396,18 +467,18 @@ def from_csv(
     base = Path(root).expanduser().resolve() if root is not None else csv_path.parent
     if root is not None and not base.is_dir():
         raise DatasetError(f"image root folder not found: {base}")
-    header, rows = _read_csv(csv_path)
+    header, rows, line = _read_csv(csv_path)
     if not rows:
         raise DatasetError(f"{csv_path}: no rows below the header")
 
-    pcol = _find_col(header, path_col, _PATH_COLS, "image paths", csv_path, required=True)
+    pcol = _find_col(header, path_col, _PATH_COLS, "image paths", csv_path, required=True, option="--path-col")
     scol = _find_col(header, split_col, _SPLIT_COLS, "split", csv_path, required=False)
     icol = _find_col(header, id_col, (), "ids", csv_path, required=False) if id_col else None
     used = {pcol, scol, icol} - {None}
 
     multi_cols: list[str] | None = None
     lcol: str | None = None
-    sep = labels_sep
+    sep = _normalize_label_sep(label_sep)
     if label_cols is not None:
         multi_cols = [_find_col(header, c, (), "labels", csv_path, required=True) for c in label_cols]  # type: ignore[misc]
         if not multi_cols:
@@ -422,15 +493,12 @@ def from_csv(
                 multi_cols = rest
             else:
                 raise DatasetError(
-                    f"{csv_path}: cannot find the label column; pass label_col (or label_cols for 0/1 "
-                    f"columns) (columns: {', '.join(header)})"
+                    f"{csv_path}: cannot find the label column; pass --label-col (label_col; or label_cols "
+                    f"for 0/1 columns) (columns: {', '.join(header)})"
                 )
-        elif sep is None and any("|" in r[lcol] for r in rows):
-            sep = "|"
 
     # ---- per-row values
     n = len(rows)
-    line = [i + 2 for i in range(n)]  # header is line 1 (multi-line quoted cells are not expected)
     split_raw = [normalize_split_name(r[scol]) if scol else "train" for r in rows]
     for i, s in enumerate(split_raw):
         if scol and not s:
@@ -456,26 +524,34 @@ def from_csv(
                     )
     else:
         assert lcol is not None
+        if sep is None:
+            sep = _detect_label_sep(
+                [(line[i], r[lcol]) for i, r in enumerate(rows) if is_lab[i] and r[lcol]], lcol, csv_path
+            )
         cells: list[list[str] | None] = []
         for i, r in enumerate(rows):
             v = r[lcol]
             if not is_lab[i]:
                 cells.append(None)
-                continue
-            if v == "":
-                raise DatasetError(f"{csv_path}: line {line[i]}: empty label in column {lcol!r}")
-            if sep is not None:
-                parts = [p.strip() for p in (v.split() if sep.strip() == "" else v.split(sep))]
-                parts = [p for p in parts if p]
-                if not parts:
-                    raise DatasetError(f"{csv_path}: line {line[i]}: no label in {v!r}")
-                cells.append(parts)
-            else:
+            elif sep != "none":
+                cells.append(_split_cell(v, sep))  # an empty cell: an image with no labels
+            elif v:
                 cells.append([v])
+            elif unlabeled_empty:
+                is_lab[i] = False
+                split_raw[i] = "unlabeled"
+                cells.append(None)
+            else:
+                raise DatasetError(
+                    f"{csv_path}: line {line[i]}: empty label in column {lcol!r}; pass --unlabeled-empty to "
+                    "keep such rows unlabeled, or --label-sep if the column is multi-label"
+                )
         classes = _sort_class_names({c for cs in cells if cs for c in cs})
         index = {c: k for k, c in enumerate(classes)}
-        if sep is not None:
+        if sep != "none":
             task = "multilabel"
+            if not classes:
+                raise DatasetError(f"{csv_path}: label column {lcol!r} holds no label at all")
             labels = np.zeros((n, len(classes)), dtype=np.uint8)
             for i, cs in enumerate(cells):
                 for c in cs or []:
@@ -548,13 +624,15 @@ def from_csv(
     split_fr: tuple[float, float, float] | None = None
     if lab_idx.size == 0:
         raise DatasetError(f"{csv_path}: no labeled rows (split values: {', '.join(sorted(set(split_raw)))})")
+    lab_ids = [ids[i] for i in lab_idx]
     if scol is None:
         split_fr = check_fractions(fractions)
-        splits[lab_idx] = stratified_split(labels[lab_idx], task, split_fr, seed)
-        split_seed = seed
+        res = assign_splits(lab_ids, labels[lab_idx], task, split_fr, seed)
+        splits[lab_idx] = res.splits
+        split_seed, repairs = seed, res.repairs
     else:
         sub = splits[lab_idx].astype(str)
-        split_fr = _fill_missing_splits(sub, labels[lab_idx], task, fractions, val_fraction, seed)
+        split_fr, repairs = _fill_missing_splits(sub, labels[lab_idx], lab_ids, task, fractions, val_fraction, seed)
         splits[lab_idx] = sub
         split_seed = seed if split_fr is not None else None
     return Manifest(
@@ -569,6 +647,7 @@ def from_csv(
         classes=classes,
         split_seed=split_seed,
         split_fractions=split_fr,
+        split_repairs=repairs,
         skipped=skipped,
     )
 
@@ -648,19 +727,21 @@ def from_label_lists(
         for j in listed.get(i, ()):
             labels[r, j] = 1
     rel = [pattern.format(id=i) for i in ids_present]
-    splits = stratified_split(labels, "multilabel", fractions, seed)
+    ids = _unique_ids(rel)
+    split = assign_splits(ids, labels, "multilabel", fractions, seed)
     return Manifest(
         name=name or (img_dir.parent.name if ann.parent == img_dir.parent else img_dir.name),
         source=str(ann.parent if ann.parent == img_dir.parent else img_dir),
-        ids=_unique_ids(rel),
+        ids=ids,
         paths=[str(img_dir / r) for r in rel],
-        splits=[str(s) for s in splits],
+        splits=[str(s) for s in split.splits],
         labels=labels,
         labeled=np.ones(len(rel), dtype=bool),
         task="multilabel",
         classes=classes,
         split_seed=seed,
         split_fractions=fractions,
+        split_repairs=split.repairs,
         skipped=skipped,
     )
 
@@ -771,14 +852,18 @@ def from_npz(
         splits[~labeled & np.isin(splits.astype(str), ("train", "val", "test"))] = "unlabeled"
         lab_idx = np.flatnonzero(labeled)
         sub = splits[lab_idx].astype(str)
-        fr = _fill_missing_splits(sub, labels[lab_idx], task, fractions, val_fraction, seed)
+        fr, repairs = _fill_missing_splits(
+            sub, labels[lab_idx], [str(i) for i in lab_idx], task, fractions, val_fraction, seed
+        )
         splits[lab_idx] = sub
         seed_used = seed if fr is not None else None
     else:
         fr = check_fractions(fractions)
         splits = np.array(["unlabeled"] * n, dtype=object)
         lab_idx = np.flatnonzero(labeled)
-        splits[lab_idx] = stratified_split(labels[lab_idx], task, fr, seed)
+        res = assign_splits([str(i) for i in lab_idx], labels[lab_idx], task, fr, seed)
+        splits[lab_idx] = res.splits
+        repairs = res.repairs
         seed_used = seed
     if not labeled.any():
         raise DatasetError(f"{p}: no labeled rows")
@@ -796,6 +881,7 @@ def from_npz(
         classes=classes,
         split_seed=seed_used,
         split_fractions=fr,
+        split_repairs=repairs,
         skipped=[],
         array=images,
     )

@@ -1,14 +1,22 @@
-"""Deterministic stratified train/val/test splits (single-label and multilabel)."""
+"""Stable stratified train/val/test splits (single-label and multilabel).
+
+Each image's split comes from a seeded hash of its id compared with the cumulative fractions, so it
+never depends on the other images: adding images to a dataset leaves every old image where it was.
+Stratification is then *repaired*, not redone: a class (or a label, in multilabel) with no image in
+a split it needs gets the fewest moves that fix it, and the number of moved images is reported.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from featpipe.errors import DatasetError
 
-__all__ = ["stratified_split", "check_fractions", "SPLIT_NAMES"]
+__all__ = ["SplitAssignment", "assign_splits", "stratified_split", "check_fractions", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -32,103 +40,133 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
-def _allocate(n: int, fr: np.ndarray, carry: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Split ``n`` items into integer counts per split following ``fr``.
+@dataclass(frozen=True)
+class SplitAssignment:
+    """Split name per row, and how many rows were moved away from their hash split to stratify."""
 
-    ``carry`` (target minus assigned so far, over earlier groups) breaks rounding ties so totals stay
-    close to the fractions. Groups of 1-2 fill train first; groups of >= 3 get at least one item in
-    every split with a non-zero fraction.
-    """
-    counts = np.zeros(3, dtype=np.int64)
-    if n <= 0:
-        return counts
-    active = fr > 0
-    if n <= 2:
-        counts[0] = 1
-        if n == 2:
-            # second item: where it is most wanted among the others (train if it is the only split)
-            others = [j for j in (1, 2) if active[j]]
-            j = max(others, key=lambda k: (fr[k] + carry[k], -k)) if others else 0
-            counts[j] += 1
-        return counts
-    exact = n * fr
-    counts = np.floor(exact).astype(np.int64)
-    rem = exact - counts
-    for _ in range(n - int(counts.sum())):
-        score = np.where(active, rem + 0.5 * carry + 1e-9 * rng.random(3), -np.inf)
-        j = int(np.argmax(score))
-        counts[j] += 1
-        rem[j] -= 1.0
-    # every active split gets at least one item (taken from the largest)
-    for j in np.flatnonzero(active):
-        if counts[j] == 0:
-            k = int(np.argmax(counts))
-            counts[k] -= 1
-            counts[j] += 1
-    return counts
+    splits: np.ndarray
+    repairs: int
 
 
-def _single_label(y: np.ndarray, fr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    out = np.empty(len(y), dtype=np.int64)
-    carry = np.zeros(3)
-    classes, inverse = np.unique(y, return_inverse=True)
-    for c in range(len(classes)):
-        idx = np.flatnonzero(inverse == c)
-        idx = idx[rng.permutation(len(idx))]
-        counts = _allocate(len(idx), fr, carry, rng)
-        carry += len(idx) * fr - counts
-        out[idx] = np.repeat(np.arange(3), counts)
+def id_uniform(ids: Sequence[str], seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id from a seeded hash of the id alone."""
+    # hand-written: numpy's generators draw a sequence, but each value must depend on its own id only
+    out = np.empty(len(ids), dtype=np.float64)
+    prefix = f"featpipe-split\0{int(seed)}\0".encode()
+    for k, i in enumerate(ids):
+        h = hashlib.blake2b(prefix + str(i).encode(), digest_size=8).digest()
+        out[k] = int.from_bytes(h, "big") / 2.0**64
     return out
 
 
-def _multilabel(y: np.ndarray, fr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Iterative stratification (Sechidis, Tsoumakas & Vlahavas, 2011).
+def _hash_splits(u: np.ndarray, fr: np.ndarray) -> np.ndarray:
+    cum = np.cumsum(fr)
+    idx = np.searchsorted(cum, u, side="right")
+    idx = np.minimum(idx, 2)
+    last_active = int(np.flatnonzero(fr > 0)[-1])
+    idx[fr[idx] == 0] = last_active  # only reachable through float rounding at the upper edge
+    return idx.astype(np.int64)
 
-    Labels are handled rarest first; each example carrying the current label goes to the split that
-    still wants most of that label (ties: most examples overall wanted, then random). Per-label wants
-    are integer allocations with at least one positive per split for labels with >= 3 positives.
+
+def _distance_to(u: np.ndarray, fr: np.ndarray, j: int) -> np.ndarray:
+    """How far each hash value lies from split ``j``'s interval: the image "closest" to it moves."""
+    lo = float(np.sum(fr[:j]))
+    hi = lo + float(fr[j])
+    return np.where(u < lo, lo - u, np.where(u >= hi, u - hi, 0.0))
+
+
+def _required(n_members: int, active: np.ndarray) -> np.ndarray:
+    """Splits a group of ``n_members`` must appear in: all active ones from 3 members, else train."""
+    if n_members >= 3:
+        return active.copy()
+    req = np.zeros(3, dtype=bool)
+    req[0] = n_members > 0
+    return req
+
+
+def _repair(
+    group_rows: list[np.ndarray], row_groups: list[np.ndarray] | None, out: np.ndarray, u: np.ndarray,
+    fr: np.ndarray,
+) -> int:
+    """Fill every empty required split of every group with one image each; returns the moves.
+
+    ``group_rows[g]``: rows of group ``g`` (a class, or a label's positives); ``row_groups[r]``: the
+    groups of row ``r`` (``None``: single-label, one group per row). Groups are visited rarest first.
+    The image moved comes from a split that can spare it (it holds >= 2 of the group, or is not
+    required); among those, one whose move leaves no other group's required split empty, and then
+    the one whose hash lies closest to the target split (so repairs stay put as images are added).
     """
-    n, n_labels = y.shape
-    y = y.astype(bool)
-    out = np.full(n, -1, dtype=np.int64)
-    carry = np.zeros(3)
-    want_label = np.zeros((n_labels, 3))
-    pos = y.sum(axis=0)
-    for lab in np.argsort(pos, kind="stable"):
-        counts = _allocate(int(pos[lab]), fr, carry, rng)
-        carry += pos[lab] * fr - counts
-        want_label[lab] = counts
-    want_total = n * fr.astype(np.float64)
     active = fr > 0
-    remaining = pos.astype(np.int64).copy()
-    label_tiebreak = rng.random(n_labels)
-
-    while remaining.sum() > 0:
-        cand = np.flatnonzero(remaining > 0)
-        lab = cand[np.lexsort((label_tiebreak[cand], remaining[cand]))[0]]
-        rows = np.flatnonzero(y[:, lab] & (out < 0))
-        rows = rows[rng.permutation(len(rows))]
-        for r in rows:
-            score_l = np.where(active, want_label[lab], -np.inf)
-            best = np.flatnonzero(score_l == score_l.max())
-            if len(best) > 1:
-                tot = want_total[best]
-                best = best[tot == tot.max()]
-            j = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+    sizes = np.array([len(r) for r in group_rows], dtype=np.int64)
+    required = np.array([_required(int(s), active) for s in sizes]).reshape(len(group_rows), 3)
+    counts = np.array([np.bincount(out[r], minlength=3) for r in group_rows]).reshape(len(group_rows), 3)
+    moves = 0
+    for g in np.argsort(sizes, kind="stable"):
+        rows_g = group_rows[g]
+        for j in np.flatnonzero(required[g]):
+            if counts[g, j] > 0:
+                continue
+            spare = (counts[g] >= 2) | ~required[g]
+            cand = rows_g[spare[out[rows_g]] & (out[rows_g] != j)]
+            if row_groups is not None and len(cand):
+                # a move must not empty a required split of another group the image belongs to
+                ok = [all(h == g or not required[h, out[r]] or counts[h, out[r]] >= 2 for h in row_groups[r])
+                      for r in cand]
+                cand = cand[np.asarray(ok, dtype=bool)]
+            if len(cand) == 0:
+                continue
+            r = int(cand[np.lexsort((u[cand], _distance_to(u[cand], fr, int(j))))[0]])
+            for h in ([g] if row_groups is None else row_groups[r]):
+                counts[h, out[r]] -= 1
+                counts[h, j] += 1
             out[r] = j
-            labs = y[r]
-            want_label[labs, j] -= 1
-            want_total[j] -= 1
-            remaining[labs] -= 1
+            moves += 1
+    return moves
 
-    # examples without any positive label: fill what each split still wants
-    rest = np.flatnonzero(out < 0)
-    rest = rest[rng.permutation(len(rest))]
-    if len(rest):
-        want = np.clip(want_total, 0, None)
-        share = want / want.sum() if want.sum() > 0 else fr
-        out[rest] = np.repeat(np.arange(3), _allocate(len(rest), share, np.zeros(3), rng))
-    return out
+
+def assign_splits(
+    ids: Sequence[str],
+    labels: np.ndarray,
+    task: str,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> SplitAssignment:
+    """Stable stratified split of labeled rows: ``"train"``/``"val"``/``"test"`` per row.
+
+    ``labels``: int class indices ``(N,)`` for ``"binary"``/``"multiclass"``, multi-hot ``(N, C)`` for
+    ``"multilabel"``. A row's split is its id's seeded hash against the cumulative fractions; then a
+    class or label with >= 3 images that is missing from a split with a non-zero fraction, or with 1-2
+    images and none in train, gets one image moved there (``repairs`` counts the moved rows).
+    """
+    fr = np.asarray(check_fractions(fractions), dtype=np.float64)
+    y = np.asarray(labels)
+    if task in ("binary", "multiclass"):
+        if y.ndim != 1:
+            raise DatasetError(f"{task} labels must be one class index per image, got shape {y.shape}")
+    elif task == "multilabel":
+        if y.ndim != 2:
+            raise DatasetError(f"multilabel labels must be an (N, C) 0/1 matrix, got shape {y.shape}")
+    else:
+        raise DatasetError(f"unknown task {task!r}; expected binary, multiclass or multilabel")
+    if len(ids) != len(y):
+        raise DatasetError(f"{len(ids)} ids for {len(y)} label rows")
+    if len(set(ids)) != len(ids):
+        raise DatasetError("split ids must be unique")
+    if len(y) == 0:
+        return SplitAssignment(np.zeros(0, dtype="<U5"), 0)
+    u = id_uniform([str(i) for i in ids], seed)
+    out = _hash_splits(u, fr)
+    if task == "multilabel":
+        member = y.astype(bool)
+        group_rows = [np.flatnonzero(member[:, g]) for g in range(member.shape[1])]
+        row_groups: list[np.ndarray] | None = [np.flatnonzero(m) for m in member]
+    else:
+        _, inverse = np.unique(y, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        group_rows = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+        row_groups = None
+    moves = _repair(group_rows, row_groups, out, u, fr)
+    return SplitAssignment(np.asarray(SPLIT_NAMES, dtype="<U5")[out], moves)
 
 
 def stratified_split(
@@ -136,26 +174,8 @@ def stratified_split(
     task: str,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    ids: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Assign every row to ``"train"``, ``"val"`` or ``"test"``; returns a string array.
-
-    ``labels``: int class indices ``(N,)`` for ``"binary"``/``"multiclass"``, multi-hot ``(N, C)`` for
-    ``"multilabel"`` (all rows labeled). Same input and seed give the same split. Single-label splits
-    are stratified per class (classes with 1-2 images go to train first; classes with >= 3 images
-    appear in every split with a non-zero fraction); multilabel uses iterative stratification so labels
-    with >= 3 positives appear in every split whenever possible.
-    """
-    fr = np.asarray(check_fractions(fractions), dtype=np.float64)
-    y = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    if task in ("binary", "multiclass"):
-        if y.ndim != 1:
-            raise DatasetError(f"{task} labels must be one class index per image, got shape {y.shape}")
-        idx = _single_label(y, fr, rng) if len(y) else np.zeros(0, dtype=np.int64)
-    elif task == "multilabel":
-        if y.ndim != 2:
-            raise DatasetError(f"multilabel labels must be an (N, C) 0/1 matrix, got shape {y.shape}")
-        idx = _multilabel(y, fr, rng) if len(y) else np.zeros(0, dtype=np.int64)
-    else:
-        raise DatasetError(f"unknown task {task!r}; expected binary, multiclass or multilabel")
-    return np.asarray(SPLIT_NAMES, dtype="<U5")[idx]
+    """:func:`assign_splits` returning only the split names; ``ids`` default to the row numbers."""
+    ids = [str(i) for i in range(len(labels))] if ids is None else ids
+    return assign_splits(ids, labels, task, fractions, seed).splits
