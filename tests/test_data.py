@@ -549,3 +549,24 @@ def test_load_dataset_autodetect(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(DatasetError, match="unsupported dataset file"):
         load_dataset(tmp_path / "x.txt")
+
+
+def test_csv_dataset_grown_by_ten_percent_keeps_old_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = {"a": 90, "b": 60, "c": 25, "d": 12, "e": 6, "f": 3}
+    rows = [(f"{c}{i}.png", c) for c, n in counts.items() for i in range(n)]
+    extra = [(f"{c}x{i}.png", c) for i, c in enumerate(rng.choice(list(counts), 20, p=[0.4, 0.3, 0.1, 0.1, 0.05, 0.05]))]
+    for k, (f, _) in enumerate(rows + extra):
+        write_image(tmp_path / "img" / f, w=4, h=4, seed=k)
+
+    def manifest(rs, name):
+        return from_csv(_csv(tmp_path / name, "path,label\n" + "\n".join(f"img/{f},{c}" for f, c in rs)), seed=4)
+
+    old, new = manifest(rows, "old.csv"), manifest(rows + extra, "new.csv")
+    before = dict(zip(old.ids, old.splits, strict=True))
+    after = dict(zip(new.ids, new.splits, strict=True))
+    moved = [i for i in old.ids if before[i] != after[i]]
+    small = {c for c, n in counts.items() if n < 20}
+    assert all(i[4:5] in small for i in moved)  # ids are "img/<class><n>"
+    assert len(moved) <= old.split_repairs + new.split_repairs
+    assert old.info()["split_repairs"] == old.split_repairs and "moved so every class" in old.split_summary()
