@@ -328,6 +328,13 @@ def test_csv_semicolon_labels_with_empty_cells_are_multilabel(tmp_path):
     assert set(m.splits) <= {"train", "val", "test"}
 
 
+def test_csv_only_other_column_is_the_label_column(tmp_path):
+    _imgs(tmp_path, 4)
+    p = _csv(tmp_path / "f.csv", "image,Smiling and more\n0.png,yes\n1.png,no\n2.png,yes\n3.png,no")
+    m = from_csv(p)
+    assert m.classes == ["no", "yes"] and m.task == "binary"
+
+
 def test_csv_dialect_is_sniffed_and_quoted_comma_labels(tmp_path):
     _imgs(tmp_path, 6)
     tags = ["a,b", "b", "a", "c,a", "c", "b,c"]

@@ -313,7 +313,7 @@ def from_split_folders(
 # ----------------------------------------------------------------------------- CSV
 
 _PATH_COLS = ("path", "filepath", "file_path", "image_path", "img_path", "image", "img", "file", "filename")
-_LABEL_COLS = ("label", "labels", "class", "classes", "category", "target", "tags")
+_LABEL_COLS = ("label", "labels", "class", "classes", "category", "target", "tags", "tag", "attributes")
 _SPLIT_COLS = ("split", "subset", "set", "fold")
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no"}
@@ -491,6 +491,8 @@ def from_csv(
             rest = [h for h in header if h not in used]
             if len(rest) >= 2 and all(r[h].lower() in _TRUE | _FALSE for r in rows for h in rest):
                 multi_cols = rest
+            elif len(rest) == 1:  # the only other column
+                lcol = rest[0]
             else:
                 raise DatasetError(
                     f"{csv_path}: cannot find the label column; pass --label-col (label_col; or label_cols "
