@@ -219,7 +219,9 @@ def features_key(backbone: Backbone, feature_dtype: str) -> tuple[str, dict[str,
 
 
 def cache_path_for(manifest: Manifest, spec: BackboneSpec, key: str, cache_dir: str | Path) -> Path:
-    file_key = config_hash({"features": key, "dataset": manifest.source})
+    """``<dataset>__<backbone tag>__<hash of features key, dataset source and featpipe's split>.h5``."""
+    split = manifest.split_identity()
+    file_key = config_hash({"features": key, "dataset": manifest.source, **({"split": split} if split else {})})
     return Path(cache_dir) / fcache.cache_filename(manifest.name, spec.tag(), file_key)
 
 
@@ -263,10 +265,13 @@ def _still_valid(state: fcache.RowState, path: str, array: np.ndarray | None) ->
 
 
 def _prepare(
-    path: Path, manifest: Manifest, key: str, attrs: dict[str, Any], dim: int, feature_dtype: str
+    path: Path, manifest: Manifest, key: str, attrs: dict[str, Any], dim: int, feature_dtype: str,
+    retry_failed: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Make ``path`` a cache laid out for ``manifest``, keeping every still-valid row.
 
+    A failed row is retried when its bytes changed, when they were never read (an I/O failure, which
+    may be transient: the content hash is empty), or always with ``retry_failed``.
     Returns the rows still to embed and the number of rows reused.
     """
     for stale in path.parent.glob(path.name + ".tmp*"):
@@ -299,6 +304,8 @@ def _prepare(
         for i, (img_id, p) in enumerate(zip(manifest.ids, manifest.paths, strict=True)):
             st = states.get(img_id)
             if st is None or st.status == fcache.PENDING:
+                continue
+            if st.status == fcache.FAILED and (retry_failed or not st.content_hash):
                 continue
             keep[i], mtimes[i] = _still_valid(st, p, manifest.array)
         if _same_layout(f, manifest):
@@ -349,8 +356,13 @@ def embed_dataset(
     progress: bool = True,
     write_every: int = 256,
     seed: int = 0,
+    retry_failed: bool = False,
 ) -> EmbedResult:
-    """Embed every image of ``manifest`` not yet in its cache; return what was done."""
+    """Embed every image of ``manifest`` not yet in its cache; return what was done.
+
+    Failed rows are retried when they could succeed now (I/O failures, changed bytes); with
+    ``retry_failed`` every failed row is.
+    """
     if feature_dtype not in FEATURE_DTYPES:
         raise FeaturepipeError(f"unknown feature dtype {feature_dtype!r}; expected float32 or float16")
     if len(manifest) == 0:
@@ -379,7 +391,7 @@ def embed_dataset(
     with fcache.write_lock(path):
         if force and path.exists():
             path.unlink()
-        todo, reused = _prepare(path, manifest, key, attrs, backbone.feature_dim, feature_dtype)
+        todo, reused = _prepare(path, manifest, key, attrs, backbone.feature_dim, feature_dtype, retry_failed)
         t_embed = time.perf_counter()
         writer = fcache.CacheWriter(path)
         try:
@@ -491,18 +503,46 @@ def embed_paths(
     return feats, ok, errors
 
 
-def find_cache(cache_dir: str | Path, manifest: Manifest, spec: BackboneSpec) -> Path | None:
-    """The complete cache in ``cache_dir`` for this dataset and backbone spec, if any (no model built)."""
-    want = spec.to_dict()
-    want.pop("weights_path", None)
+_IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size")
+
+
+def backbone_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What makes two backbone specs the same network: weights, layer, size (not precision; the seed
+    only for random-init weights, where it is in ``weights_id``)."""
+    return {k: spec.get(k) for k in _IDENTITY_FIELDS}
+
+
+def find_cache(
+    cache_dir: str | Path, manifest: Manifest, spec: BackboneSpec, *, precision: str = "auto"
+) -> Path | None:
+    """The cache in ``cache_dir`` for this dataset (source, split seed and fractions) and backbone identity.
+
+    One such cache is used whatever precision made it; among several, the one with ``spec.precision``
+    (what ``precision="auto"`` resolved to on this machine). An explicit ``precision`` only accepts that
+    one. Several left: :class:`CacheError` listing them. No model is built.
+    """
+    want = backbone_identity(spec.to_dict())
+    split = manifest.split_identity() or {}
+    found: list[tuple[Path, str]] = []
     for p in sorted(Path(cache_dir).glob("*.h5")):
         try:
             with fcache._open_h5(p, "r") as f:
                 a = fcache.read_attrs(f)
         except CacheError:
             continue
-        got = dict(a.get("backbone", {}))
-        got.pop("weights_path", None)
-        if got == want and a.get("dataset", {}).get("source") == manifest.source:
-            return p
-    return None
+        ds = a.get("dataset", {})
+        if (backbone_identity(a.get("backbone", {})) != want or ds.get("source") != manifest.source
+                or {k: ds.get(k) for k in split} != split):
+            continue
+        found.append((p, str(a.get("backbone", {}).get("precision"))))
+    if precision != "auto":
+        found = [(p, prec) for p, prec in found if prec == spec.precision]
+    if len(found) > 1:
+        found = [(p, prec) for p, prec in found if prec == spec.precision] or found
+    if len(found) > 1:
+        raise CacheError(
+            f"several caches of this dataset and backbone in {cache_dir}: "
+            + ", ".join(f"{p.name} ({prec})" for p, prec in found)
+            + "; pass --precision to pick one, or --cache FILE"
+        )
+    return found[0][0] if found else None

@@ -141,7 +141,8 @@ def resolve_spec(
         precision = "bf16" if device.startswith("cuda") and not onnx else "fp32"
     if precision not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": seed}
+    # only random-init weights depend on the seed; for all others it is not part of the identity
+    common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": 0}
     if name in PACKAGED_ONNX or _is_onnx(name):
         if layer:
             raise BackboneError("--layer is not supported for ONNX backbones")
@@ -175,7 +176,8 @@ def resolve_spec(
         )
     if not pretrained:
         return BackboneSpec(
-            name=name, kind="timm", arch=arch, weights="random", weights_id=f"random:seed{seed}", **common
+            name=name, kind="timm", arch=arch, weights="random", weights_id=f"random:seed{seed}",
+            **{**common, "seed": seed},
         )
     if name in PACKAGED:
         path = _packaged_file(name)

@@ -20,13 +20,15 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
 @click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
+@click.option("--retry-failed", is_flag=True,
+              help="Retry every failed row (by default only I/O failures and changed files are retried).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Torch seed (random-init backbones).")
 @click.option("--write-every", type=int, default=256, show_default=True,
               help="Rows per cache write (at most this many are redone after a crash).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
           unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,
-          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, seed,
+          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, retry_failed, seed,
           write_every, quiet):
     """Embed every image of a dataset once into a resumable feature cache.
 
@@ -59,7 +61,7 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
                    f"{manifest.skipped[0][1]})", err=True)
     res = embed_dataset(manifest, spec, cache_dir=cache_dir, cache_file=cache_file, device=device,
                         batch_size=batch_size, num_workers=workers, feature_dtype=feature_dtype,
-                        force=force, progress=not quiet, seed=seed,
+                        force=force, retry_failed=retry_failed, progress=not quiet, seed=seed,
                         write_every=write_every)
     rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
     click.echo(f"embedded {res.n_computed} images{rate}, reused {res.n_reused}, failed {res.n_failed}")

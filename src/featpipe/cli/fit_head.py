@@ -12,20 +12,23 @@ from featpipe.metrics import METRICS
 
 
 def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
-                    image_size, precision, cache_dir) -> Path:
+                    image_size, precision, seed, cache_dir) -> Path:
     from featpipe.backbones import resolve_spec
     from featpipe.cli._common import open_dataset
-    from featpipe.embed import find_cache
+    from featpipe.embed import find_cache, resolve_device
     from featpipe.errors import CacheError
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
                             **csv_opts)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
-                        image_size=image_size, precision=precision)
-    path = find_cache(cache_dir, manifest, spec)
+                        image_size=image_size, precision=precision, seed=seed, device=resolve_device("auto"))
+    path = find_cache(cache_dir, manifest, spec, precision=precision)
     if path is None:
-        raise CacheError(f"no complete cache for {data} with backbone {spec.tag()} in {cache_dir}; "
-                         f"run: featpipe embed --data {data} --backbone {backbone}")
+        split = manifest.split_identity()
+        how = (f" (split seed {split['split_seed']}, fractions {','.join(f'{x:g}' for x in split['split_fractions'])})"
+               if split else "")
+        raise CacheError(f"no complete cache for {data}{how} with backbone {spec.tag()} in {cache_dir}; "
+                         f"run: featpipe embed --data {data} --backbone {backbone} with the same options")
     return path
 
 
@@ -57,7 +60,8 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
               help="Multilabel: labels with fewer val positives use the global threshold.")
 @click.option("--thresholds", "threshold_mode", type=click.Choice(["per-class", "global"]), default="per-class",
               show_default=True, help="Multilabel: which tuned thresholds the model uses (both are recorded).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model); with --data and --no-pretrained also the "
+              "random-init backbone's seed (pretrained weights have none).")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
@@ -71,6 +75,10 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
       featpipe fit-head --cache cache/photos__efficientnet_lite0__ab12cd34ef.h5 --head all
       featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train+val
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
+
+    With --data, the cache is found by dataset (path, split seed and fractions) and backbone
+    (weights, layer, image size): a single one is used whatever --precision made it; of several,
+    the one --precision auto means on this machine.
     """
     from featpipe.cache import FeatureCache
     from featpipe.errors import FeaturepipeError
@@ -82,7 +90,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         csv_opts = dict(label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
                         unlabeled_empty=unlabeled_empty)
         paths.append(_find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights,
-                                     no_pretrained, layer, image_size, precision, cache_dir))
+                                     no_pretrained, layer, image_size, precision, seed, cache_dir))
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
     results = []

@@ -76,6 +76,13 @@ class Manifest:
             "n_skipped": len(self.skipped),
         }
 
+    def split_identity(self) -> dict[str, Any] | None:
+        """The split seed and fractions when featpipe made the split (``None``: the source gave it)."""
+        if self.split_seed is None:
+            return None
+        return {"split_seed": self.split_seed,
+                "split_fractions": list(self.split_fractions) if self.split_fractions else None}
+
     def split_summary(self) -> str | None:
         """One line on how featpipe made the split (``None`` when the source gave every split)."""
         if self.split_seed is None:
