@@ -129,3 +129,18 @@ def test_retry_failed_on_a_clean_cache_recomputes_nothing(image_folder, tmp_path
     _embed(image_folder, tmp_path / "cache", "--no-pretrained")
     _, out = _embed(image_folder, tmp_path / "cache", "--no-pretrained", "--retry-failed")
     assert "embedded 0 images" in out and "failed 0" in out
+
+
+def test_cache_named_before_split_identity_is_taken_over(image_folder, tmp_path):
+    from featpipe.backbones._base import config_hash
+    from featpipe.cache import cache_filename
+
+    path, _ = _embed(image_folder, tmp_path / "cache", "--no-pretrained")
+    c = FeatureCache.open(path)
+    legacy = path.with_name(cache_filename(c.dataset["name"], resolve_spec(
+        TINY, pretrained=False, image_size=TINY_SIZE).tag(), config_hash({"features": c.key,
+                                                                           "dataset": c.dataset["source"]})))
+    assert legacy != path
+    path.rename(legacy)
+    again, out = _embed(image_folder, tmp_path / "cache", "--no-pretrained")
+    assert again == path and not legacy.exists() and "embedded 0 images" in out

@@ -391,6 +391,10 @@ def embed_dataset(
     with fcache.write_lock(path):
         if force and path.exists():
             path.unlink()
+        legacy = Path(cache_dir) / fcache.cache_filename(
+            manifest.name, spec.tag(), config_hash({"features": key, "dataset": manifest.source}))
+        if not cache_file and not force and not path.exists() and legacy != path and legacy.exists():
+            os.replace(legacy, path)  # named before the split was part of the name: keep its features
         todo, reused = _prepare(path, manifest, key, attrs, backbone.feature_dim, feature_dtype, retry_failed)
         t_embed = time.perf_counter()
         writer = fcache.CacheWriter(path)
