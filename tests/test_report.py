@@ -20,7 +20,7 @@ from featpipe.cli import main
 from featpipe.data import load_dataset
 from featpipe.embed import embed_dataset
 from featpipe.errors import FeaturepipeError
-from featpipe.heads import fit_cache, write_run
+from featpipe.fit import fit_cache, write_run
 from featpipe.report import build_report
 from featpipe.report._analysis import label_issues, near_duplicates
 

@@ -23,7 +23,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.errors import CacheError
+from featpipe.backbones._base import Backbone, BackboneSpec, config_hash
+from featpipe.data.manifest import Manifest
+from featpipe.errors import CacheError, ImageError
+from featpipe.images import read_source
 
 FORMAT_VERSION = 1
 PENDING, OK, FAILED = 0, 1, 2
@@ -337,3 +340,150 @@ def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:
         except (CacheError, KeyError, OSError) as e:
             rows.append({"file": p.name, "state": f"unreadable: {e}"})
     return rows
+
+
+# ------------------------------------------------------------------- validity of an existing cache
+
+
+def features_key(backbone: Backbone, feature_dtype: str) -> tuple[str, dict[str, Any]]:
+    config = {
+        **backbone.config(),
+        "decode": "pil-rgb-exif-jpegdraft",
+        "feature_dtype": feature_dtype,
+        "format_version": FORMAT_VERSION,
+    }
+    return config_hash(config), config
+
+
+def cache_path_for(manifest: Manifest, spec: BackboneSpec, key: str, cache_dir: str | Path) -> Path:
+    file_key = config_hash({"features": key, "dataset": manifest.source})
+    return Path(cache_dir) / cache_filename(manifest.name, spec.tag(), file_key)
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _same_layout(f: Any, manifest: Manifest) -> bool:
+    ids = f["ids"].asstr()[...]
+    if len(ids) != len(manifest) or list(ids) != manifest.ids:
+        return False
+    if list(f["split"].asstr()[...]) != manifest.splits or list(f["paths"].asstr()[...]) != manifest.paths:
+        return False
+    old = f["labels"][...]
+    return old.shape == manifest.labels.shape and bool(np.array_equal(old, manifest.labels))
+
+
+def _still_valid(state: RowState, path: str, array: np.ndarray | None) -> tuple[bool, int]:
+    """Whether a cached row still matches the image on disk; also returns its current mtime."""
+    if array is not None and "#" in path:
+        data, chash, _, _ = read_source(path, array)
+        return chash == state.content_hash, 0
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False, 0
+    if st.st_size == state.size and st.st_mtime_ns == state.mtime_ns:
+        return True, st.st_mtime_ns
+    try:
+        _, chash, _, _ = read_source(path, None)
+    except ImageError:
+        return False, 0
+    return chash == state.content_hash, st.st_mtime_ns
+
+
+def prepare_cache(
+    path: Path, manifest: Manifest, key: str, attrs: dict[str, Any], dim: int, feature_dtype: str
+) -> tuple[np.ndarray, int]:
+    """Make ``path`` a cache laid out for ``manifest``, keeping every still-valid row.
+
+    Returns the rows still to embed and the number of rows reused.
+    """
+    for stale in path.parent.glob(path.name + ".tmp*"):
+        stale.unlink()  # left by a run killed while writing a new layout
+    n = len(manifest)
+    new = dict(
+        n=n, dim=dim, feature_dtype=feature_dtype, ids=manifest.ids, paths=manifest.paths,
+        splits=manifest.splits, labels=manifest.labels, labeled=manifest.labeled, attrs=attrs,
+    )
+    if not path.exists():
+        create_cache_file(path, **new)
+        return np.arange(n), 0
+
+    old_attrs, states, f = read_row_states(path)
+    try:
+        if old_attrs.get("key") != key:
+            diff = _config_diff(old_attrs.get("config", {}), attrs["config"])
+            raise CacheError(
+                f"cache {path.name} was built with another backbone config ({'; '.join(diff[:3]) or 'key'}); "
+                "it is never reused: pass --force to rebuild it, or use another --cache-dir"
+            )
+        old_src = old_attrs.get("dataset", {}).get("source")
+        if old_src != manifest.source:
+            raise CacheError(
+                f"cache {path.name} holds dataset {old_src!r}, not {manifest.source!r}; "
+                "pass --force to overwrite it or use another cache file"
+            )
+        keep = np.zeros(n, dtype=bool)
+        mtimes = np.zeros(n, dtype=np.int64)
+        for i, (img_id, p) in enumerate(zip(manifest.ids, manifest.paths, strict=True)):
+            st = states.get(img_id)
+            if st is None or st.status == PENDING:
+                continue
+            keep[i], mtimes[i] = _still_valid(st, p, manifest.array)
+        if _same_layout(f, manifest):
+            f.close()
+            w = CacheWriter(path)
+            try:
+                changed = np.flatnonzero(~keep & (w.f["status"][...] != PENDING))
+                if len(changed):  # image bytes changed: those rows go back to pending
+                    w.f["status"][changed] = PENDING
+                touched = np.flatnonzero(keep & (mtimes != w.f["mtime_ns"][...]))
+                if len(touched):  # same bytes, new mtime: remember it to skip re-hashing next time
+                    w.f["mtime_ns"][touched] = mtimes[touched]
+                w.set_attrs(**{**attrs, "completed": False})
+            finally:
+                w.close()
+            return np.flatnonzero(~keep), int(keep.sum())
+        # new layout (images added / removed / relabelled): copy valid rows into a fresh file
+        old_index = {img_id: j for j, img_id in enumerate(f["ids"].asstr()[...])}
+        src = np.array([old_index[i] for i in np.array(manifest.ids)[keep]], dtype=np.int64)
+        order = np.argsort(src)
+        carry: dict[str, np.ndarray] = {}
+        for name in ("features", "content_hash", "size", "mtime_ns", "error", "status"):
+            ds = f[name]
+            col = np.zeros((n, *ds.shape[1:]), dtype=ds.dtype)
+            if len(src):
+                vals = ds[src[order]]
+                col[np.flatnonzero(keep)[order]] = vals
+            carry[name] = col
+        carry["mtime_ns"][keep] = mtimes[keep]
+    finally:
+        if f.id.valid:
+            f.close()
+    create_cache_file(path, **new, carry=carry)
+    return np.flatnonzero(~keep), int(keep.sum())
+
+
+def find_cache(cache_dir: str | Path, manifest: Manifest, spec: BackboneSpec) -> Path | None:
+    """The complete cache in ``cache_dir`` for this dataset and backbone spec, if any (no model built)."""
+    want = spec.to_dict()
+    want.pop("weights_path", None)
+    for p in sorted(Path(cache_dir).glob("*.h5")):
+        try:
+            with _open_h5(p, "r") as f:
+                a = read_attrs(f)
+        except CacheError:
+            continue
+        got = dict(a.get("backbone", {}))
+        got.pop("weights_path", None)
+        if got == want and a.get("dataset", {}).get("source") == manifest.source:
+            return p
+    return None

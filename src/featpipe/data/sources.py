@@ -20,6 +20,7 @@ import numpy as np
 from featpipe.data.manifest import Manifest
 from featpipe.data.splitting import check_fractions, stratified_split
 from featpipe.errors import DatasetError
+from featpipe.images import IMAGE_EXTENSIONS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -33,7 +34,6 @@ __all__ = [
     "normalize_split_name",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 _SPLIT_ALIASES = {
     "train": "train",
