@@ -322,8 +322,8 @@ def test_nothing_to_report_and_bad_inputs_are_one_line_errors(study, tmp_path):
 
 def test_leaderboard_chart_identity_covers_every_run():
     """A change in any run (here the last of twelve) or a reference line gives the chart a new name."""
-    from featpipe.report import _leaderboard_fingerprint
     from featpipe.report._data import ModelRun
+    from featpipe.report._leaderboard import _leaderboard_fingerprint
 
     def runs(last: str) -> list[ModelRun]:
         return [
