@@ -10,8 +10,6 @@ Layout changes (images added, removed or changed) go through a new file and an a
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
@@ -56,40 +54,43 @@ class RowState:
 
 @contextlib.contextmanager
 def write_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``<cache>.lock``; a second writer gets a clear error at once."""
+    """Exclusive lock on ``<cache>.lock`` (filelock: POSIX and Windows); a second writer gets a clear error
+    at once. The holder's pid is noted in ``<cache>.lock.owner`` for that message."""
+    from filelock import FileLock, Timeout
+
     lock_path = path.with_name(path.name + ".lock")
+    owner = path.with_name(path.name + ".lock.owner")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(lock_path, timeout=0, is_singleton=False, thread_local=False)
     try:
+        lock.acquire()
+    except Timeout:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise CacheError(
-                    f"cache {path.name} is being written by another featpipe process (pid {holder}); "
-                    "wait for it to finish or use another --cache-dir"
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            holder = owner.read_text().strip() or "?"
+        except OSError:
+            holder = "?"
+        raise CacheError(
+            f"cache {path.name} is being written by another featpipe process (pid {holder}); "
+            "wait for it to finish or use another --cache-dir"
+        ) from None
+    try:
+        owner.write_text(str(os.getpid()))
         yield
     finally:
-        os.close(fd)  # closing releases the lock; the lock file stays (removing it would race)
+        lock.release()  # the lock file stays (removing it would race)
 
 
 def is_locked(path: Path) -> bool:
+    from filelock import FileLock, Timeout
+
     lock_path = path.with_name(path.name + ".lock")
     if not lock_path.exists():
         return False
-    fd = os.open(lock_path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
+        FileLock(lock_path, timeout=0, is_singleton=False, thread_local=False).acquire().lock.release()
+    except Timeout:
         return True
-    finally:
-        os.close(fd)
+    return False
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:

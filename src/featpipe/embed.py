@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import platform
 import sys
 import time
@@ -21,6 +20,7 @@ from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FeaturepipeError, ImageError
+from featpipe.hardware import available_cpus
 from featpipe.images import image_from_array, load_image, read_source
 from featpipe.versions import library_versions
 
@@ -44,7 +44,7 @@ def default_workers(device: str) -> int:
     """Decode workers. On CPU the forward pass already uses every core and decoding is a small
     share of the work, so few workers (none on 2 cores, where one measured ~20% slower); a GPU
     is fed by as many as there are cores, up to 8."""
-    cores = os.cpu_count() or 2
+    cores = available_cpus()
     if device.startswith("cuda"):
         return min(8, cores)
     return 0 if cores <= 2 else min(4, cores // 4)

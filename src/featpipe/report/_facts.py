@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import featpipe
+from featpipe.hardware import available_cpus
 from featpipe.report import _data
 from featpipe.report._common import (
     _fmt,
@@ -72,7 +72,7 @@ def _run_facts(caches: list[Any], runs: list[_data.ModelRun]) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpus": os.cpu_count(),
+        "cpus": available_cpus(),
         "torch_device": device,
         "libs": libs,
         "caches": cache_rows,
