@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from featpipe.cache import FeatureCache
     from featpipe.data import load_dataset
     from featpipe.embed import embed_dataset, resolve_device
-    from featpipe.heads import fit_cache
+    from featpipe.fit import fit_cache
 
     csv_path = args.work / "attributes.csv"
     n, n_empty, labels = write_csv(args.data, csv_path, {d for d in args.drop.split(",") if d}, args.limit)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from featpipe.cache import FeatureCache
-    from featpipe.heads import fit_cache, write_run
+    from featpipe.fit import fit_cache, write_run
     from featpipe.thresholds import apply_thresholds
 
     caches = list(args.caches)

@@ -73,8 +73,8 @@ def main() -> int:
     from featpipe.cache import FeatureCache
     from featpipe.data import load_dataset
     from featpipe.embed import embed_dataset
-    from featpipe.heads import fit_cache, write_run
-    from featpipe.report import GALLERY, THUMBS_PER_CLASS
+    from featpipe.fit import fit_cache, write_run
+    from featpipe.report._common import GALLERY, THUMBS_PER_CLASS
 
     work = args.work or Path(tempfile.mkdtemp(prefix="featpipe-scale-"))
     data = work / f"images-{args.n}-{args.size}"

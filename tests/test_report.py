@@ -20,7 +20,7 @@ from featpipe.cli import main
 from featpipe.data import load_dataset
 from featpipe.embed import embed_dataset
 from featpipe.errors import FeaturepipeError
-from featpipe.heads import fit_cache, write_run
+from featpipe.fit import fit_cache, write_run
 from featpipe.report import build_report
 from featpipe.report._analysis import label_issues, near_duplicates
 
@@ -323,8 +323,8 @@ def test_nothing_to_report_and_bad_inputs_are_one_line_errors(study, tmp_path):
 
 def test_leaderboard_chart_identity_covers_every_run():
     """A change in any run (here the last of twelve) or a reference line gives the chart a new name."""
-    from featpipe.report import _leaderboard_fingerprint
     from featpipe.report._data import ModelRun
+    from featpipe.report._leaderboard import _leaderboard_fingerprint
 
     def runs(last: str) -> list[ModelRun]:
         return [

@@ -10,8 +10,6 @@ Layout changes (images added, removed or changed) go through a new file and an a
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
@@ -23,7 +21,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from featpipe.errors import CacheError
+from featpipe.backbones._base import Backbone, BackboneSpec, config_hash
+from featpipe.data.manifest import Manifest
+from featpipe.errors import CacheError, ImageError
+from featpipe.images import read_source
 
 FORMAT_VERSION = 1
 PENDING, OK, FAILED = 0, 1, 2
@@ -53,40 +54,43 @@ class RowState:
 
 @contextlib.contextmanager
 def write_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``<cache>.lock``; a second writer gets a clear error at once."""
+    """Exclusive lock on ``<cache>.lock`` (filelock: POSIX and Windows); a second writer gets a clear error
+    at once. The holder's pid is noted in ``<cache>.lock.owner`` for that message."""
+    from filelock import FileLock, Timeout
+
     lock_path = path.with_name(path.name + ".lock")
+    owner = path.with_name(path.name + ".lock.owner")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(lock_path, timeout=0, is_singleton=False, thread_local=False)
     try:
+        lock.acquire()
+    except Timeout:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise CacheError(
-                    f"cache {path.name} is being written by another featpipe process (pid {holder}); "
-                    "wait for it to finish or use another --cache-dir"
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            holder = owner.read_text().strip() or "?"
+        except OSError:
+            holder = "?"
+        raise CacheError(
+            f"cache {path.name} is being written by another featpipe process (pid {holder}); "
+            "wait for it to finish or use another --cache-dir"
+        ) from None
+    try:
+        owner.write_text(str(os.getpid()))
         yield
     finally:
-        os.close(fd)  # closing releases the lock; the lock file stays (removing it would race)
+        lock.release()  # the lock file stays (removing it would race)
 
 
 def is_locked(path: Path) -> bool:
+    from filelock import FileLock, Timeout
+
     lock_path = path.with_name(path.name + ".lock")
     if not lock_path.exists():
         return False
-    fd = os.open(lock_path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
+        FileLock(lock_path, timeout=0, is_singleton=False, thread_local=False).acquire().lock.release()
+    except Timeout:
         return True
-    finally:
-        os.close(fd)
+    return False
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -337,3 +341,194 @@ def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:
         except (CacheError, KeyError, OSError) as e:
             rows.append({"file": p.name, "state": f"unreadable: {e}"})
     return rows
+
+
+# ------------------------------------------------------------------- validity of an existing cache
+
+
+def features_key(backbone: Backbone, feature_dtype: str) -> tuple[str, dict[str, Any]]:
+    config = {
+        **backbone.config(),
+        "decode": "pil-rgb-exif-jpegdraft",
+        "feature_dtype": feature_dtype,
+        "format_version": FORMAT_VERSION,
+    }
+    return config_hash(config), config
+
+
+def cache_path_for(manifest: Manifest, spec: BackboneSpec, key: str, cache_dir: str | Path) -> Path:
+    """``<dataset>__<backbone tag>__<hash of features key, dataset source and featpipe's split>.h5``."""
+    split = manifest.split_identity()
+    file_key = config_hash({"features": key, "dataset": manifest.source, **({"split": split} if split else {})})
+    return Path(cache_dir) / cache_filename(manifest.name, spec.tag(), file_key)
+
+
+def adopt_legacy_cache(path: Path, manifest: Manifest, spec: BackboneSpec, key: str) -> None:
+    """Rename the cache an older featpipe named without the split (same folder) to ``path``, so its
+    features are reused (rows are content-keyed; the new split only re-lays them out)."""
+    legacy = path.with_name(cache_filename(manifest.name, spec.tag(),
+                                           config_hash({"features": key, "dataset": manifest.source})))
+    if legacy != path and legacy.exists() and not path.exists():
+        os.replace(legacy, path)
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _same_layout(f: Any, manifest: Manifest) -> bool:
+    ids = f["ids"].asstr()[...]
+    if len(ids) != len(manifest) or list(ids) != manifest.ids:
+        return False
+    if list(f["split"].asstr()[...]) != manifest.splits or list(f["paths"].asstr()[...]) != manifest.paths:
+        return False
+    old = f["labels"][...]
+    return old.shape == manifest.labels.shape and bool(np.array_equal(old, manifest.labels))
+
+
+def _still_valid(state: RowState, path: str, array: np.ndarray | None) -> tuple[bool, int]:
+    """Whether a cached row still matches the image on disk; also returns its current mtime."""
+    if array is not None and "#" in path:
+        data, chash, _, _ = read_source(path, array)
+        return chash == state.content_hash, 0
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False, 0
+    if st.st_size == state.size and st.st_mtime_ns == state.mtime_ns:
+        return True, st.st_mtime_ns
+    try:
+        _, chash, _, _ = read_source(path, None)
+    except ImageError:
+        return False, 0
+    return chash == state.content_hash, st.st_mtime_ns
+
+
+def prepare_cache(
+    path: Path, manifest: Manifest, key: str, attrs: dict[str, Any], dim: int, feature_dtype: str,
+    retry_failed: bool = False,
+) -> tuple[np.ndarray, int]:
+    """Make ``path`` a cache laid out for ``manifest``, keeping every still-valid row.
+
+    A failed row is retried when its bytes changed, when they were never read (an I/O failure, which
+    may be transient: its content hash is empty), or always with ``retry_failed``.
+    Returns the rows still to embed and the number of rows reused.
+    """
+    for stale in path.parent.glob(path.name + ".tmp*"):
+        stale.unlink()  # left by a run killed while writing a new layout
+    n = len(manifest)
+    new = dict(
+        n=n, dim=dim, feature_dtype=feature_dtype, ids=manifest.ids, paths=manifest.paths,
+        splits=manifest.splits, labels=manifest.labels, labeled=manifest.labeled, attrs=attrs,
+    )
+    if not path.exists():
+        create_cache_file(path, **new)
+        return np.arange(n), 0
+
+    old_attrs, states, f = read_row_states(path)
+    try:
+        if old_attrs.get("key") != key:
+            diff = _config_diff(old_attrs.get("config", {}), attrs["config"])
+            raise CacheError(
+                f"cache {path.name} was built with another backbone config ({'; '.join(diff[:3]) or 'key'}); "
+                "it is never reused: pass --force to rebuild it, or use another --cache-dir"
+            )
+        old_src = old_attrs.get("dataset", {}).get("source")
+        if old_src != manifest.source:
+            raise CacheError(
+                f"cache {path.name} holds dataset {old_src!r}, not {manifest.source!r}; "
+                "pass --force to overwrite it or use another cache file"
+            )
+        keep = np.zeros(n, dtype=bool)
+        mtimes = np.zeros(n, dtype=np.int64)
+        for i, (img_id, p) in enumerate(zip(manifest.ids, manifest.paths, strict=True)):
+            st = states.get(img_id)
+            if st is None or st.status == PENDING:
+                continue
+            if st.status == FAILED and (retry_failed or not st.content_hash):
+                continue
+            keep[i], mtimes[i] = _still_valid(st, p, manifest.array)
+        if _same_layout(f, manifest):
+            f.close()
+            w = CacheWriter(path)
+            try:
+                changed = np.flatnonzero(~keep & (w.f["status"][...] != PENDING))
+                if len(changed):  # image bytes changed: those rows go back to pending
+                    w.f["status"][changed] = PENDING
+                touched = np.flatnonzero(keep & (mtimes != w.f["mtime_ns"][...]))
+                if len(touched):  # same bytes, new mtime: remember it to skip re-hashing next time
+                    w.f["mtime_ns"][touched] = mtimes[touched]
+                w.set_attrs(**{**attrs, "completed": False})
+            finally:
+                w.close()
+            return np.flatnonzero(~keep), int(keep.sum())
+        # new layout (images added / removed / relabelled): copy valid rows into a fresh file
+        old_index = {img_id: j for j, img_id in enumerate(f["ids"].asstr()[...])}
+        src = np.array([old_index[i] for i in np.array(manifest.ids)[keep]], dtype=np.int64)
+        order = np.argsort(src)
+        carry: dict[str, np.ndarray] = {}
+        for name in ("features", "content_hash", "size", "mtime_ns", "error", "status"):
+            ds = f[name]
+            col = np.zeros((n, *ds.shape[1:]), dtype=ds.dtype)
+            if len(src):
+                vals = ds[src[order]]
+                col[np.flatnonzero(keep)[order]] = vals
+            carry[name] = col
+        carry["mtime_ns"][keep] = mtimes[keep]
+    finally:
+        if f.id.valid:
+            f.close()
+    create_cache_file(path, **new, carry=carry)
+    return np.flatnonzero(~keep), int(keep.sum())
+
+
+_IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size")
+
+
+def backbone_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What makes two backbone specs the same network: weights, layer, size (not precision; the seed
+    only for random-init weights, where it is in ``weights_id``)."""
+    return {k: spec.get(k) for k in _IDENTITY_FIELDS}
+
+
+def find_cache(
+    cache_dir: str | Path, manifest: Manifest, spec: BackboneSpec, *, precision: str = "auto"
+) -> Path | None:
+    """The cache in ``cache_dir`` for this dataset (source, split seed and fractions) and backbone identity.
+
+    One such cache is used whatever precision made it; among several, the one with ``spec.precision``
+    (what ``precision="auto"`` resolved to on this machine). An explicit ``precision`` only accepts that
+    one. Several left: :class:`CacheError` listing them. No model is built.
+    """
+    want = backbone_identity(spec.to_dict())
+    split = manifest.split_identity() or {}
+    found: list[tuple[Path, str]] = []
+    for p in sorted(Path(cache_dir).glob("*.h5")):
+        try:
+            with _open_h5(p, "r") as f:
+                a = read_attrs(f)
+        except CacheError:
+            continue
+        ds = a.get("dataset", {})
+        if (backbone_identity(a.get("backbone", {})) != want or ds.get("source") != manifest.source
+                or {k: ds.get(k) for k in split} != split):
+            continue
+        found.append((p, str(a.get("backbone", {}).get("precision"))))
+    if precision != "auto":
+        found = [(p, prec) for p, prec in found if prec == spec.precision]
+    if len(found) > 1:
+        found = [(p, prec) for p, prec in found if prec == spec.precision] or found
+    if len(found) > 1:
+        raise CacheError(
+            f"several caches of this dataset and backbone in {cache_dir}: "
+            + ", ".join(f"{p.name} ({prec})" for p, prec in found)
+            + "; pass --precision to pick one, or --cache FILE"
+        )
+    return found[0][0] if found else None

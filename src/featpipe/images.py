@@ -20,7 +20,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featpipe.errors import ImageError
 
-__all__ = ["load_image", "read_bytes_and_hash", "image_from_array", "DEFAULT_MAX_PIXELS"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "load_image", "read_source", "read_bytes_and_hash", "image_from_array", "DEFAULT_MAX_PIXELS",
+]
+
+# file suffixes treated as images, everywhere (dataset scans, predict folders)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 DEFAULT_MAX_PIXELS = 200_000_000
 _WHITE = (255, 255, 255)
@@ -219,3 +224,20 @@ def image_from_array(arr: np.ndarray) -> Image.Image:
     if a.shape[2] == 4:
         return _composite_on_white(Image.fromarray(a))
     return Image.fromarray(a)
+
+
+def read_source(path: str, array: np.ndarray | None) -> tuple[bytes | np.ndarray, str, int, int]:
+    """Raw content of one image, its sha1, size and mtime (arrays: the row itself)."""
+    if array is not None and "#" in path:
+        idx = int(path.rsplit("#", 1)[1])
+        arr = np.ascontiguousarray(array[idx])
+        return arr, hashlib.sha1(arr.tobytes()).hexdigest(), arr.nbytes, 0
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file ({e.strerror})") from None
+    return data, hashlib.sha1(data).hexdigest(), st.st_size, st.st_mtime_ns

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
-
-TASKS = ("binary", "multiclass", "multilabel")
 
 # user-facing metric name -> key in the evaluate() dict, per task
 _MAIN_KEYS: dict[str, dict[str, str]] = {

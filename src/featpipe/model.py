@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 
 from featpipe.errors import HeadError, ModelError
 from featpipe.heads import make_head
+from featpipe.images import IMAGE_EXTENSIONS
 from featpipe.metrics import DEFAULT_METRIC, main_metric_key
 from featpipe.thresholds import (
     BINARY_METRICS,
@@ -29,29 +28,11 @@ from featpipe.thresholds import (
     tune_binary_threshold,
     tune_multilabel_thresholds,
 )
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-class FeaturepipeVersionWarning(UserWarning):
-    """A model bundle was saved with other library versions than the ones installed now."""
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a fitted head depends on."""
-    import joblib
-    import sklearn
-
-    import featpipe
-
-    out = {"featpipe": featpipe.__version__, "python": platform.python_version(), "numpy": np.__version__,
-           "scikit-learn": sklearn.__version__, "joblib": joblib.__version__}
-    for mod in ("lightgbm", "torch"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover
-            pass
-    return out
+from featpipe.versions import (
+    FeaturepipeVersionWarning,  # noqa: F401 - re-exported for users
+    library_versions,
+    warn_if_versions_differ,
+)
 
 
 def expand_image_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -241,7 +222,7 @@ class FeaturepipeModel:
         # plain joblib.load() lands here too, so a version change warns in any script
         self.__dict__.update(state)
         if "head_" in state:
-            _warn_if_versions_differ(state.get("versions"), "this featpipe model")
+            warn_if_versions_differ(state.get("versions"), "this featpipe model")
 
     def __repr__(self) -> str:
         state = "fitted" if hasattr(self, "head_") else "unfitted"
@@ -277,12 +258,3 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel
     if not isinstance(model, FeaturepipeModel):
         raise ModelError(f"{path} does not hold a featpipe model (found {type(model).__name__})")
     return model
-
-
-def _warn_if_versions_differ(versions: dict[str, str] | None, what: str) -> None:
-    now = library_versions()
-    diff = [f"{k} {v} -> {now[k]}" for k, v in (versions or {}).items()
-            if k in now and k != "python" and now[k] != v]
-    if diff:
-        warnings.warn(f"{what} was saved with other library versions ({'; '.join(diff)}); "
-                      "predictions may differ", FeaturepipeVersionWarning, stacklevel=3)

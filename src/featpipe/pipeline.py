@@ -100,7 +100,7 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
 def _fit_heads(cfg: dict[str, Any], caches: list[Path], heads: list[str], models_dir: Path,
                echo: Callable[[str], Any]) -> list[str]:
     from featpipe.cache import FeatureCache
-    from featpipe.heads import fit_cache, write_run
+    from featpipe.fit import fit_cache, write_run
     from featpipe.metrics import format_table
 
     fit = dict(cfg.get("fit", {}))

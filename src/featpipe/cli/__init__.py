@@ -46,29 +46,18 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
+    # imported directly: a broken install must fail loudly, not make commands vanish
     from featpipe.cli.backbones import backbones
     from featpipe.cli.cache import cache
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
+    from featpipe.cli.fit_head import fit_head
+    from featpipe.cli.predict import predict
+    from featpipe.cli.report import report
     from featpipe.cli.run import run
 
-    for cmd in (embed, backbones, cache, run, demo):
+    for cmd in (embed, backbones, cache, fit_head, predict, report, run, demo):
         main.add_command(cmd)
-    # later stages register themselves here when present
-    try:
-        from featpipe.cli.fit_head import fit_head
-        from featpipe.cli.predict import predict
-
-        main.add_command(fit_head)
-        main.add_command(predict)
-    except ImportError:
-        pass
-    try:
-        from featpipe.cli.report import report
-
-        main.add_command(report)
-    except ImportError:
-        pass
 
 
 _register()

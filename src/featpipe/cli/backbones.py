@@ -12,6 +12,12 @@ def backbones(layers_of: str | None) -> None:
 
     Any timm model name also works (pretrained weights need the hub, or --weights FILE,
     or --no-pretrained). Any .onnx file works as a feature extractor.
+
+    \b
+    Examples:
+      featpipe backbones                       # registry, offline column
+      featpipe backbones --layers vgg16        # cut points for --layer (block4_pool, features.23, ...)
+      featpipe backbones --layers efficientnet_lite0
     """
     from featpipe.backbones import describe_backbones, list_layers
 

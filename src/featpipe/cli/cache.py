@@ -9,7 +9,15 @@ import click
 
 @click.group()
 def cache() -> None:
-    """Inspect feature caches."""
+    """Inspect feature caches.
+
+    \b
+    Examples:
+      featpipe cache ls                                   # every cache in ./cache
+      featpipe cache ls --cache-dir runs/study/cache
+      featpipe cache info cache/photos__efficientnet_lite0__1a2b3c4d5e.h5 --failed
+      featpipe cache info cache/photos__efficientnet_lite0__1a2b3c4d5e.h5 --json
+    """
 
 
 @cache.command("ls")

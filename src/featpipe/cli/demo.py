@@ -18,6 +18,12 @@ def demo(out: str, per_class: int | None, backbone: str, quiet: bool) -> None:
 
     Works offline: the digits ship with scikit-learn, the default backbone's weights with a
     Python package.
+
+    \b
+    Examples:
+      featpipe demo                               # everything under runs/demo/
+      featpipe demo --per-class 30 --out /tmp/demo  # a quicker run on 300 images
+      featpipe demo -b efficientnet_lite2
     """
     from featpipe.pipeline import run_pipeline
 

@@ -14,8 +14,9 @@ from featpipe.metrics import METRICS
 def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
                     image_size, precision, seed, cache_dir) -> Path:
     from featpipe.backbones import resolve_spec
+    from featpipe.cache import find_cache
     from featpipe.cli._common import open_dataset
-    from featpipe.embed import find_cache, resolve_device
+    from featpipe.embed import resolve_device
     from featpipe.errors import CacheError
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
@@ -82,7 +83,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     """
     from featpipe.cache import FeatureCache
     from featpipe.errors import FeaturepipeError
-    from featpipe.heads import fit_cache, write_run
+    from featpipe.fit import fit_cache, write_run
     from featpipe.metrics import format_table
 
     paths = [Path(c) for c in caches]

@@ -21,6 +21,7 @@ import numpy as np
 from featpipe.data.manifest import Manifest
 from featpipe.data.splitting import assign_splits, check_fractions
 from featpipe.errors import DatasetError
+from featpipe.images import IMAGE_EXTENSIONS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,7 +35,6 @@ __all__ = [
     "normalize_split_name",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 _SPLIT_ALIASES = {
     "train": "train",

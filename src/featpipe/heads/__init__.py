@@ -37,7 +37,3 @@ def make_head(name: str, **params: Any) -> BaseHead:
 
 __all__ = ["BaseHead", "ConstantProba", "HEADS", "HEAD_CHOICES", "LGBMHead", "LogisticHead", "MLPHead",
            "Preprocessor", "balanced_weights", "head_names", "make_head"]
-
-from featpipe.heads._run import HeadRun, fit_cache, train_fingerprint, write_run  # noqa: E402
-
-__all__ += ["HeadRun", "fit_cache", "train_fingerprint", "write_run"]

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
 
-TASKS = ("binary", "multiclass", "multilabel")
 PREPROCESS = ("standardize", "l2", "none")
 REFIT = ("train", "train+val")
 CLASS_WEIGHT = (None, "balanced")

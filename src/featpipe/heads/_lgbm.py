@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Sequence
 from typing import Any
 
+from featpipe.hardware import available_cpus
 from featpipe.heads._base import BaseHead
 
 DEFAULT_GRID: tuple[dict[str, Any], ...] = (
@@ -83,4 +83,4 @@ class LGBMHead(BaseHead):
 
 def _default_jobs(X: Any) -> int:
     """One thread for small matrices (threads only add overhead), every core for large ones."""
-    return 1 if X.shape[0] * X.shape[1] < 2_000_000 else (os.cpu_count() or 1)
+    return 1 if X.shape[0] * X.shape[1] < 2_000_000 else available_cpus()

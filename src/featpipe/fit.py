@@ -1,4 +1,4 @@
-"""Fit heads on a feature cache and write the contract's artifacts (model, metrics, predictions).
+"""Fit stage: heads on a feature cache and write the contract's artifacts (model, metrics, predictions).
 
 Hyper-parameters and thresholds are chosen on train + val only; test is scored once at the end.
 Validation scores (and validation rows of predictions.npz) come from the configuration chosen on the
@@ -21,6 +21,7 @@ import featpipe
 from featpipe.errors import HeadError
 from featpipe.heads import head_names
 from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable
+from featpipe.model import FeaturepipeModel
 
 
 @dataclass
@@ -55,8 +56,6 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
 
     ``head_params`` maps a head name to extra constructor arguments (e.g. a smaller grid).
     """
-    from featpipe.model import FeaturepipeModel
-
     names = head_names(head)
     task = cache.task
     metric = metric or DEFAULT_METRIC[task]

@@ -1,0 +1,82 @@
+"""Run facts: versions, seeds, cache keys, device and host."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import featpipe
+from featpipe.hardware import available_cpus
+from featpipe.report import _data
+from featpipe.report._common import (
+    _fmt,
+)
+
+
+def _run_facts(caches: list[Any], runs: list[_data.ModelRun]) -> dict[str, Any]:
+    from importlib import metadata
+
+    libs = {}
+    for pkg in (
+        "numpy",
+        "scikit-learn",
+        "torch",
+        "timm",
+        "h5py",
+        "lightgbm",
+        "matplotlib",
+        "jinja2",
+        "pillow",
+    ):
+        try:
+            libs[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    device = "cpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda ({torch.cuda.get_device_name(0)})"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+    except Exception:  # noqa: BLE001 - hardware facts are best effort
+        pass
+    cache_rows = []
+    for c in caches:
+        t = c.attrs.get("timings") or {}
+        cache_rows.append(
+            {
+                "file": Path(c.path).name,
+                "key": str(c.key)[:16],
+                "seed": c.seed,
+                "split_seed": c.dataset.get("split_seed"),
+                "backbone": json.dumps(c.backbone, sort_keys=True),
+                "dim": c.feature_dim,
+                "rows": len(c),
+                "embed_seconds": _fmt(c.embed_seconds, 1),
+                "device": t.get("device", "?"),
+                "host": t.get("host", "?"),
+                "versions": ", ".join(f"{k} {v}" for k, v in sorted((c.versions or {}).items())),
+            }
+        )
+    head_seeds = sorted({str(r.metrics.get("seed")) for r in runs})
+    model_versions = sorted(
+        {", ".join(f"{k} {v}" for k, v in sorted((r.metrics.get("versions") or {}).items())) for r in runs}
+    )
+    return {
+        "featpipe": featpipe.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": available_cpus(),
+        "torch_device": device,
+        "libs": libs,
+        "caches": cache_rows,
+        "head_seeds": head_seeds,
+        "model_versions": model_versions,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
