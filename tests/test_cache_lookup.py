@@ -64,9 +64,12 @@ def test_fit_head_data_finds_the_cache_whatever_precision_made_it(tmp_path):
 def test_split_seed_and_fractions_are_part_of_the_cache_name_and_lookup(image_folder, tmp_path):
     cache_dir = tmp_path / "cache"
     s1, out1 = _embed(image_folder, cache_dir, "--no-pretrained", "--split-seed", "1")
-    s2, _ = _embed(image_folder, cache_dir, "--no-pretrained", "--split-seed", "2")
+    s2, out2 = _embed(image_folder, cache_dir, "--no-pretrained", "--split-seed", "2")
     f2, _ = _embed(image_folder, cache_dir, "--no-pretrained", "--split-seed", "2", "--fractions", "0.5,0.25,0.25")
     assert len({s1, s2, f2}) == 3  # no split silently overwrites another's cache
+    assert "embedded 0 images" in out2 and "reused 36" in out2  # features come from the seed-1 cache
+    assert s1.exists() and FeatureCache.open(s2).dataset["split_seed"] == 2
+    assert list(FeatureCache.open(s1).splits) != list(FeatureCache.open(s2).splits)
     assert FeatureCache.open(s1).dataset["split_seed"] == 1
     assert "split: seeded hash per image (seed 1" in out1
     r = _fit(image_folder, cache_dir, tmp_path / "m", "--no-pretrained", "--split-seed", "2")

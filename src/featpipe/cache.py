@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,13 +364,34 @@ def cache_path_for(manifest: Manifest, spec: BackboneSpec, key: str, cache_dir: 
     return Path(cache_dir) / cache_filename(manifest.name, spec.tag(), file_key)
 
 
-def adopt_legacy_cache(path: Path, manifest: Manifest, spec: BackboneSpec, key: str) -> None:
-    """Rename the cache an older featpipe named without the split (same folder) to ``path``, so its
-    features are reused (rows are content-keyed; the new split only re-lays them out)."""
+def start_from_sibling(path: Path, manifest: Manifest, spec: BackboneSpec, key: str) -> Path | None:
+    """Before a new cache ``path`` is created, start it from a cache of the same dataset and features
+    key in the same folder, so its rows are reused (they are content-keyed; only the layout changes).
+
+    A cache an older featpipe named without the split is renamed to ``path``; one made with another
+    split seed or fractions is copied (it stays valid for that split). Returns the file used, if any.
+    """
+    if path.exists():
+        return None
     legacy = path.with_name(cache_filename(manifest.name, spec.tag(),
                                            config_hash({"features": key, "dataset": manifest.source})))
-    if legacy != path and legacy.exists() and not path.exists():
+    if legacy != path and legacy.exists() and not is_locked(legacy):
         os.replace(legacy, path)
+        return legacy
+    for p in sorted(path.parent.glob(cache_filename(manifest.name, spec.tag(), "*"))):
+        if p == path or is_locked(p):
+            continue
+        try:
+            with _open_h5(p, "r") as f:
+                a = read_attrs(f)
+        except CacheError:
+            continue
+        if a.get("key") == key and a.get("dataset", {}).get("source") == manifest.source:
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            shutil.copyfile(p, tmp)
+            os.replace(tmp, path)
+            return p
+    return None
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -218,7 +218,7 @@ def embed_dataset(
         if force and path.exists():
             path.unlink()
         if not cache_file and not force:
-            fcache.adopt_legacy_cache(path, manifest, spec, key)
+            fcache.start_from_sibling(path, manifest, spec, key)
         todo, reused = fcache.prepare_cache(path, manifest, key, attrs, backbone.feature_dim, feature_dtype,
                                             retry_failed)
         t_embed = time.perf_counter()
