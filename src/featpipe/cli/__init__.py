@@ -48,12 +48,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 def _register() -> None:
     from featpipe.cli.backbones import backbones
     from featpipe.cli.cache import cache
+    from featpipe.cli.convert_weights import convert_weights
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
     from featpipe.cli.run import run
 
     for cmd in (embed, backbones, cache, run, demo):
         main.add_command(cmd)
+    main.add_command(convert_weights)
     # later stages register themselves here when present
     try:
         from featpipe.cli.fit_head import fit_head
