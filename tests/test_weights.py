@@ -253,12 +253,13 @@ def test_convert_weights_cli_then_weights_embed_like_keras_with_vggface_preproce
 
 
 def test_convert_weights_bad_files_are_one_line_errors(tmp_path):
+    import timm
     from click.testing import CliRunner
 
     from featpipe.cli import main
 
     (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
-    _write_keras_h5(tmp_path / "vgg11.h5", timm_vgg11_cfg(), names="keras")
+    _write_keras_h5(tmp_path / "vgg11.h5", timm.models.vgg.cfgs["vgg11"], names="keras")
     _write_keras_h5(tmp_path / "small.h5", SMALL_VGG16, (64, 32, 32, 5))
     cases = [("junk.h5", "not an HDF5 file"), ("vgg11.h5", "has no layer 'conv1_2' or 'block1_conv2'"),
              ("small.h5", "do not fit vgg16")]
@@ -268,9 +269,3 @@ def test_convert_weights_bad_files_are_one_line_errors(tmp_path):
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], r.output
     assert not (tmp_path / "o.pth").exists()
-
-
-def timm_vgg11_cfg() -> list:
-    import timm
-
-    return list(timm.models.vgg.cfgs["vgg11"])
