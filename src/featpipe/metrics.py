@@ -502,15 +502,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _fmt_ci(ci: Any) -> str:
+    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
+        return "-"
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
 def format_table(results: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]]) -> str:
     """A short plain-text table: one row per metrics dict (as written to metrics.json).
 
     Accepts a list of metrics dicts or a ``{name: metrics}`` mapping; columns are run, head, metric,
-    train/val/test main score, gap and fit seconds.
+    train/val/test main score, the test score's 95% bootstrap interval, gap and fit seconds.
     """
     if isinstance(results, Mapping):
         results = [dict(m, run=m.get("run", k)) for k, m in results.items()]
-    header = ["run", "head", "metric", "train", "val", "test", "gap", "fit s"]
+    header = ["run", "head", "metric", "train", "val", "test", "test 95% CI", "gap", "fit s"]
     rows = []
     for m in results:
         scores = m.get("scores", {})
@@ -520,6 +526,7 @@ def format_table(results: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str
             str(m.get("head", "")),
             str(m.get("metric", "")),
             *(_fmt((scores.get(s) or {}).get("main")) for s in ("train", "val", "test")),
+            _fmt_ci((scores.get("test") or {}).get("main_ci")),
             _fmt(m.get("gap")),
             f"{fit_s:.1f}" if isinstance(fit_s, (int, float)) else "-",
         ])
