@@ -63,7 +63,7 @@ def test_binary_threshold_metrics_match_a_direct_computation(metric):
 
 
 def test_bad_threshold_inputs():
-    with pytest.raises(HeadError, match="not one of"):
+    with pytest.raises(HeadError, match="does not depend on a threshold"):
         tune_binary_threshold(np.array([0, 1]), np.array([0.2, 0.8]), "roc_auc")
     with pytest.raises(HeadError, match="empty"):
         tune_binary_threshold(np.array([]), np.array([]), "f1")

@@ -11,6 +11,7 @@ each by the label's own form of the metric (``Metric.per_label``).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +159,10 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         """Parameters for the train+val refit (early-stopped heads fix their iteration count)."""
         return dict(params)
 
+    def _record_params(self, params: dict, model: Any) -> dict[str, Any]:
+        """Parameters as recorded in the search (early-stopped heads add their iteration count)."""
+        return dict(params)
+
     # -- common -------------------------------------------------------------------------------------
     def _check_params(self) -> None:
         if self.task not in TASKS:
@@ -220,6 +225,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                                                   f"over train+val ({self.oof_folds_}-fold, seed {self.seed})")
         else:
             self.selection_["thresholds_from"] = "validation probabilities of the model fitted on train"
+        del self._score_fn, self._last_search  # scratch state of the search, not part of the model
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
@@ -276,7 +282,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
 
     def _search(self, folds: list[tuple], y_held: np.ndarray, K: int, mtask: str, metric: str) -> _Best:
         """Score every configuration on the held-out rows of ``folds`` by ``metric``; returns the best."""
-        self._score_fn = lambda yy, pp: selection_score(metric, mtask, yy, pp)  # also early-stops
+        self._score_fn = functools.partial(selection_score, metric, mtask)  # also early-stops
         search: list[dict[str, Any]] = []
         results: list[_Best] = []
         todo = self._grid()
