@@ -49,26 +49,33 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
 @click.option("--head", "head", type=click.Choice(HEAD_CHOICES), default="logistic", show_default=True,
               help="Head to fit; 'all' fits every head.")
 @click.option("--metric", type=click.Choice(METRICS), default=None,
-              help="Main metric (threshold tuning, selection). Default: f1 (binary), accuracy (multiclass), "
-              "micro_f1 (multilabel).")
+              help="The metric that selects hyper-parameters, early-stops (mlp, lgbm), tunes thresholds and "
+              "ranks runs. Default: f1 (binary), accuracy (multiclass), micro_f1 (multilabel).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
               help="'balanced' weights classes inversely to their frequency (binary: pos_weight = neg/pos).")
 @click.option("--refit", type=click.Choice(["train", "train+val"]), default="train", show_default=True,
-              help="Refit the chosen configuration on train+val before testing.")
+              help="Refit the chosen configuration on train+val before testing; its thresholds are then "
+              "tuned on out-of-fold probabilities over train+val (5-fold, seeded).")
+@click.option("--cv", type=click.IntRange(min=2), default=None,
+              help="Choose hyper-parameters by K-fold CV over train+val instead of the val split (small "
+              "datasets); implies --refit train+val.")
+@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Resamples of the test rows for each test score's 95% interval (seeded by --seed).")
 @click.option("--preprocess", type=click.Choice(["standardize", "l2", "none"]), default="standardize",
               show_default=True, help="Feature preprocessing before the head.")
 @click.option("--min-positives", type=int, default=5, show_default=True,
               help="Multilabel: labels with fewer val positives use the global threshold.")
 @click.option("--thresholds", "threshold_mode", type=click.Choice(["per-class", "global"]), default="per-class",
               show_default=True, help="Multilabel: which tuned thresholds the model uses (both are recorded).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model); with --data and --no-pretrained also the "
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of every head (same seed, same model); with --data and --no-pretrained also the "
               "random-init backbone's seed (pretrained weights have none).")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
-             unlabeled_empty, backbone, weights, no_pretrained, layer,
-             image_size, precision, cache_dir, head, metric, class_weight, refit, preprocess, min_positives,
-             threshold_mode, seed, out_dir):
+             unlabeled_empty, backbone, weights, no_pretrained, layer, image_size, precision, cache_dir, head,
+             metric, class_weight, refit, cv, n_bootstrap, preprocess, min_positives, threshold_mode, seed,
+             out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -76,6 +83,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
       featpipe fit-head --cache cache/photos__efficientnet_lite0__ab12cd34ef.h5 --head all
       featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train+val
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
+      featpipe fit-head --cache small.h5 --head all --metric macro_f1 --cv 5
 
     With --data, the cache is found by dataset (path, split seed and fractions) and backbone
     (weights, layer, image size): a single one is used whatever --precision made it; of several,
@@ -100,7 +108,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         try:
             runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
                              refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives,
-                             threshold_mode=threshold_mode)
+                             threshold_mode=threshold_mode, cv=cv, n_bootstrap=n_bootstrap)
         except FeaturepipeError as e:
             raise type(e)(f"{p.name}: {e}") from None
         for r in runs:
