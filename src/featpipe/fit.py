@@ -74,7 +74,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         t0 = time.perf_counter()
         model = FeaturepipeModel(
             head_name=name, task=task, classes=list(cache.classes), metric=metric, class_weight=class_weight,
-            refit=refit, preprocess=preprocess, seed=seed, backbone_spec=dict(cache.backbone),
+            refit=refit, preprocess=preprocess, seed=seed, backbone_spec={**cache.backbone, "preprocessing": cache.config.get("preprocessing")},
             train_fingerprint=fp, min_positives=min_positives, head_params=(head_params or {}).get(name),
             threshold_mode=threshold_mode,
         ).fit(X[tr], Y[tr], X[va], Y[va])

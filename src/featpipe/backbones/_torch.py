@@ -58,6 +58,8 @@ class TorchBackbone(Backbone):
     ) -> None:
         from timm.data import create_transform
 
+        data_config = dict(data_config)
+        bgr = data_config.pop("channel_order", "RGB") == "BGR"  # a recorded order (timm itself is RGB)
         preprocessing = {
             "input_size": list(data_config["input_size"]),
             "interpolation": data_config["interpolation"],
@@ -65,9 +67,12 @@ class TorchBackbone(Backbone):
             "std": [float(v) for v in data_config["std"]],
             "crop_pct": float(data_config["crop_pct"]),
             "crop_mode": data_config.get("crop_mode", "center"),
+            **({"channel_order": "BGR"} if bgr else {}),
         }
         super().__init__(spec, preprocessing, device)
+        # built from the values given (a bundle's recorded ones, or the model's resolved defaults)
         self._transform = create_transform(**data_config, is_training=False)
+        self._bgr = bgr
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -96,7 +101,8 @@ class TorchBackbone(Backbone):
         self._hook = modules[name].register_forward_hook(hook)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        return self._transform(img)
+        x = self._transform(img)
+        return x.flip(0) if self._bgr else x
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         prec = self.spec.precision
