@@ -404,7 +404,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         return path
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the base class may hand out the live __dict__
         state.pop("bundle_dir_", None)  # where the file lay is set again by load_model
         state["bundle_format"] = BUNDLE_FORMAT
         return state
