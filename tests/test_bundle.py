@@ -38,7 +38,6 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-@pytest.mark.slow
 @parametrize_with_checks([FeaturepipeModel(head_params=FAST["logistic"])],
                          expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_estimator_checks(estimator, check):
@@ -296,3 +295,36 @@ def test_onnx_export_refuses_lightgbm_with_one_line(tmp_path, tiny_spec):
     r = CliRunner().invoke(_cli(), ["export", str(tmp_path / "model.joblib"), "--format", "onnx",
                                     "--out", str(tmp_path / "onnx")])
     assert r.exit_code == 2 and "lgbm head is refused" in r.output
+
+
+# -------------------------------------------------------------------------------------- cache prune
+
+
+def test_cache_prune_keeps_what_bundles_and_pipelines_use_and_is_a_dry_run_by_default(tmp_path):
+    from featpipe.cache import FeatureCache
+    from featpipe.fit import fit_cache, write_run
+
+    from _digits import write_cache
+
+    cdir = tmp_path / "cache"
+    cdir.mkdir()
+    used = write_cache(cdir / "used.h5", "multiclass", n=120)
+    write_cache(cdir / "unused.h5", "binary", n=120, backbone={"name": "other", "layer": None})
+    write_cache(cdir / "piped.h5", "multilabel", n=120, backbone={"name": "efficientnet_lite0", "layer": None})
+    (cdir / "broken.h5").write_bytes(b"not hdf5")
+    (run,) = fit_cache(FeatureCache.open(used), "logistic", head_params={"logistic": FAST["logistic"]})
+    write_run(run, tmp_path / "models")
+    pipe = tmp_path / "study.yaml"
+    pipe.write_text("data: imgs\nbackbones: [efficientnet_lite0]\n")
+
+    args = ["cache", "prune", "--cache-dir", str(cdir), "--models", str(tmp_path / "models"), "--pipeline", str(pipe)]
+    r = CliRunner().invoke(_cli(), args)
+    assert r.exit_code == 0, r.output
+    assert "would remove unused.h5" in r.output and "would remove broken.h5" in r.output
+    assert "keep   used.h5  (used by a model bundle)" in r.output and "keep   piped.h5" in r.output
+    assert len(list(cdir.glob("*.h5"))) == 4  # dry run: nothing deleted
+    r = CliRunner().invoke(_cli(), [*args, "--yes"])
+    assert r.exit_code == 0 and "removed 2 of 4" in r.output
+    assert sorted(p.name for p in cdir.glob("*.h5")) == ["piped.h5", "used.h5"]
+    r = CliRunner().invoke(_cli(), ["cache", "prune", "--cache-dir", str(cdir)])
+    assert r.exit_code == 2 and "--models" in r.output
