@@ -89,9 +89,9 @@ def _head_module(model: FeaturepipeModel) -> Any:
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
 
     def estimator_layers(est: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(est, MLPWeights):
-            return [(t(W), t(b)) for W, b in est.layers]
-        return [(t(est.coef_), t(est.intercept_))]
+        """(weight, bias, one-logit?) per layer, the last flag fixed here so the trace has no shape test."""
+        pairs = est.layers if isinstance(est, MLPWeights) else [(est.coef_, est.intercept_)]
+        return [(t(W), t(b), np.asarray(W).shape[0] == 1) for W, b in pairs]
 
     class Head(nn.Module):
         def __init__(self) -> None:
@@ -110,7 +110,7 @@ def _head_module(model: FeaturepipeModel) -> Any:
 
         @staticmethod
         def run(layers: list, x: torch.Tensor) -> torch.Tensor:
-            for i, (W, b) in enumerate(layers):
+            for i, (W, b, _) in enumerate(layers):
                 x = x @ W.T + b
                 if i < len(layers) - 1:
                     x = torch.relu(x)
@@ -118,7 +118,7 @@ def _head_module(model: FeaturepipeModel) -> Any:
 
         def proba(self, layers: list, x: torch.Tensor) -> torch.Tensor:
             z = self.run(layers, x)
-            if int(layers[-1][0].shape[0]) == 1:  # binary logistic regression: one logit (a build-time fact)
+            if layers[-1][2]:  # binary logistic regression: one logit
                 p = torch.sigmoid(z)
                 return torch.cat([1 - p, p], dim=1)
             return torch.softmax(z, dim=1)
