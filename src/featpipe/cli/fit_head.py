@@ -56,11 +56,14 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weight
 @click.option("--thresholds", "threshold_mode", type=click.Choice(["per-class", "global"]), default="per-class",
               show_default=True, help="Multilabel: which tuned thresholds the model uses (both are recorded).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every head (same seed, same model).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory budget for a head's fit (e.g. 8GB; default: half the RAM). Caches whose features "
+              "would not fit are fitted out of core, read from disk in slabs.")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
              image_size, precision, cache_dir, head, metric, class_weight, refit, preprocess, min_positives,
-             threshold_mode, seed, out_dir):
+             threshold_mode, seed, max_memory, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -69,9 +72,8 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weigh
       featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train+val
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
     """
-    from featpipe.cache import FeatureCache
     from featpipe.errors import FeaturepipeError
-    from featpipe.fit import fit_cache, write_run
+    from featpipe.fit import fit_cache, open_cache, write_run
     from featpipe.metrics import format_table
 
     paths = [Path(c) for c in caches]
@@ -82,7 +84,11 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weigh
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
     results = []
     for p in paths:
-        cache = FeatureCache.open(p)
+        cache = open_cache(p, max_memory)
+        if not cache.in_memory:
+            n, dim = cache.features.shape
+            click.echo(f"{p.name}: {n} x {dim} features exceed the memory budget: fitting out of core "
+                       "(features read from disk in slabs)", err=True)
         try:
             runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
                              refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives,
