@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import platform
 import warnings
 
 import featpipe
 
-# distribution name -> module to import for its __version__
-_LIBRARIES = {
-    "numpy": "numpy",
-    "torch": "torch",
-    "timm": "timm",
-    "h5py": "h5py",
-    "scikit-learn": "sklearn",
-    "joblib": "joblib",
-    "lightgbm": "lightgbm",
-    "onnxruntime": "onnxruntime",
-}
+# distributions whose version can change features or fitted heads (read from metadata: nothing is imported)
+_LIBRARIES = ("numpy", "torch", "timm", "h5py", "scikit-learn", "joblib", "lightgbm", "onnxruntime")
 
 
 class FeaturepipeVersionWarning(UserWarning):
@@ -27,11 +17,13 @@ class FeaturepipeVersionWarning(UserWarning):
 
 def library_versions() -> dict[str, str]:
     """featpipe, Python and every library whose version can change features or fitted heads."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"featpipe": featpipe.__version__, "python": platform.python_version()}
-    for dist, module in _LIBRARIES.items():
+    for dist in _LIBRARIES:
         try:
-            out[dist] = importlib.import_module(module).__version__
-        except ImportError:  # pragma: no cover - optional at run time
+            out[dist] = version(dist)
+        except PackageNotFoundError:  # pragma: no cover - optional at run time
             pass
     return out
 
