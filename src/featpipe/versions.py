@@ -31,8 +31,12 @@ def library_versions() -> dict[str, str]:
 def versions_diff(recorded: dict[str, str] | None) -> list[str]:
     """``"lib old -> new"`` for every recorded library whose installed version differs (Python ignored)."""
     now = library_versions()
+
+    def public(v: str) -> str:  # "2.14.1+cu130" and "2.14.1" are the same release
+        return str(v).split("+")[0]
+
     return [f"{k} {v} -> {now[k]}" for k, v in (recorded or {}).items()
-            if k in now and k != "python" and now[k] != v]
+            if k in now and k != "python" and public(now[k]) != public(v)]
 
 
 def warn_if_versions_differ(recorded: dict[str, str] | None, what: str) -> None:
