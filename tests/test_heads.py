@@ -150,7 +150,7 @@ def test_fit_cache_artifacts_follow_the_contract(tmp_path, task):
         assert k in m, k
     assert set(m["cache"]) >= {"path", "key", "backbone", "layer", "feature_dim", "embed_seconds", "dataset"}
     assert m["refit"] == "train+val" and m["threshold"]["rule"] == "plateau-centre"
-    assert set(m["scores"]) == {"train", "val", "test"}
+    assert set(m["scores"]) == {"train", "val", "test", "fit_rows", "oof"}  # refit train+val
     assert m["scores"]["test"]["n"] == int((cache.splits == "test").sum())
     t = m["threshold"]
     if task == "multilabel":

@@ -106,3 +106,108 @@ def test_format_table_lists_each_head_with_scores():
     assert lines[0].split()[:6] == ["run", "head", "metric", "train", "val", "test"]
     assert "0.9400" in lines[2] and "logistic" in lines[2] and "1.2" in lines[2]
     assert "lgbm" in lines[3] and "-" in lines[3].split()
+
+
+# --------------------------------------------------------------------------- one metric table
+
+from featpipe.metrics import (  # noqa: E402
+    METRIC_TABLE,
+    _weighted_scores,
+    bootstrap_ci,
+    decision_curve,
+    get_metric,
+    sklearn_score,
+    threshold_metric,
+)
+
+
+def _random_task(task, n=60, C=4, seed=0):
+    rng = np.random.default_rng(seed)
+    if task == "multilabel":
+        Y = (rng.random((n, C)) < [0.5, 0.2, 0.05, 0.0]).astype(np.uint8)  # last label never occurs
+        P = np.clip(Y * 0.4 + rng.random((n, C)) * 0.6, 0, 1)
+        P[:, 3] = rng.random(n) * 0.4  # ... and is never predicted
+        return Y, P, (P >= 0.5).astype(np.uint8)
+    C = 2 if task == "binary" else C
+    y = rng.integers(0, C - (task == "multiclass"), n)  # multiclass: the last class is absent
+    P = rng.random((n, C)) + np.eye(C)[y] * 0.8
+    P /= P.sum(1, keepdims=True)
+    return y, P, P.argmax(1)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_evaluate_counts_equal_the_sklearn_definitions_of_every_table_metric(task):
+    """evaluate() keeps vectorised per-class counts (one pass for ~20 numbers); they must equal sklearn."""
+    y, P, pred = _random_task(task)
+    C = P.shape[1]
+    m = evaluate(y, P, pred, task, [str(c) for c in range(C)])
+    for name, metric in METRIC_TABLE.items():
+        if task not in metric.keys:
+            continue
+        key = metric.keys[task]
+        assert m[key] == pytest.approx(sklearn_score(key, task, y, P, pred), nan_ok=True), (name, key)
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_decision_curves_equal_sklearn_at_every_threshold(task):
+    y, P, _ = _random_task(task, seed=1)
+    p = P[:, 1] if task == "binary" else P
+    grid = np.array([0.1, 0.35, 0.5, 0.8])
+    for name, metric in METRIC_TABLE.items():
+        if task not in metric.keys or metric.needs_proba:
+            continue
+        curve = decision_curve(name, task, y, p, grid)
+        for t, s in zip(grid, curve, strict=True):
+            pred = (P[:, 1] >= t).astype(int) if task == "binary" else (P >= t).astype(np.uint8)
+            assert s == pytest.approx(sklearn_score(metric.keys[task], task, y, P, pred), nan_ok=True), (name, t)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_bootstrap_weighted_scores_equal_sklearn_on_the_resampled_rows(task):
+    y, P, pred = _random_task(task, n=40, seed=2)
+    n = len(P)
+    rng = np.random.default_rng(0)
+    idx = [rng.integers(0, n, n) for _ in range(3)]
+    W = np.stack([np.bincount(i, minlength=n) for i in idx]).astype(float)
+    C = P.shape[1]
+    Yt = y.astype(bool) if task == "multilabel" else np.eye(C, dtype=bool)[y]
+    Yp = pred.astype(bool) if task == "multilabel" else np.eye(C, dtype=bool)[pred]
+    for name, metric in METRIC_TABLE.items():
+        if task not in metric.keys:
+            continue
+        key = metric.keys[task]
+        got = _weighted_scores(key, task, Yt, Yp, P, W)
+        want = [sklearn_score(key, task, y[i], P[i], pred[i]) for i in idx]
+        np.testing.assert_allclose(got, want, atol=1e-12, err_msg=f"{name} {key}")
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_estimate():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    p1 = np.clip(0.25 * y + rng.random(200) * 0.75, 0, 1)
+    P, pred = np.stack([1 - p1, p1], 1), (p1 >= 0.5).astype(int)
+    ci = bootstrap_ci("f1", "binary", y, P, pred, seed=0)
+    assert ci == bootstrap_ci("f1", "binary", y, P, pred, seed=0)
+    assert ci != bootstrap_ci("f1", "binary", y, P, pred, seed=1)
+    point = f1_score(y, pred)
+    assert ci[0] < point < ci[1] and ci[1] - ci[0] < 0.3
+    wide = bootstrap_ci("f1", "binary", y[:40], P[:40], pred[:40], seed=0)
+    assert wide[1] - wide[0] > ci[1] - ci[0]  # fewer test rows, wider interval
+    lo, hi = bootstrap_ci("roc_auc", "binary", y, P, pred)
+    assert lo < roc_auc_score(y, P[:, 1]) < hi
+    assert bootstrap_ci("f1", "binary", y[:1], P[:1], pred[:1]) is None
+
+
+def test_metric_table_entries():
+    assert get_metric(None, "multiclass").name == "accuracy"
+    assert get_metric("f1", "multiclass").keys["multiclass"] == "f1_macro"
+    assert all(m.greater_is_better for m in METRIC_TABLE.values())
+    assert METRIC_TABLE["roc_auc"].needs_proba and not METRIC_TABLE["f1"].needs_proba
+    assert threshold_metric("roc_auc", "binary") == "f1" and threshold_metric("macro_f1", "binary") == "macro_f1"
+    assert threshold_metric("map", "multilabel") == "micro_f1"
+
+
+def test_format_table_shows_the_test_interval():
+    rows = [{"run": "r", "head": "logistic", "metric": "f1", "gap": 0.0, "fit_seconds": 1.0,
+             "scores": {"train": {"main": 1.0}, "val": {"main": 0.9}, "test": {"main": 0.8, "main_ci": [0.71, 0.88]}}}]
+    assert "0.710-0.880" in format_table(rows)

@@ -6,10 +6,11 @@ import joblib
 import numpy as np
 import pytest
 
-from _digits import write_cache
 from featpipe.cache import FeatureCache, H5Rows
 from featpipe.errors import HeadError
 from featpipe.fit import fit_cache, open_cache, parse_memory, write_run
+
+from _digits import write_cache
 
 
 def test_h5rows_reads_every_row_once_in_slabs(tmp_path):

@@ -152,8 +152,11 @@ def test_report_folder_contents(study):
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert len(rows) == 1 and rows[0]["head"] == "logistic" and rows[0]["metric"] == "accuracy"
     assert 0 <= float(rows[0]["test"]) <= 1 and float(rows[0]["human_baseline"]) == 0.9
+    assert float(rows[0]["test_ci_lo"]) <= float(rows[0]["test"]) <= float(rows[0]["test_ci_hi"])
+    assert rows[0]["selection"] == "validation split"
     assert abs(float(rows[0]["chance"]) - 1 / 3) < 0.2
     summary = (out / "summary.md").read_text()
+    assert "selection scores" in summary and "test 95% CI" in summary and "selection scores" in html
     assert (
         "Leaderboard: pets" in summary and "suspected label errors" in summary and "Fine-tune runs" in summary
     )
@@ -336,3 +339,18 @@ def test_leaderboard_chart_identity_covers_every_run():
     assert _leaderboard_fingerprint(runs("aaaaaaaaaa"), 0.1, None) == base
     assert _leaderboard_fingerprint(runs("bbbbbbbbbb"), 0.1, None) != base
     assert _leaderboard_fingerprint(runs("aaaaaaaaaa"), 0.1, 0.9) != base
+
+
+def test_leaderboard_says_which_top_runs_the_test_set_cannot_separate():
+    from featpipe.report._leaderboard import within_intervals
+    from featpipe.report._outputs import within_sentence
+
+    def row(name, test, lo, hi):
+        return {"backbone": name, "head": "logistic", "test": test, "test_ci_lo": lo, "test_ci_hi": hi}
+
+    rows = [row("a", 0.90, 0.85, 0.94), row("b", 0.88, 0.83, 0.92), row("c", 0.70, 0.62, 0.78),
+            row("d", 0.84, 0.80, 0.86)]  # d's interval misses a's score: separated
+    assert within_intervals(rows) == {0, 1}
+    assert "a + logistic, b + logistic" in within_sentence([rows[i] for i in (0, 1)])
+    assert within_intervals([rows[0], rows[2]]) == set()
+    assert within_intervals([row("x", 0.9, None, None), rows[1]]) == set()  # runs without an interval

@@ -63,7 +63,7 @@ def test_binary_threshold_metrics_match_a_direct_computation(metric):
 
 
 def test_bad_threshold_inputs():
-    with pytest.raises(HeadError, match="not one of"):
+    with pytest.raises(HeadError, match="does not depend on a threshold"):
         tune_binary_threshold(np.array([0, 1]), np.array([0.2, 0.8]), "roc_auc")
     with pytest.raises(HeadError, match="empty"):
         tune_binary_threshold(np.array([]), np.array([]), "f1")
@@ -95,3 +95,29 @@ def test_apply_thresholds_all_tasks_and_nan_rows():
     assert apply_thresholds(p, "multiclass", None).tolist() == [0, 1, -1]
     ml = apply_thresholds(p, "multilabel", np.array([0.5, 0.9]))
     assert ml.dtype == np.uint8 and ml.tolist() == [[1, 0], [0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "weighted_f1"])
+def test_multilabel_thresholds_for_any_decision_metric_of_the_table(metric):
+    """Today's code only tuned micro/macro/samples F1 and fell back to micro-F1 for the rest."""
+    from featpipe.metrics import sklearn_score
+
+    rng = np.random.default_rng(4)
+    Y = (rng.random((200, 3)) < [0.5, 0.3, 0.2]).astype(np.uint8)
+    P = np.clip(Y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+    r = tune_multilabel_thresholds(Y, P, metric)
+    assert r.metric == metric
+    key = {"accuracy": "accuracy", "balanced_accuracy": "balanced_accuracy", "weighted_f1": "f1_weighted"}[metric]
+    want = sklearn_score(key, "multilabel", Y, P, (P >= r.global_).astype(np.uint8))
+    assert r.val_score == pytest.approx(want)
+
+
+def test_binary_thresholds_for_macro_and_weighted_f1():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 150)
+    p = np.clip(0.3 * y + rng.random(150) * 0.7, 0, 1)
+    for metric, avg in (("macro_f1", "macro"), ("weighted_f1", "weighted")):
+        t, s = threshold_curve(y, p, metric)
+        assert s[60] == pytest.approx(f1_score(y, (p >= t[60]).astype(int), average=avg))

@@ -1,8 +1,11 @@
 """Fit stage: heads on a feature cache and write the contract's artifacts (model, metrics, predictions).
 
-Hyper-parameters and thresholds are chosen on train + val only; test is scored once at the end.
-Validation scores (and validation rows of predictions.npz) come from the configuration chosen on the
-train-only fit, so they stay held-out even with ``refit="train+val"``.
+Hyper-parameters and thresholds are chosen on train + val only; test is scored once at the end, with a
+seeded 95% bootstrap interval. Validation scores are *selection* scores: the best of several
+configurations on the same rows, so optimistic (recorded as such). With ``refit="train+val"`` (or
+``cv=K``) the final model's thresholds are tuned on out-of-fold probabilities over train+val, its train
+score is its score on the rows it was fitted on and the gap is that minus its out-of-fold score, so both
+numbers describe one model.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import featpipe
 from featpipe.cache import FeatureCache
 from featpipe.errors import HeadError
 from featpipe.heads import STREAMING_SUFFIX, head_names
-from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable
+from featpipe.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate, jsonable
 from featpipe.model import FeaturepipeModel
 
 
@@ -99,10 +102,13 @@ def _rows(cache: Any, split: str) -> np.ndarray:
 def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, class_weight: str | None = None,
               refit: str = "train", preprocess: str = "standardize", seed: int = 0,
               head_params: dict[str, dict[str, Any]] | None = None, min_positives: int = 5,
-              threshold_mode: str = "per-class") -> list[HeadRun]:
+              threshold_mode: str = "per-class", cv: int | None = None,
+              n_bootstrap: int = BOOTSTRAP["n_resamples"]) -> list[HeadRun]:
     """Fit ``head`` (or every head for ``"all"``) on an open :class:`featpipe.cache.FeatureCache`.
 
-    ``head_params`` maps a head name to extra constructor arguments (e.g. a smaller grid).
+    ``head_params`` maps a head name to extra constructor arguments (e.g. a smaller grid); ``cv=K``
+    chooses hyper-parameters by K-fold CV over train+val instead of the val split (then refits on
+    train+val); ``n_bootstrap`` resamples of the test rows give each test score its interval.
     """
     names = head_names(head)
     task = cache.task
@@ -129,10 +135,11 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         model = FeaturepipeModel(
             head_name=head_name, task=task, classes=list(cache.classes), metric=metric, class_weight=class_weight,
             refit=refit, preprocess=preprocess, seed=seed, backbone_spec=dict(cache.backbone),
-            train_fingerprint=fp, min_positives=min_positives, head_params=(head_params or {}).get(name),
-            threshold_mode=threshold_mode,
+            train_fingerprint=fp, min_positives=min_positives,
+            threshold_mode=threshold_mode, head_params=_with_cv((head_params or {}).get(name), cv),
         ).fit(Xs["train"], Y[tr], Xs["val"], Y[va])
         fit_seconds = time.perf_counter() - t0
+        refit_used = model.head_.refit_
         probas = {"train": _proba(model, Xs["train"]), "val": model.val_proba_}
         if len(te):
             probas["test"] = _proba(model, Xs["test"])  # the only time test rows are touched
@@ -143,8 +150,24 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             preds[split] = model.decide(proba)
             scores[split] = evaluate(Y[rows[split]], proba, preds[split], task, cache.classes, metric)
             _add_thresholds(scores[split], model)
+        if refit_used == "train+val":
+            # one model: its score on its own fit rows vs the out-of-fold score of the same configuration
+            trva = np.concatenate([tr, va])
+            fit_p = np.concatenate([probas["train"], _proba(model, Xs["val"])])
+            scores["fit_rows"] = evaluate(Y[trva], fit_p, model.decide(fit_p), task, cache.classes, metric)
+            scores["oof"] = evaluate(Y[trva], model.oof_proba_, model.decide(model.oof_proba_), task,
+                                     cache.classes, metric)
+            gap = scores["fit_rows"]["main"] - scores["oof"]["main"]
+            gap_def = "final model on train+val (its fit rows) minus out-of-fold score on train+val"
+        else:
+            gap = scores["train"]["main"] - scores["val"]["main"]
+            gap_def = "final model on train minus the same model on val"
+        scores["val"]["selection"] = True  # optimistic: the best of the configurations tried on these rows
+        if "test" in scores:
+            ci = bootstrap_ci(metric, task, Y[te], probas["test"], preds["test"], n_resamples=n_bootstrap,
+                              seed=seed)
+            scores["test"]["main_ci"] = list(ci) if ci else None
         scores.setdefault("test", None)
-        gap = scores["train"]["main"] - scores["val"]["main"]
         metrics = {
             "featpipe_version": featpipe.__version__,
             "run": run_name,
@@ -162,14 +185,20 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             },
             "params": model.params_,
             "search": model.search_,
-            "refit": refit,
+            "refit": refit_used,
+            "selection": {**model.selection_,
+                          "note": "val scores are selection scores (best of the configurations tried on the "
+                                  "same rows): optimistic; test is scored once"},
+            "bootstrap": {**BOOTSTRAP, "n_resamples": n_bootstrap, "seed": seed, "interval": "scores.test.main_ci"},
             "preprocess": preprocess,
             "class_weight": class_weight or "none",
             "threshold": model.threshold_,
             "skipped_labels": model.skipped_labels_,
             "scores": scores,
-            "val_scores_from": "model fitted on train (held-out)",
+            "val_scores_from": ("out-of-fold probabilities of the chosen configuration" if cv else
+                                "model fitted on train (held-out)"),
             "gap": gap,
+            "gap_definition": gap_def,
             "fit_seconds": fit_seconds,
             "train_fingerprint": fp,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -192,6 +221,10 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
 def _proba(model: FeaturepipeModel, X: Any) -> np.ndarray:
     """Probabilities for feature rows in memory or on disk (the head reads on-disk rows slab by slab)."""
     return model.predict_proba(X) if isinstance(X, np.ndarray) else model.head_.predict_proba(X)
+
+
+def _with_cv(params: dict[str, Any] | None, cv: int | None) -> dict[str, Any] | None:
+    return {**(params or {}), "cv": cv} if cv else params
 
 
 def _add_thresholds(scores: dict[str, Any], model: Any) -> None:

@@ -21,13 +21,7 @@ from featpipe.errors import HeadError, ModelError
 from featpipe.heads import make_head
 from featpipe.images import IMAGE_EXTENSIONS
 from featpipe.metrics import DEFAULT_METRIC, main_metric_key
-from featpipe.thresholds import (
-    BINARY_METRICS,
-    MULTILABEL_METRICS,
-    apply_thresholds,
-    tune_binary_threshold,
-    tune_multilabel_thresholds,
-)
+from featpipe.thresholds import apply_thresholds, tune_thresholds
 from featpipe.versions import (
     FeaturepipeVersionWarning,  # noqa: F401 - re-exported for users
     library_versions,
@@ -47,14 +41,6 @@ def expand_image_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -
         else:
             out.append(str(p))
     return out
-
-
-def _threshold_metric(metric: str, task: str) -> str:
-    if task == "binary":
-        return metric if metric in BINARY_METRICS else "f1"
-    if metric in MULTILABEL_METRICS:
-        return metric
-    return {"f1": "micro_f1"}.get(metric, "micro_f1")
 
 
 class FeaturepipeModel:
@@ -111,23 +97,18 @@ class FeaturepipeModel:
         self.classes_ = np.array(classes, dtype=object)
         self.n_features_in_ = head.n_features_in_
         self.val_proba_ = head.val_proba_
-        y_val = np.asarray(y_val)
-        if self.task == "binary":
-            r = tune_binary_threshold(y_val, head.val_proba_[:, 1], _threshold_metric(metric, "binary"),
-                                      self.threshold_tol)
-            self.thresholds_: float | np.ndarray | None = float(r.global_)
-            self.threshold_ = r.to_dict()
-        elif self.task == "multilabel":
-            r = tune_multilabel_thresholds(y_val, head.val_proba_, _threshold_metric(metric, "multilabel"),
-                                           self.min_positives, self.threshold_tol)
-            if self.threshold_mode not in ("per-class", "global"):
-                raise HeadError(f"unknown threshold mode {self.threshold_mode!r}; expected per-class or global")
-            per = r.per_class if self.threshold_mode == "per-class" else [r.global_] * len(r.per_class)
-            self.thresholds_ = np.asarray(per, dtype=float)
-            self.threshold_ = {**r.to_dict(), "used": self.threshold_mode}
+        # thresholds belong to the final model: with a train+val refit they are tuned on out-of-fold
+        # probabilities of the chosen configuration over train+val, else on the held-out val split
+        if head.oof_proba_ is not None:
+            y_thr, p_thr = np.concatenate([np.asarray(y), np.asarray(y_val)]), head.oof_proba_
         else:
-            self.thresholds_ = None
-            self.threshold_ = None
+            y_thr, p_thr = np.asarray(y_val), head.val_proba_
+        self.thresholds_, self.threshold_ = tune_thresholds(self.task, y_thr, p_thr, metric, self.min_positives,
+                                                            self.threshold_tol, self.threshold_mode)
+        if self.threshold_ is not None:
+            self.threshold_["tuned_on"] = head.selection_["thresholds_from"]
+        self.oof_proba_ = head.oof_proba_
+        self.selection_ = dict(head.selection_)
         name = {i: str(c) for i, c in enumerate(classes)}
         if self.task == "multilabel":
             self.params_ = {name[k]: v for k, v in head.params_.items()}

@@ -105,7 +105,8 @@ def _fit_heads(cfg: dict[str, Any], caches: list[Path], heads: list[str], models
         for head in heads:
             for run in fit_cache(cache, head, metric=fit.get("metric"), class_weight=fit.get("class_weight"),
                                  refit=fit.get("refit", "train"), preprocess=fit.get("preprocess", "standardize"),
-                                 seed=int(cfg.get("seed", 0)), min_positives=int(fit.get("min_positives", 5))):
+                                 seed=int(cfg.get("seed", 0)), min_positives=int(fit.get("min_positives", 5)),
+                                 cv=fit.get("cv"), n_bootstrap=int(fit.get("bootstrap", 1000))):
                 written.append(str(write_run(run, models_dir)))
                 results.append(run.metrics)
     if results:

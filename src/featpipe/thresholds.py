@@ -1,8 +1,10 @@
 """Decision thresholds tuned on the validation split.
 
-Binary: one threshold on P(positive) for accuracy, F1 or balanced accuracy. Multilabel: a global
-threshold for micro-F1 (or macro/samples F1) plus per-class thresholds for per-class F1, falling back to
-the global one for labels with fewer than ``min_positives`` validation positives. Multiclass: argmax.
+Binary: one threshold on P(positive) for the run's metric. Multilabel: a global threshold for the
+run's metric plus per-class thresholds for each label's own metric (``Metric.per_label``), falling back
+to the global one for labels with fewer than ``min_positives`` validation positives. Multiclass: argmax.
+The metric definitions (and their fast curve form) live in :mod:`featpipe.metrics`; a probability
+metric (ROC AUC, AP) does not depend on the threshold, so thresholds then follow the task's default.
 
 Rule "plateau-centre": the score curve over a fixed threshold grid is usually jagged on a small
 validation set, so instead of its arg-max we take the centre of the widest run of thresholds whose score
@@ -17,11 +19,9 @@ from typing import Any
 import numpy as np
 
 from featpipe.errors import HeadError
+from featpipe.metrics import DEFAULT_GRID, METRIC_TABLE, decision_curve, get_metric, threshold_metric
 
 RULE = "plateau-centre"
-BINARY_METRICS = ("f1", "accuracy", "balanced_accuracy")
-MULTILABEL_METRICS = ("micro_f1", "macro_f1", "samples_f1")
-DEFAULT_GRID = np.round(np.arange(0.005, 1.0, 0.005), 3)
 
 
 @dataclass
@@ -81,45 +81,25 @@ def plateau_centre(thresholds: np.ndarray, scores: np.ndarray, tol: float) -> tu
     return round(float((t[lo] + t[hi]) / 2), 6), float(t[lo]), float(t[hi])
 
 
-def _counts(y: np.ndarray, score: np.ndarray, thresholds: np.ndarray):
-    """tp, fp, fn, tn for every threshold (rows); ``y`` bool, ``score`` float, both flat."""
-    pred = score[None, :] >= thresholds[:, None]
-    tp = (pred & y).sum(1).astype(float)
-    fp = (pred & ~y).sum(1).astype(float)
-    fn = y.sum() - tp
-    tn = (~y).sum() - fp
-    return tp, fp, fn, tn
-
-
-def _score_from_counts(tp, fp, fn, tn, metric: str) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if metric == "accuracy":
-            return (tp + tn) / np.maximum(tp + fp + fn + tn, 1)
-        if metric in ("f1", "micro_f1"):
-            den = 2 * tp + fp + fn
-            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
-        if metric == "balanced_accuracy":
-            P, N = tp + fn, tn + fp
-            tpr = np.where(P > 0, tp / np.where(P > 0, P, 1), np.nan)
-            tnr = np.where(N > 0, tn / np.where(N > 0, N, 1), np.nan)
-            return np.nanmean(np.stack([tpr, tnr]), axis=0)
-    raise HeadError(f"unknown threshold metric {metric!r}")
+def _check_decision(metric: str, task: str) -> str:
+    m = get_metric(metric, task)
+    if not m.decision:
+        choices = ", ".join(n for n, x in METRIC_TABLE.items() if x.decision and task in x.keys)
+        raise HeadError(f"threshold metric {metric!r} does not depend on a threshold; use one of {choices}")
+    return m.name
 
 
 def threshold_curve(y: np.ndarray, score: np.ndarray, metric: str = "f1",
                     grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores of a binary decision ``score >= t`` for every ``t`` of ``grid``."""
     grid = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=float)
-    y = np.asarray(y).astype(bool).ravel()
-    score = np.asarray(score, dtype=float).ravel()
-    return grid, _score_from_counts(*_counts(y, score, grid), metric)
+    return grid, decision_curve(_check_decision(metric, "binary"), "binary", y, score, grid)
 
 
 def tune_binary_threshold(y: np.ndarray, p_pos: np.ndarray, metric: str = "f1", tol: float | None = None,
                           grid: np.ndarray | None = None) -> ThresholdResult:
-    """Threshold on ``P(positive)`` maximising ``metric`` on validation, by the plateau-centre rule."""
-    if metric not in BINARY_METRICS:
-        raise HeadError(f"threshold metric {metric!r} is not one of {', '.join(BINARY_METRICS)}")
+    """Threshold on ``P(positive)`` maximising ``metric`` on held-out rows, by the plateau-centre rule."""
+    metric = _check_decision(metric, "binary")
     y = np.asarray(y).astype(bool).ravel()
     if len(y) == 0:
         raise HeadError("cannot tune a threshold on an empty validation split")
@@ -131,37 +111,21 @@ def tune_binary_threshold(y: np.ndarray, p_pos: np.ndarray, metric: str = "f1", 
                            plateau=(lo, hi), tol=tol, val_score=float(val))
 
 
-def _multilabel_curve(Y: np.ndarray, P: np.ndarray, metric: str, grid: np.ndarray) -> np.ndarray:
-    if metric == "micro_f1":
-        return threshold_curve(Y.ravel(), P.ravel(), "f1", grid)[1]
-    if metric == "macro_f1":
-        per = np.stack([threshold_curve(Y[:, k], P[:, k], "f1", grid)[1] for k in range(Y.shape[1])
-                        if Y[:, k].any()])
-        return per.mean(0) if len(per) else np.zeros(len(grid))
-    if metric == "samples_f1":
-        out = np.empty(len(grid))
-        for i, t in enumerate(grid):
-            pred = P >= t
-            tp = (pred & Y).sum(1)
-            den = pred.sum(1) + Y.sum(1)
-            out[i] = np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0).mean()
-        return out
-    raise HeadError(f"threshold metric {metric!r} is not one of {', '.join(MULTILABEL_METRICS)}")
-
-
 def tune_multilabel_thresholds(Y: np.ndarray, P: np.ndarray, metric: str = "micro_f1", min_positives: int = 5,
                                tol: float | None = None, grid: np.ndarray | None = None) -> ThresholdResult:
-    """A global threshold for ``metric`` and per-class thresholds for per-class F1.
+    """A global threshold for ``metric`` and per-class thresholds for each label's own metric.
 
-    Labels with fewer than ``min_positives`` validation positives use the global threshold.
+    Labels with fewer than ``min_positives`` positives among the tuning rows use the global threshold.
     """
+    metric = _check_decision(metric, "multilabel")
+    per_label = METRIC_TABLE[metric].per_label
     Y = np.asarray(Y).astype(bool)
     P = np.asarray(P, dtype=float)
     if len(Y) == 0:
         raise HeadError("cannot tune thresholds on an empty validation split")
     grid = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=float)
     tol_g = 0.5 / len(Y) if tol is None else float(tol)
-    s = _multilabel_curve(Y, P, metric, grid)
+    s = decision_curve(metric, "multilabel", Y, P, grid)
     g, lo, hi = plateau_centre(grid, s, tol_g)
     per_class: list[float] = []
     source: list[str] = []
@@ -170,12 +134,31 @@ def tune_multilabel_thresholds(Y: np.ndarray, P: np.ndarray, metric: str = "micr
             per_class.append(g)
             source.append("global")
             continue
-        r = tune_binary_threshold(Y[:, k], P[:, k], "f1", tol, grid)
+        r = tune_binary_threshold(Y[:, k], P[:, k], per_label, tol, grid)
         per_class.append(float(r.global_))
         source.append("tuned")
-    (val,) = _multilabel_curve(Y, P, metric, np.array([g]))
+    (val,) = decision_curve(metric, "multilabel", Y, P, np.array([g]))
     return ThresholdResult(RULE, metric, g, per_class, source, grid.tolist(), s.tolist(), (lo, hi), tol_g,
                            float(val))
+
+
+def tune_thresholds(task: str, y: np.ndarray, proba: np.ndarray, metric: str | None, min_positives: int = 5,
+                    tol: float | None = None, mode: str = "per-class") -> tuple[Any, dict[str, Any] | None]:
+    """Thresholds a model uses (``None`` for multiclass) and their record, tuned for the run's metric.
+
+    ``mode`` (multilabel) picks the per-class or the global thresholds; both are recorded.
+    """
+    if task == "multiclass":
+        return None, None
+    tm = threshold_metric(metric, task)
+    if task == "binary":
+        r = tune_binary_threshold(y, np.asarray(proba)[:, 1], tm, tol)
+        return float(r.global_), r.to_dict()
+    if mode not in ("per-class", "global"):
+        raise HeadError(f"unknown threshold mode {mode!r}; expected per-class or global")
+    r = tune_multilabel_thresholds(y, proba, tm, min_positives, tol)
+    per = r.per_class if mode == "per-class" else [r.global_] * len(r.per_class)
+    return np.asarray(per, dtype=float), {**r.to_dict(), "used": mode}
 
 
 def apply_thresholds(proba: np.ndarray, task: str, threshold: float | np.ndarray | None) -> np.ndarray:

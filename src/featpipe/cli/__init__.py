@@ -49,6 +49,7 @@ def _register() -> None:
     # imported directly: a broken install must fail loudly, not make commands vanish
     from featpipe.cli.backbones import backbones
     from featpipe.cli.cache import cache
+    from featpipe.cli.convert_weights import convert_weights
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
     from featpipe.cli.fit_head import fit_head
@@ -56,7 +57,7 @@ def _register() -> None:
     from featpipe.cli.report import report
     from featpipe.cli.run import run
 
-    for cmd in (embed, backbones, cache, fit_head, predict, report, run, demo):
+    for cmd in (embed, backbones, cache, fit_head, predict, report, run, demo, convert_weights):
         main.add_command(cmd)
 
 

@@ -15,7 +15,8 @@ def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
                      help="Registry name (featpipe backbones), any timm model name, or an .onnx file."),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="State-dict file for the architecture (e.g. face weights for vgg16)."),
+                     help="State-dict file for the architecture, timm or torchvision layout (e.g. face "
+                     "weights for vgg16; Keras .h5: featpipe convert-weights)."),
         click.option("--no-pretrained", is_flag=True, help="Seeded random init: a baseline."),
         click.option("--layer", default=None,
                      help="Cut at this module (or VGG name like block4_pool) and average-pool it."),

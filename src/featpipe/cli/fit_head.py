@@ -43,12 +43,18 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weight
 @click.option("--head", "head", type=click.Choice(HEAD_CHOICES), default="logistic", show_default=True,
               help="Head to fit; 'all' fits every head.")
 @click.option("--metric", type=click.Choice(METRICS), default=None,
-              help="Main metric (threshold tuning, selection). Default: f1 (binary), accuracy (multiclass), "
-              "micro_f1 (multilabel).")
+              help="The metric that selects hyper-parameters, early-stops (mlp, lgbm), tunes thresholds and "
+              "ranks runs. Default: f1 (binary), accuracy (multiclass), micro_f1 (multilabel).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
               help="'balanced' weights classes inversely to their frequency (binary: pos_weight = neg/pos).")
 @click.option("--refit", type=click.Choice(["train", "train+val"]), default="train", show_default=True,
-              help="Refit the chosen configuration on train+val before testing.")
+              help="Refit the chosen configuration on train+val before testing; its thresholds are then "
+              "tuned on out-of-fold probabilities over train+val (5-fold, seeded).")
+@click.option("--cv", type=click.IntRange(min=2), default=None,
+              help="Choose hyper-parameters by K-fold CV over train+val instead of the val split (small "
+              "datasets); implies --refit train+val.")
+@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Resamples of the test rows for each test score's 95% interval (seeded by --seed).")
 @click.option("--preprocess", type=click.Choice(["standardize", "l2", "none"]), default="standardize",
               show_default=True, help="Feature preprocessing before the head.")
 @click.option("--min-positives", type=int, default=5, show_default=True,
@@ -62,8 +68,8 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, backbone, weight
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer,
-             image_size, precision, cache_dir, head, metric, class_weight, refit, preprocess, min_positives,
-             threshold_mode, seed, max_memory, out_dir):
+             image_size, precision, cache_dir, head, metric, class_weight, refit, cv, n_bootstrap, preprocess,
+             min_positives, threshold_mode, seed, max_memory, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -71,6 +77,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weigh
       featpipe fit-head --cache cache/photos__efficientnet_lite0__ab12cd34ef.h5 --head all
       featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train+val
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
+      featpipe fit-head --cache small.h5 --head all --metric macro_f1 --cv 5
     """
     from featpipe.errors import FeaturepipeError
     from featpipe.fit import fit_cache, open_cache, write_run
@@ -92,7 +99,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, backbone, weigh
         try:
             runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
                              refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives,
-                             threshold_mode=threshold_mode)
+                             threshold_mode=threshold_mode, cv=cv, n_bootstrap=n_bootstrap)
         except FeaturepipeError as e:
             raise type(e)(f"{p.name}: {e}") from None
         for r in runs:

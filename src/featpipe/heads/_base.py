@@ -1,15 +1,19 @@
 """Shared machinery of every head: input checks, preprocessing, validation search, one-vs-rest.
 
 A head is a scikit-learn style estimator. ``fit(X, y, X_val, y_val)`` searches its hyper-parameter
-grid using only train (fitting) and val (scoring), keeps the held-out ``val_proba_`` of the chosen
-configuration (for threshold tuning and honest validation scores) and, with ``refit="train+val"``,
-refits the chosen configuration on train+val. Multilabel tasks are one-vs-rest: one search per label.
+grid using only train (fitting) and val (scoring) -- or, with ``cv=K``, K-fold CV over train+val -- and
+ranks configurations (and early-stops) by ``metric`` through :func:`featpipe.metrics.selection_score`.
+It keeps the held-out ``val_proba_`` of the chosen configuration and, with ``refit="train+val"``, refits
+that configuration on train+val and keeps ``oof_proba_``: its out-of-fold probabilities over train+val,
+which thresholds of the refit model are tuned on. Multilabel tasks are one-vs-rest: one search per label,
+each by the label's own form of the metric (``Metric.per_label``).
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,11 +21,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
+from featpipe.metrics import get_metric, selection_score
 
 PREPROCESS = ("standardize", "l2", "none")
 REFIT = ("train", "train+val")
 CLASS_WEIGHT = (None, "balanced")
-SELECTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 class ConstantProba:
@@ -85,37 +89,29 @@ def _log_loss(y: np.ndarray, proba: np.ndarray) -> float:
     return float(-np.log(p).mean())
 
 
-def _average_precision(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import average_precision_score
+def _rarest_label(Y: np.ndarray) -> np.ndarray:
+    """Per row, the index of its rarest positive label (``-1`` for none): a stratification key that
+    spreads every label over the folds of a multilabel K-fold split."""
+    freq = Y.sum(0).astype(float)
+    rank = np.where(Y.astype(bool), freq[None, :], np.inf)
+    return np.where(Y.any(1), rank.argmin(1), -1)
 
-    if y.all() or not y.any():
-        return math.nan
-    return float(average_precision_score(y, score))
 
+def kfold(strat: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded stratified K-fold indices (sklearn ``StratifiedKFold``; multilabel: by rarest label)."""
+    import warnings
 
-def selection_score(y: np.ndarray, proba: np.ndarray, binary: bool, metric: str) -> tuple[float, float]:
-    """Validation score used to rank configurations: ``(primary, -log_loss)``, larger is better.
+    from sklearn.model_selection import StratifiedKFold
 
-    Binary problems (and each label of a multilabel task) use average precision, which does not depend
-    on the decision threshold tuned afterwards; multiclass uses ``metric`` on the arg-max.
-    """
-    nll = _log_loss(y, proba)
-    if binary:
-        ap = _average_precision(y == 1, proba[:, 1])
-        return (-nll if math.isnan(ap) else ap), -nll
-    pred = proba.argmax(1)
-    if metric == "balanced_accuracy":
-        present = np.unique(y)
-        primary = float(np.mean([(pred[y == k] == k).mean() for k in present]))
-    elif metric == "macro_f1":
-        f1s = []
-        for k in np.unique(np.concatenate([y, pred])):
-            tp = np.sum((pred == k) & (y == k))
-            f1s.append(2 * tp / (np.sum(pred == k) + np.sum(y == k)))
-        primary = float(np.mean(f1s))
-    else:
-        primary = float((pred == y).mean())
-    return primary, -nll
+    strat = _rarest_label(strat) if strat.ndim == 2 else strat
+    if len(strat) < k:
+        raise HeadError(f"{k}-fold cross-validation needs at least {k} rows, got {len(strat)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only m members"
+        try:
+            return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(strat)), strat))
+        except ValueError as e:
+            raise HeadError(f"cannot make {k} folds: {e}") from None
 
 
 def _check_X(X: Any, name: str) -> np.ndarray:
@@ -125,6 +121,18 @@ def _check_X(X: Any, name: str) -> np.ndarray:
     if not np.isfinite(X).all():
         raise HeadError(f"{name} features contain nan or inf values")
     return X
+
+
+@dataclass
+class _Best:
+    """One scored configuration: its ranking key, parameters (as tried / as recorded), fold models and
+    held-out probabilities."""
+
+    key: tuple[float, float]
+    params: dict[str, Any]
+    record: dict[str, Any]
+    models: list[Any]
+    held: np.ndarray
 
 
 class BaseHead(ClassifierMixin, BaseEstimator):
@@ -151,6 +159,10 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         """Parameters for the train+val refit (early-stopped heads fix their iteration count)."""
         return dict(params)
 
+    def _record_params(self, params: dict, model: Any) -> dict[str, Any]:
+        """Parameters as recorded in the search (early-stopped heads add their iteration count)."""
+        return dict(params)
+
     # -- common -------------------------------------------------------------------------------------
     def _check_params(self) -> None:
         if self.task not in TASKS:
@@ -161,9 +173,17 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             raise HeadError(f"unknown refit {self.refit!r}; expected one of {', '.join(REFIT)}")
         if self.class_weight not in CLASS_WEIGHT:
             raise HeadError(f"unknown class_weight {self.class_weight!r}; expected None or 'balanced'")
+        for name in ("cv", "oof_folds"):
+            v = getattr(self, name, None)
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 2):
+                raise HeadError(f"{name} must be an integer >= 2, got {v!r}")
+        get_metric(self.metric, self.task)
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes: int | None = None) -> BaseHead:
-        """Search on (X, y) scored on (X_val, y_val); ``y`` holds class indices or a multi-hot matrix."""
+        """Search on (X, y) scored on (X_val, y_val) (or K-fold CV on both with ``cv``).
+
+        ``y`` holds class indices or a multi-hot matrix. Every choice is made by ``metric``.
+        """
         t0 = time.perf_counter()
         self._check_params()
         X = _check_X(X, "train")
@@ -180,133 +200,243 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             raise HeadError("features and labels have different numbers of rows")
         self.n_features_in_ = X.shape[1]
         self.skipped_labels_: list[dict[str, Any]] = []
-
-        pre = Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed).fit(X)
-        Xt, Xv = pre.transform(X), pre.transform(X_val)
+        self.metric_ = get_metric(self.metric, self.task).name
+        self.refit_ = "train+val" if self.cv else self.refit
+        self.selection_ = {
+            "by": f"{self.cv}-fold CV on train+val" if self.cv else "validation split",
+            "metric": self.metric_, "folds": self.cv, "seed": self.seed,
+            "optimistic": True,  # the best of several configurations on the same rows
+        }
         if self.task == "multilabel":
             y, y_val = y.astype(np.uint8), y_val.astype(np.uint8)
             if y.ndim != 2 or y_val.ndim != 2 or y.shape[1] != y_val.shape[1]:
                 raise HeadError("multilabel targets must be multi-hot matrices with the same number of columns")
             self.classes_ = np.arange(y.shape[1])
-            self._fit_multilabel(X, y, X_val, y_val, Xt, Xv, pre)
+            self._fit_multilabel(X, y, X_val, y_val)
         else:
             y, y_val = y.astype(np.int64).ravel(), y_val.astype(np.int64).ravel()
             C = int(n_classes if n_classes is not None else max(y.max(), y_val.max()) + 1)
             if self.task == "binary" and C != 2:
                 raise HeadError(f"a binary task needs exactly 2 classes, got {C}")
             self.classes_ = np.arange(C)
-            self._fit_single(X, y, X_val, y_val, Xt, Xv, pre, C)
+            self._fit_single(X, y, X_val, y_val, C)
+        if self.oof_proba_ is not None:
+            self.selection_["thresholds_from"] = (f"out-of-fold probabilities of the chosen configuration "
+                                                  f"over train+val ({self.oof_folds_}-fold, seed {self.seed})")
+        else:
+            self.selection_["thresholds_from"] = "validation probabilities of the model fitted on train"
+        del self._score_fn, self._last_search  # scratch state of the search, not part of the model
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
-    def _search(self, Xt, y, Xv, yv, binary: bool):
-        """Fit every configuration on train, score on val; returns (best model, params, search list)."""
-        sw = balanced_weights(y) if self.class_weight == "balanced" else None
-        K = int(y.max()) + 1
-        search: list[dict[str, Any]] = []
+    # -- building blocks ----------------------------------------------------------------------------
+    def _pre(self) -> Preprocessor:
+        return Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed)
+
+    def _fold_data(self, X: np.ndarray, strat: np.ndarray, k: int) -> list[tuple]:
+        """``(X_fit, X_held, fit_idx, held_idx)`` per fold, each preprocessed on its own fit rows."""
+        out = []
+        for a, b in kfold(strat, k, self.seed):
+            pre = self._pre().fit(X[a])
+            out.append((pre.transform(X[a]), pre.transform(X[b]), a, b))
+        return out
+
+    def _proba_full(self, model: Any, X: np.ndarray, K: int) -> np.ndarray:
+        p = self._proba_one(model, X)
+        if p.shape[1] != K:  # a fold whose fit rows lack a class
+            out = np.zeros((len(X), K))
+            out[:, np.asarray(model.classes_, dtype=int)] = p
+            return out
+        return p
+
+    def _sw(self, y: np.ndarray) -> np.ndarray | None:
+        return balanced_weights(y) if self.class_weight == "balanced" else None
+
+    def _held_out(self, params: dict, folds: list[tuple], n: int, K: int, early: bool,
+                  warms: list | None = None) -> tuple[np.ndarray, list[Any]]:
+        """Probabilities of every held-out row of ``folds`` ``(Xa, ya, Xb, yb, held_idx)``."""
+        held = np.zeros((n, K))
         models: list[Any] = []
+        for f, (Xa, ya, Xb, yb, idx) in enumerate(folds):
+            if len(np.unique(ya)) < 2:  # a fold with one class: predict its prior
+                held[idx] = np.bincount(ya, minlength=K) / len(ya)
+                models.append(None)
+                continue
+            m = self._fit_one(params, Xa, ya, self._sw(ya), K, Xb if early else None, yb if early else None,
+                              warms[f] if warms else None)
+            if warms is not None:
+                warms[f] = m
+            held[idx] = self._proba_full(m, Xb, K)
+            models.append(m)
+        return held, models
+
+    def _merged(self, fn, params: dict, models: list[Any]) -> dict[str, Any]:
+        """``fn(params, model)`` over fold models; integers that differ (iterations) -> their median."""
+        dicts = [fn(params, m) for m in models if m is not None] or [dict(params)]
+        out = dict(dicts[0])
+        for k, v in out.items():
+            vals = [d[k] for d in dicts]
+            if isinstance(v, (int, np.integer)) and len(set(vals)) > 1:
+                out[k] = int(round(float(np.median(vals))))
+        return out
+
+    def _search(self, folds: list[tuple], y_held: np.ndarray, K: int, mtask: str, metric: str) -> _Best:
+        """Score every configuration on the held-out rows of ``folds`` by ``metric``; returns the best."""
+        self._score_fn = functools.partial(selection_score, metric, mtask)  # also early-stops
+        search: list[dict[str, Any]] = []
+        results: list[_Best] = []
         todo = self._grid()
-        warm = None
+        warms: list[Any] = [None] * len(folds)
         round_ = 0
+        tried: list[dict] = []
         while todo:
             for params in todo:
-                model = self._fit_one(params, Xt, y, sw, K, Xv, yv, warm)
-                warm = model
-                score = selection_score(yv, self._proba_one(model, Xv), binary, self._selection_metric())
-                entry = {"params": self._record_params(params, model), "val_score": score[0],
-                         "val_log_loss": -score[1]}
-                search.append(entry)
-                models.append((score, model, params))
+                held, models = self._held_out(params, folds, len(y_held), K, True, warms)
+                primary = self._score_fn(y_held, held)
+                nll = _log_loss(y_held, held)
+                primary = -nll if primary != primary else primary  # undefined metric: rank by log-loss
+                rec = self._merged(self._record_params, params, models)
+                search.append({"params": rec, "val_score": primary, "val_log_loss": nll})
+                results.append(_Best((primary, -nll), params, rec, models, held))
+                tried.append(params)
             round_ += 1
-            todo = [p for p in self._refine(search, round_) if p not in [m[2] for m in models]]
-        best = max(range(len(models)), key=lambda i: (models[i][0], -i))
-        _, model, params = models[best]
-        return model, params, search, best
+            todo = [p for p in self._refine(search, round_) if p not in tried]
+        best = max(range(len(results)), key=lambda i: (results[i].key, -i))
+        self._last_search = search
+        return results[best]
 
-    def _selection_metric(self) -> str:
-        m = getattr(self, "metric", None) or "accuracy"
-        return m if m in SELECTION_METRICS else "accuracy"
-
-    def _record_params(self, params: dict, model: Any) -> dict[str, Any]:
-        return dict(params)
-
-    def _fit_single(self, X, y, X_val, y_val, Xt, Xv, pre, C: int) -> None:
-        present = np.unique(y)
-        if len(present) < 2:
-            raise HeadError(f"the train split has only one class (index {int(present[0])}): need at least two")
+    def _fit_single(self, X, y, X_val, y_val, C: int) -> None:
+        pool_y = np.concatenate([y, y_val])
+        present = np.unique(pool_y if self.cv else y)
+        if len(np.unique(y)) < 2:
+            raise HeadError(f"the train split has only one class (index {int(np.unique(y)[0])}): need at least two")
         for k in sorted(set(range(C)) - set(present.tolist())):
             self.skipped_labels_.append({"label": int(k), "reason": "no training examples: never predicted"})
         remap = np.full(C, -1)
         remap[present] = np.arange(len(present))
         self.present_ = present
-        yr = remap[y]
-        val_known = remap[y_val] >= 0  # val rows of a class unseen in train cannot be scored by the search
-        if not val_known.any():
-            raise HeadError("no validation row belongs to a class present in train")
-        binary = len(present) == 2
-        model, params, search, best = self._search(Xt, yr, Xv[val_known], remap[y_val][val_known], binary)
-        self.search_ = search
-        self.params_ = search[best]["params"]
-        self.best_val_score_ = search[best]["val_score"]
-        self.val_proba_ = self._expand(self._proba_one(model, Xv), C)
-        if self.refit == "train+val":
-            pre = Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed).fit(np.vstack([X, X_val]))
-            Xa = pre.transform(np.vstack([X, X_val]))
-            ya = remap[np.concatenate([y, y_val])]
-            keep = ya >= 0
-            sw = balanced_weights(ya[keep]) if self.class_weight == "balanced" else None
-            model = self._fit_one(self._refit_params(params, model), Xa[keep], ya[keep], sw, len(present),
+        K = len(present)
+        Xp, yp = np.vstack([X, X_val]), remap[pool_y]
+        n_tr = len(X)
+        if self.cv:
+            fd = self._fold_data(Xp, yp, self.cv)
+            best = self._search([(a, yp[ia], b, yp[ib], ib) for a, b, ia, ib in fd], yp, K, self.task, self.metric_)
+            self.oof_folds_ = self.cv
+            oof = best.held
+            refit_params = self._merged(self._refit_params, best.params, best.models)
+            self.val_proba_ = self._expand(oof[n_tr:], C)
+        else:
+            yvr = yp[n_tr:]
+            val_known = yvr >= 0  # val rows of a class unseen in train cannot be scored by the search
+            if not val_known.any():
+                raise HeadError("no validation row belongs to a class present in train")
+            pre = self._pre().fit(X)
+            Xt, Xv = pre.transform(X), pre.transform(X_val)
+            best = self._search([(Xt, yp[:n_tr], Xv[val_known], yvr[val_known], np.arange(val_known.sum()))],
+                                yvr[val_known], K, self.task, self.metric_)
+            model = best.models[0]
+            self.val_proba_ = self._expand(self._proba_full(model, Xv, K), C)
+            refit_params = self._refit_params(best.params, model)
+            oof = None
+            if self.refit_ == "train+val":
+                self.oof_folds_ = self.oof_folds
+                keep = np.flatnonzero(yp >= 0)
+                fd = self._fold_data(Xp[keep], yp[keep], self.oof_folds)
+                held, _ = self._held_out(refit_params, [(a, yp[keep][ia], b, yp[keep][ib], ib)
+                                                        for a, b, ia, ib in fd], len(keep), K, False)
+                oof = np.full((len(yp), K), np.nan)
+                oof[keep] = held
+        self.search_ = self._last_search
+        self.params_ = self.search_[self._best_index(best)]["params"]
+        self.best_val_score_ = best.key[0]
+        self.oof_proba_ = None if oof is None else self._expand(oof, C)
+        if self.refit_ == "train+val":
+            keep = yp >= 0
+            pre = self._pre().fit(Xp[keep])
+            model = self._fit_one(refit_params, pre.transform(Xp[keep]), yp[keep], self._sw(yp[keep]), K,
                                   None, None)
         self.preprocessor_ = pre
         self.model_ = model
 
+    def _best_index(self, best: _Best) -> int:
+        return next(i for i, s in enumerate(self._last_search) if s["params"] == best.record)
+
     def _expand(self, proba: np.ndarray, C: int) -> np.ndarray:
         out = np.zeros((len(proba), C))
         out[:, self.present_] = proba
+        out[np.isnan(proba).any(1)] = np.nan  # rows left out of an out-of-fold pass
         return out
 
-    def _fit_multilabel(self, X, Y, X_val, Y_val, Xt, Xv, pre) -> None:
+    def _fit_multilabel(self, X, Y, X_val, Y_val) -> None:
         C = Y.shape[1]
         self.estimators_: list[Any] = []
         self.search_ = []
         self.params_ = {}
         self.best_val_score_ = {}
+        n_tr = len(X)
+        Xp, Yp = np.vstack([X, X_val]), np.vstack([Y, Y_val])
         val_proba = np.zeros((len(X_val), C))
-        if self.refit == "train+val":
-            Xall = np.vstack([X, X_val])
-            pre_all = Preprocessor(self.preprocess, getattr(self, "pca", None), self.seed).fit(Xall)
-            Xa = pre_all.transform(Xall)
-            Ya = np.vstack([Y, Y_val])
+        oof = np.zeros((len(Xp), C)) if self.refit_ == "train+val" else None
+        label_metric = get_metric(self.metric_, "multilabel").per_label
+        if self.cv:
+            fd = self._fold_data(Xp, Yp, self.cv)
+            self.oof_folds_ = self.cv
+        else:
+            pre = self._pre().fit(X)
+            Xt, Xv = pre.transform(X), pre.transform(X_val)
+            if oof is not None:
+                fd_oof = self._fold_data(Xp, Yp, self.oof_folds)
+                self.oof_folds_ = self.oof_folds
+        if self.refit_ == "train+val":
+            pre = self._pre().fit(Xp)
+            Xa = pre.transform(Xp)
         for k in range(C):
-            ytr, yva = Y[:, k].astype(np.int64), Y_val[:, k].astype(np.int64)
+            ytr, yva, ya = Y[:, k].astype(np.int64), Y_val[:, k].astype(np.int64), Yp[:, k].astype(np.int64)
             pos_tr, neg_tr, pos_va = int(ytr.sum()), int((1 - ytr).sum()), int(yva.sum())
             reason = None
-            if pos_tr < 2:
+            if self.cv and ya.sum() < self.cv:
+                reason = f"{int(ya.sum())} positive(s) in train+val (need {self.cv} for {self.cv}-fold CV)"
+            elif pos_tr < 2:
                 reason = f"{pos_tr} positive(s) in train (need 2)"
             elif neg_tr < 2:
                 reason = f"{neg_tr} negative(s) in train (need 2)"
-            elif pos_va == 0:
+            elif pos_va == 0 and not self.cv:
                 reason = "no positive in validation: cannot tune"
             if reason:
-                prior = float(Ya[:, k].mean()) if self.refit == "train+val" else float(ytr.mean())
+                prior = float(ya.mean()) if self.refit_ == "train+val" else float(ytr.mean())
                 self.skipped_labels_.append({"label": k, "reason": reason + "; predicted with constant prior",
                                              "prior": prior})
                 self.estimators_.append(ConstantProba(prior))
                 val_proba[:, k] = float(ytr.mean())
+                if oof is not None:
+                    oof[:, k] = prior
                 self.params_[k] = None
                 continue
-            model, params, search, best = self._search(Xt, ytr, Xv, yva, True)
-            self.search_.extend({"label": k, **s} for s in search)
-            self.params_[k] = search[best]["params"]
-            self.best_val_score_[k] = search[best]["val_score"]
-            val_proba[:, k] = self._proba_one(model, Xv)[:, 1]
-            if self.refit == "train+val":
-                ya = Ya[:, k].astype(np.int64)
-                sw = balanced_weights(ya) if self.class_weight == "balanced" else None
-                model = self._fit_one(self._refit_params(params, model), Xa, ya, sw, 2, None, None)
+            if self.cv:
+                best = self._search([(a, ya[ia], b, ya[ib], ib) for a, b, ia, ib in fd], ya, 2, "binary",
+                                    label_metric)
+                refit_params = self._merged(self._refit_params, best.params, best.models)
+                oof[:, k] = best.held[:, 1]
+                val_proba[:, k] = best.held[n_tr:, 1]
+                model = None
+            else:
+                best = self._search([(Xt, ytr, Xv, yva, np.arange(len(yva)))], yva, 2, "binary", label_metric)
+                model = best.models[0]
+                refit_params = self._refit_params(best.params, model)
+                val_proba[:, k] = self._proba_one(model, Xv)[:, 1]
+                if oof is not None:
+                    held, _ = self._held_out(refit_params, [(a, ya[ia], b, ya[ib], ib) for a, b, ia, ib in fd_oof],
+                                             len(ya), 2, False)
+                    oof[:, k] = held[:, 1]
+            self.search_.extend({"label": k, **s} for s in self._last_search)
+            self.params_[k] = best.record
+            self.best_val_score_[k] = best.key[0]
+            if self.refit_ == "train+val":
+                model = self._fit_one(refit_params, Xa, ya, self._sw(ya), 2, None, None)
             self.estimators_.append(model)
         self.val_proba_ = val_proba
-        self.preprocessor_ = pre_all if self.refit == "train+val" else pre
+        self.oof_proba_ = oof
+        self.preprocessor_ = pre
 
     def predict_proba(self, X) -> np.ndarray:
         """``(n, C)`` probabilities; binary has 2 columns, multilabel has independent columns."""

@@ -28,7 +28,8 @@ class LogisticHead(BaseHead):
 
     def __init__(self, task: str = "multiclass", C_grid: Sequence[float] = COARSE_C, refine_steps: int = 2,
                  max_iter: int = 500, preprocess: str = "standardize", class_weight: str | None = None,
-                 refit: str = "train", metric: str | None = None, seed: int = 0):
+                 refit: str = "train", metric: str | None = None, cv: int | None = None,
+                 oof_folds: int = 5, seed: int = 0):
         self.task = task
         self.C_grid = C_grid
         self.refine_steps = refine_steps
@@ -37,6 +38,8 @@ class LogisticHead(BaseHead):
         self.class_weight = class_weight
         self.refit = refit
         self.metric = metric
+        self.cv = cv
+        self.oof_folds = oof_folds
         self.seed = seed
 
     def _grid(self) -> list[dict[str, Any]]:

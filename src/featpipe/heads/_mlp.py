@@ -1,4 +1,4 @@
-"""Small MLP head (torch, CPU): D -> 256 -> 128 -> dropout -> C, early-stopped on validation loss."""
+"""Small MLP head (torch, CPU): D -> 256 -> 128 -> dropout -> C, early-stopped on the run's metric."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ class MLPWeights:
 class MLPHead(BaseHead):
     """Two hidden layers with ReLU and dropout, Adam, cross-entropy; seeded and deterministic on CPU.
 
-    ``weight_decay_grid`` is searched on validation; each fit stops when the validation loss has not
-    improved for ``patience`` epochs and keeps the best epoch's weights. The train+val refit trains for
+    ``weight_decay_grid`` is searched on validation; each fit stops when the validation score of the
+    run's ``metric`` (ties: validation loss) has not improved for ``patience`` epochs and keeps the best
+    epoch's weights. The train+val refit trains for
     that best epoch count. ``batch_size`` defaults to ``n_train // 10`` clipped to 16..128 (at least ten
     steps per epoch on small sets). Uses torch's current thread setting (``torch.set_num_threads``).
     """
@@ -42,7 +43,8 @@ class MLPHead(BaseHead):
     def __init__(self, task: str = "multiclass", hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  weight_decay_grid: Sequence[float] = (1e-4, 1e-2), lr: float = 1e-3, batch_size: int | None = None,
                  max_epochs: int = 200, patience: int = 10, preprocess: str = "standardize",
-                 class_weight: str | None = None, refit: str = "train", metric: str | None = None, seed: int = 0):
+                 class_weight: str | None = None, refit: str = "train", metric: str | None = None,
+                 cv: int | None = None, oof_folds: int = 5, seed: int = 0):
         self.task = task
         self.hidden = hidden
         self.dropout = dropout
@@ -55,6 +57,8 @@ class MLPHead(BaseHead):
         self.class_weight = class_weight
         self.refit = refit
         self.metric = metric
+        self.cv = cv
+        self.oof_folds = oof_folds
         self.seed = seed
 
     def _grid(self) -> list[dict[str, Any]]:
@@ -89,7 +93,7 @@ class MLPHead(BaseHead):
             Xv = torch.as_tensor(X_val, dtype=torch.float32)
             yv = torch.as_tensor(y_val, dtype=torch.long)
         n_epochs = int(fixed_epochs) if fixed_epochs is not None else self.max_epochs
-        best, best_epoch, best_state, bad = np.inf, n_epochs, None, 0
+        best, best_epoch, best_state, bad = (-np.inf, -np.inf), n_epochs, None, 0
         bs = self.batch_size or int(min(128, max(16, len(y) // 10)))
         for epoch in range(1, n_epochs + 1):
             net.train()
@@ -104,9 +108,13 @@ class MLPHead(BaseHead):
                 continue
             net.eval()
             with torch.no_grad():
-                vloss = float(loss_fn(net(Xv), yv).mean())
-            if vloss < best - 1e-6:
-                best, best_epoch, bad = vloss, epoch, 0
+                logits = net(Xv)
+                vloss = float(loss_fn(logits, yv).mean())
+                proba = torch.softmax(logits, 1).numpy().astype(np.float64)
+            s = self._score_fn(y_val, proba)  # the run's metric first, validation loss breaks ties
+            key = (-np.inf if s != s else round(s, 12), -vloss)
+            if key[0] > best[0] or (key[0] == best[0] and key[1] > best[1] + 1e-6):
+                best, best_epoch, bad = key, epoch, 0
                 best_state = [t.detach().clone() for t in net.state_dict().values()]
             else:
                 bad += 1

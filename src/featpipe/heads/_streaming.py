@@ -14,6 +14,7 @@ heads. Preprocessing is fitted in one streaming pass (``StandardScaler.partial_f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,9 +24,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
-from featpipe.heads._base import PREPROCESS, REFIT, ConstantProba, balanced_weights, selection_score
+from featpipe.heads._base import PREPROCESS, REFIT, ConstantProba, _log_loss, balanced_weights
 from featpipe.heads._lgbm import DEFAULT_GRID as LGBM_GRID
 from featpipe.heads._mlp import MLPWeights
+from featpipe.metrics import DEFAULT_METRIC, get_metric, selection_score
 
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-6, -1, 6))
 
@@ -96,7 +98,8 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                  lgbm_grid: Sequence[dict[str, Any]] = LGBM_GRID, n_estimators: int = 1000,
                  early_stopping_rounds: int = 30, pca: int | None = 128, max_bin: int = 63,
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2, weight_decay: float = 1e-4,
-                 lr: float = 1e-3, batch_size: int = 128, max_epochs: int = 50, patience: int = 5):
+                 lr: float = 1e-3, batch_size: int = 128, max_epochs: int = 50, patience: int = 5,
+                 cv: int | None = None):
         self.kind = kind
         self.task = task
         self.preprocess = preprocess
@@ -118,6 +121,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.patience = patience
+        self.cv = cv
 
     @property
     def name(self) -> str:
@@ -131,9 +135,15 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
         if self.task not in TASKS or self.preprocess not in PREPROCESS or self.refit not in REFIT:
             raise HeadError(f"invalid head settings: task={self.task!r}, preprocess={self.preprocess!r}, "
                             f"refit={self.refit!r}")
-        if self.refit != "train":
-            raise HeadError("out-of-core heads refit on train only; use --refit train (validation is too "
-                            "small to matter next to a cache larger than memory)")
+        if self.refit != "train" or self.cv:
+            raise HeadError("out-of-core heads refit on train only and select on the validation split; drop "
+                            "--refit train+val / --cv (validation is small next to a cache larger than memory)")
+        self.metric_ = self.metric or DEFAULT_METRIC[self.task]
+        self.refit_ = "train"
+        self.oof_proba_ = None
+        self.selection_ = {"by": "validation split", "metric": self.metric_, "folds": None, "seed": self.seed,
+                           "optimistic": True,
+                           "thresholds_from": "validation probabilities of the model fitted on train"}
         rows = as_rows(X)
         if X_val is None or len(X_val) == 0:
             raise HeadError("the validation split is empty: heads are tuned on validation, add a val split")
@@ -167,7 +177,8 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                     self.params_[k] = None
                     self.val_proba_[:, k] = prior
                     continue
-                model, params, search = self._search(rows, Y[:, k], Xv, Yv[:, k], 2)
+                label_metric = get_metric(self.metric_, "multilabel").per_label
+                model, params, search = self._search(rows, Y[:, k], Xv, Yv[:, k], 2, label_metric, "binary")
                 self.search_ += [{"label": k, **s} for s in search]
                 self.params_[k] = params
                 self.estimators_.append(model)
@@ -181,7 +192,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                 raise HeadError(f"the train split has only one class (index {int(present[0])}): need at least two")
             if len(present) < C:
                 raise HeadError("out-of-core heads need every class in the train split")
-            self.model_, self.params_, self.search_ = self._search(rows, y, Xv, y_val, C)
+            self.model_, self.params_, self.search_ = self._search(rows, y, Xv, y_val, C, self.metric_, self.task)
             self.val_proba_ = self._proba_model(self.model_, Xv, C)
         return self
 
@@ -206,14 +217,17 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
         Xt = self.scaler_.transform(block)
         return self.ipca_.transform(Xt) if self.ipca_ is not None else Xt
 
-    def _search(self, rows: Any, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, C: int):
+    def _search(self, rows: Any, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, C: int, metric: str, task: str):
         sw = balanced_weights(y) if self.class_weight == "balanced" else None
         fit = {"logistic": self._fit_sgd, "lgbm": self._fit_lgbm, "mlp": self._fit_mlp}[self.kind]
         results = []
         for params in self._grid():
             model, recorded = fit(params, rows, y, sw, Xv, yv, C)
-            score = selection_score(yv, self._proba_model(model, Xv, C), C == 2, self.metric or "accuracy")
-            results.append((score, model, recorded))
+            proba = self._proba_model(model, Xv, C)
+            primary = selection_score(metric, task, yv, proba)
+            nll = _log_loss(yv, proba)
+            primary = -nll if primary != primary else primary  # undefined metric: rank by log-loss
+            results.append(((primary, -nll), model, recorded))
         best = max(range(len(results)), key=lambda i: (results[i][0], -i))
         search = [{"params": r[2], "val_score": r[0][0], "val_log_loss": -r[0][1]} for r in results]
         return results[best][1], results[best][2], search
@@ -257,8 +271,10 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
             "max_bin": self.max_bin, "seed": self.seed, "deterministic": True, "force_col_wise": True,
             "verbose": -1,
         }
-        booster = lgb.train(lgb_params, train, num_boost_round=self.n_estimators, valid_sets=[valid],
-                            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+        with warnings.catch_warnings():  # the grid's tree settings differ from the shared binned set's: expected
+            warnings.filterwarnings("ignore", message="Overriding the parameters from Reference Dataset")
+            booster = lgb.train(lgb_params, train, num_boost_round=self.n_estimators, valid_sets=[valid],
+                                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
         return booster, {**params, "n_estimators": int(booster.best_iteration or booster.current_iteration())}
 
     # -- mlp: mini-batches from slabs ----------------------------------------------------------------

@@ -34,6 +34,9 @@ def _leader_row(m: _data.ModelRun) -> dict[str, Any]:
         "metric": mt.get("metric", "?"),
         "val": _analysis.finite(val.get("main")),
         "test": _analysis.finite(test.get("main")),
+        "test_ci_lo": _analysis.finite((test.get("main_ci") or [None, None])[0]),
+        "test_ci_hi": _analysis.finite((test.get("main_ci") or [None, None])[1]),
+        "selection": (mt.get("selection") or {}).get("by", "validation split"),
         "train": _analysis.finite((sc.get("train") or {}).get("main")),
         "gap": _analysis.finite(mt.get("gap")),
         "embed_seconds": _analysis.finite(cache.get("embed_seconds")),
@@ -46,6 +49,22 @@ def _leader_row(m: _data.ModelRun) -> dict[str, Any]:
         row[f"{key}_test"] = _analysis.finite(test.get(key))
         row[f"{key}_val"] = _analysis.finite(val.get(key))
     return row
+
+
+def within_intervals(rows: list[dict[str, Any]]) -> set[int]:
+    """Indices of the top row (best on validation) and every row whose test score and the top row's lie
+    within each other's 95% bootstrap interval: the test set cannot tell them apart. Empty when none."""
+    if not rows or rows[0]["test_ci_lo"] is None:
+        return set()
+    top = rows[0]
+    out = {0}
+    for i, r in enumerate(rows[1:], 1):
+        if r["test"] is None or r["test_ci_lo"] is None:
+            continue
+        if (top["test_ci_lo"] <= r["test"] <= top["test_ci_hi"]
+                and r["test_ci_lo"] <= top["test"] <= r["test_ci_hi"]):
+            out.add(i)
+    return out if len(out) > 1 else set()
 
 
 def leaderboards(
@@ -91,6 +110,9 @@ def leaderboards(
                 p, names, [x["val"] for x in rows], [x["test"] for x in rows], metric, ch, human_baseline
             ),
         )
+        within = within_intervals(rows)
+        for i, row in enumerate(rows):
+            row["within_best_ci"] = i in within
         task = rows[0]["task"] if rows else "multiclass"
         try:
             main_key = main_metric_key(metric, task)
@@ -109,6 +131,7 @@ def leaderboards(
                 "human": human_baseline,
                 "slug": slug,
                 "task": rows[0]["task"] if rows else "?",
+                "within": [rows[i] for i in sorted(within)],
             }
         )
         all_rows += rows

@@ -128,6 +128,7 @@ def _model_section(
         "backbone": _backbone_label((mt.get("cache") or {}).get("backbone") or {}, m.run),
         "params": json.dumps(mt.get("params"), sort_keys=True)[:400],
         "refit": mt.get("refit"),
+        "selection": (mt.get("selection") or {}).get("by", "validation split"),
         "seed": mt.get("seed"),
         "dir": str(m.dir),
         "skipped_labels": mt.get("skipped_labels") or [],

@@ -20,6 +20,9 @@ CSV_COLS = [
     "metric",
     "val",
     "test",
+    "test_ci_lo",
+    "test_ci_hi",
+    "selection",
     "train",
     "gap",
     "accuracy_test",
@@ -49,6 +52,19 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             }
         )
     path.write_text(buf.getvalue())
+
+
+def _ci(r: dict[str, Any]) -> str:
+    if r.get("test_ci_lo") is None:
+        return "-"
+    return f"[{_fmt(r['test_ci_lo'], 3)}, {_fmt(r['test_ci_hi'], 3)}]"
+
+
+def within_sentence(rows: list[dict[str, Any]]) -> str:
+    """The report's line saying which top runs the test set cannot tell apart."""
+    names = ", ".join(f"{r['backbone']} + {r['head']}" for r in rows)
+    return (f"The test scores of {names} lie within each other's 95% bootstrap interval: "
+            "the test set does not separate them.")
 
 
 def _summary_md(ctx: dict[str, Any]) -> str:
@@ -90,13 +106,17 @@ def _summary_md(ctx: dict[str, Any]) -> str:
                 + (f"; human baseline: {b['human']:.4f}" if b["human"] is not None else "")
             )
             L.append("")
-        L.append("| backbone | layer | head | val | test | gap | fit s |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("Validation scores are selection scores (the best configuration on those rows): optimistic.")
+        L.append("")
+        L.append("| backbone | layer | head | val (selection) | test | test 95% CI | gap | fit s |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for r in b["rows"]:
             L.append(
                 f"| {r['backbone']} | {r['layer']} | {r['head']} | {_fmt(r['val'], 4)} | "
-                f"{_fmt(r['test'], 4)} | {_fmt(r['gap'], 4)} | {_fmt(r['fit_seconds'], 2)} |"
+                f"{_fmt(r['test'], 4)} | {_ci(r)} | {_fmt(r['gap'], 4)} | {_fmt(r['fit_seconds'], 2)} |"
             )
+        if b.get("within"):
+            L += ["", within_sentence(b["within"])]
         best = b["rows"][0] if b["rows"] else None
         if best:
             L += [
