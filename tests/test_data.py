@@ -1,4 +1,3 @@
-import time
 from collections import Counter
 
 import numpy as np
@@ -315,12 +314,10 @@ def test_label_lists_nothing_present(tmp_path):
         from_label_lists(tmp_path / "a", tmp_path / "i")
 
 
-def test_label_lists_many_missing_ids_are_fast(tmp_path):
+def test_label_lists_many_missing_ids_are_counted(tmp_path):
     ann, imgs = _label_list_dataset(tmp_path / "p")
     (ann / "dog.txt").write_text("\n".join(str(i) for i in range(1, 20001)))
-    t = time.perf_counter()
     m = from_label_lists(ann, imgs)
-    assert time.perf_counter() - t < 2.0
     n_missing = sum(r == "image file missing" for _, r in m.skipped)
     assert n_missing == 20000 - 30  # cat's 102 is in range too
 

@@ -16,12 +16,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
-from featpipe.backbones._base import Backbone, BackboneSpec, config_hash
 from featpipe.data.manifest import Manifest
 from featpipe.errors import CacheError, ImageError
 from featpipe.images import read_source
@@ -31,6 +30,9 @@ PENDING, OK, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", OK: "ok", FAILED: "failed"}
 ERROR_LEN = 200
 _str = h5py.string_dtype("utf-8")
+
+if TYPE_CHECKING:  # the backbones package imports torch; reading a cache must not
+    from featpipe.backbones._base import Backbone, BackboneSpec
 
 
 def slug(text: str, max_len: int = 60, default: str = "dataset") -> str:
@@ -421,6 +423,8 @@ def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def features_key(backbone: Backbone, feature_dtype: str) -> tuple[str, dict[str, Any]]:
+    from featpipe.backbones._base import config_hash
+
     config = {
         **backbone.config(),
         "decode": "pil-rgb-exif-jpegdraft",
@@ -431,6 +435,8 @@ def features_key(backbone: Backbone, feature_dtype: str) -> tuple[str, dict[str,
 
 
 def cache_path_for(manifest: Manifest, spec: BackboneSpec, key: str, cache_dir: str | Path) -> Path:
+    from featpipe.backbones._base import config_hash
+
     file_key = config_hash({"features": key, "dataset": manifest.source})
     return Path(cache_dir) / cache_filename(manifest.name, spec.tag(), file_key)
 
