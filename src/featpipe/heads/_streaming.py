@@ -9,7 +9,11 @@ heads. Preprocessing is fitted in one streaming pass (``StandardScaler.partial_f
 * ``logistic``: ``SGDClassifier(loss="log_loss")`` with ``partial_fit`` over slabs, ``alpha`` searched on
   validation (the streaming counterpart of the C search).
 * ``lgbm``: LightGBM trained from a ``lightgbm.Sequence`` that reads, scales and projects slabs.
-* ``mlp``: the MLP head's network trained from shuffled slabs, early-stopped on validation loss.
+* ``mlp``: the MLP head's network trained from shuffled slabs, early-stopped on the validation metric.
+
+Selection uses the metric table (:func:`featpipe.metrics.selection_score`) like the in-memory heads;
+LightGBM early-stops on its log-loss here. ``--refit train+val`` and ``--cv`` are refused: both need
+several passes over train+val held in memory.
 """
 
 from __future__ import annotations
@@ -194,6 +198,8 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                 raise HeadError("out-of-core heads need every class in the train split")
             self.model_, self.params_, self.search_ = self._search(rows, y, Xv, y_val, C, self.metric_, self.task)
             self.val_proba_ = self._proba_model(self.model_, Xv, C)
+        self.__dict__.pop("_select", None)  # scratch state of the search
+        self._lgb_train_ = None
         return self
 
     def _fit_ipca(self, rows: Any) -> Any:
@@ -220,6 +226,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
     def _search(self, rows: Any, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray, C: int, metric: str, task: str):
         sw = balanced_weights(y) if self.class_weight == "balanced" else None
         fit = {"logistic": self._fit_sgd, "lgbm": self._fit_lgbm, "mlp": self._fit_mlp}[self.kind]
+        self._select = (metric, task)  # the MLP early-stops on it too
         results = []
         for params in self._grid():
             model, recorded = fit(params, rows, y, sw, Xv, yv, C)
@@ -292,7 +299,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=params["weight_decay"])
         loss_fn = nn.CrossEntropyLoss(reduction="none")
         xv, tv = torch.as_tensor(Xv, dtype=torch.float32), torch.as_tensor(yv, dtype=torch.long)
-        best, best_epoch, best_state, bad = np.inf, 0, None, 0
+        best, best_epoch, best_state, bad = None, 0, None, 0
         for epoch in range(1, self.max_epochs + 1):
             net.train()
             for pos, block in rows.iter_blocks(rng):
@@ -307,9 +314,12 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                     opt.step()
             net.eval()
             with torch.no_grad():
-                vloss = float(loss_fn(net(xv), tv).mean())
-            if vloss < best - 1e-6:
-                best, best_epoch, bad = vloss, epoch, 0
+                logits = net(xv)
+                vloss = float(loss_fn(logits, tv).mean())
+                primary = selection_score(*self._select, yv, torch.softmax(logits, 1).numpy())
+            key = (primary if primary == primary else -vloss, -vloss)  # the metric, then the loss
+            if best is None or key > best:
+                best, best_epoch, bad = key, epoch, 0
                 best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
             else:
                 bad += 1
