@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sklearn.exceptions import NotFittedError
 
 from featpipe.errors import ModelError
 from featpipe.model import FeaturepipeModel, FeaturepipeVersionWarning, load_model
@@ -46,9 +47,13 @@ def test_binary_and_multilabel_predictions_use_tuned_thresholds():
     expect = np.where(p[:, 1] >= mb.thresholds_, "three", "other")
     assert list(mb.predict(Xte)) == list(expect)
     ml, Xte, _ = _fit("multilabel")
-    out = ml.predict(Xte)
-    assert isinstance(out, list) and all(isinstance(r, list) for r in out)
-    assert set().union(*map(set, out)) <= {"even", "gt4", "is_zero", "rare"}
+    out = ml.predict(Xte)  # scikit-learn's indicator matrix, classes_ as columns
+    assert out.shape == (len(Xte), 4) and set(np.unique(out)) <= {0, 1}
+    np.testing.assert_array_equal(out, (ml.predict_proba(Xte) >= ml.thresholds_).astype(int))
+    names = ml.predict_labels(Xte)
+    assert all(isinstance(r, list) for r in names)
+    assert [[str(c) for c, on in zip(ml.classes_, row, strict=True) if on] for row in out] == names
+    assert set().union(*map(set, names)) <= {"even", "gt4", "is_zero", "rare"}
     assert ml.skipped_labels_[0]["label"] == "rare" and ml.thresholds_.shape == (4,)
     assert list(ml.thresholds_) == ml.threshold_["per_class"] and ml.threshold_["used"] == "per-class"
     mg, _, _ = _fit("multilabel", threshold_mode="global")
@@ -57,10 +62,12 @@ def test_binary_and_multilabel_predictions_use_tuned_thresholds():
 
 def test_wrong_feature_width_and_unfitted_model():
     m, Xte, _ = _fit("binary")
-    with pytest.raises(ModelError, match="expected features"):
+    with pytest.raises(ValueError, match="X has 5 features"):
         m.predict(Xte[:, :5])
     with pytest.raises(ModelError, match="not fitted"):
         FeaturepipeModel().predict(Xte)
+    with pytest.raises(NotFittedError):
+        FeaturepipeModel().predict_proba(Xte)
     with pytest.raises(ModelError, match="no recorded backbone"):
         m.predict(["a.jpg"])
 

@@ -134,7 +134,8 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         head_name = name if cache.in_memory else name + STREAMING_SUFFIX
         model = FeaturepipeModel(
             head_name=head_name, task=task, classes=list(cache.classes), metric=metric, class_weight=class_weight,
-            refit=refit, preprocess=preprocess, seed=seed, backbone_spec=dict(cache.backbone),
+            refit=refit, preprocess=preprocess, seed=seed,
+            backbone_spec={**cache.backbone, "preprocessing": cache.config.get("preprocessing")},
             train_fingerprint=fp, min_positives=min_positives,
             threshold_mode=threshold_mode, head_params=_with_cv((head_params or {}).get(name), cv),
         ).fit(Xs["train"], Y[tr], Xs["val"], Y[va])
@@ -202,7 +203,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             "fit_seconds": fit_seconds,
             "train_fingerprint": fp,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": model.versions,
+            "versions": model.versions_,
         }
         used = [s for s in ("train", "val", "test") if s in probas]
         idx = np.concatenate([rows[s] for s in used])
@@ -231,7 +232,7 @@ def _add_thresholds(scores: dict[str, Any], model: Any) -> None:
     if model.thresholds_ is None:
         return
     classes = list(model.classes_)
-    if model.task == "binary":
+    if model.task_ == "binary":
         scores["per_class"][classes[1]]["threshold"] = float(model.thresholds_)
     else:
         for c, t in zip(classes, model.thresholds_, strict=True):

@@ -322,8 +322,13 @@ def _timm_data_config(
     return config
 
 
-def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> Backbone:
-    """Build the frozen feature extractor a spec describes."""
+def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
+                  preprocessing: dict[str, Any] | None = None) -> Backbone:
+    """Build the frozen feature extractor a spec describes.
+
+    ``preprocessing`` (as a cache or bundle recorded it) replaces the backbone's current defaults, so a
+    later change of those defaults never changes the features under an existing model.
+    """
     from featpipe.backbones._onnx import IMAGENET_MEAN, IMAGENET_STD, OnnxBackbone
     from featpipe.backbones._torch import TorchBackbone
 
@@ -338,7 +343,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> B
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 1.0, "channel_order": "RGB",
             "interpolation": "bilinear",
         }
-        return OnnxBackbone(spec, dict(pre), device)
+        return OnnxBackbone(spec, dict(preprocessing or pre), device)
     model = _create_timm(spec)
     recorded = None
     if spec.weights in ("file", "package"):
@@ -349,7 +354,104 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> B
                 f"weights file {spec.weights_path} changed since it was recorded ({spec.weights_id})"
             )
         recorded = _load_weights(model, spec)
-    return TorchBackbone(spec, model, _timm_data_config(model, spec.image_size, recorded), device)
+    # a bundle's recorded preprocessing wins; else the weights file's own, else the model's defaults
+    data_config = dict(preprocessing) if preprocessing else _timm_data_config(model, spec.image_size, recorded)
+    return TorchBackbone(spec, model, data_config, device)
+
+
+# ------------------------------------------------------------- portable bundles: weights and preprocessing
+
+WEIGHTS_SEARCH_ENV = "FEATPIPE_WEIGHTS"  # os.pathsep-separated folders searched for --weights files
+
+
+def recorded_preprocessing(pre: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The preprocessing a bundle records: the cache's values, with the implicit RGB order made explicit."""
+    return {"channel_order": "RGB", **pre} if kind == "timm" else dict(pre)
+
+
+def weights_record(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """How a bundle names its weights: package + file name + hash, or file name + hash; None if no file."""
+    name, path = spec.get("name"), spec.get("weights_path")
+    if spec.get("kind") == "onnx" and name in PACKAGED_ONNX:
+        rec: dict[str, Any] = {"source": "package", "package": PACKAGED_ONNX[name][0],
+                               "module": PACKAGED_ONNX[name][0], "file": PACKAGED_ONNX[name][1]}
+    elif spec.get("weights") == "package" and name in PACKAGED:
+        pw = PACKAGED[name]
+        rec = {"source": "package", "package": pw.package, "module": pw.module,
+               "file": Path(path).name if path else None}
+    elif spec.get("weights") == "file" or spec.get("kind") == "onnx":
+        rec = {"source": "file", "file": Path(path or spec.get("arch", "")).name}
+    else:
+        return None
+    rec["weights_id"] = spec.get("weights_id")
+    if path and Path(path).is_file():
+        st = os.stat(path)
+        rec["sha256"] = _file_sha256(str(path), st.st_mtime_ns, st.st_size)
+        rec["size"] = st.st_size
+    return rec
+
+
+def weights_search_dirs(extra: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
+    """Folders searched for a weights file by hash: ``extra`` (e.g. the bundle's folder), then FEATPIPE_WEIGHTS."""
+    env = [Path(p) for p in os.environ.get(WEIGHTS_SEARCH_ENV, "").split(os.pathsep) if p]
+    return [d for d in [*extra, *env] if d.is_dir()]
+
+
+def _matches(path: Path, weights_id: str) -> bool:
+    try:
+        return path.is_file() and file_id(path) == weights_id
+    except OSError:
+        return False
+
+
+def locate_weights(spec: dict[str, Any], record: dict[str, Any] | None = None,
+                   dirs: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``spec`` with ``weights_path`` (and an ONNX ``arch``) set to a file on this machine with the recorded hash.
+
+    Package weights come from the installed package (never from a recorded site-packages path); other
+    files from the recorded path, then by name and then by hash in ``dirs`` and ``FEATPIPE_WEIGHTS``.
+    Stops with one line naming the file and its hash when none matches.
+    """
+    spec = dict(spec)
+    onnx = spec.get("kind") == "onnx"
+    if not onnx and spec.get("weights") not in ("file", "package"):
+        return spec  # hub / random: nothing on disk to find
+    want = spec["weights_id"]
+    rec = record or weights_record({**spec, "weights_path": None})
+    fname = (rec or {}).get("file") or Path(spec.get("weights_path") or spec.get("arch") or "").name
+    candidates: list[Path] = []
+    package_note = ""
+    if rec and rec.get("source") == "package":
+        try:
+            p = _packaged_onnx_file(spec["name"]) if onnx else _packaged_file(spec["name"])
+            candidates.append(p)
+            package_note = f"; package {rec['package']} here has {file_id(p)}" if p.is_file() else ""
+        except BackboneError as e:
+            package_note = f"; {e}"
+    elif spec.get("weights_path") or onnx:
+        candidates.append(Path(spec.get("weights_path") or spec["arch"]))
+    search = weights_search_dirs(list(dirs))
+    candidates += [d / fname for d in search if fname]
+    found = next((c for c in candidates if _matches(c, want)), None)
+    if found is None:  # same bytes under another name
+        size = (rec or {}).get("size")
+        for d in search:
+            for c in sorted(d.rglob("*")):
+                if c.is_file() and (size is None or c.stat().st_size == size) and _matches(c, want):
+                    found = c
+                    break
+            if found:
+                break
+    if found is None:
+        where = ", ".join(str(d) for d in search) or "none"
+        raise BackboneError(
+            f"weights file {fname} ({want}) not found: put it next to the model bundle or in a folder listed in "
+            f"{WEIGHTS_SEARCH_ENV} (searched: {where}){package_note}"
+        )
+    spec["weights_path"] = str(found)
+    if onnx:
+        spec["arch"] = str(found)
+    return spec
 
 
 def list_layers(name: str) -> list[str]:

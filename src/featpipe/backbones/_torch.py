@@ -71,6 +71,7 @@ class TorchBackbone(Backbone):
         if channel_order != "RGB":  # recorded only when set, so RGB cache keys stay as they were
             preprocessing["channel_order"] = channel_order
         super().__init__(spec, preprocessing, device)
+        # built from the values given (a bundle's recorded ones, or the model's resolved defaults)
         self._transform = create_transform(**data_config, is_training=False)
         self._bgr = channel_order == "BGR"
         model.eval()

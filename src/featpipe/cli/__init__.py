@@ -52,6 +52,7 @@ def _register() -> None:
     from featpipe.cli.convert_weights import convert_weights
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
+    from featpipe.cli.export import export
     from featpipe.cli.fit_head import fit_head
     from featpipe.cli.predict import predict
     from featpipe.cli.report import report
@@ -59,6 +60,7 @@ def _register() -> None:
 
     for cmd in (embed, backbones, cache, fit_head, predict, report, run, demo, convert_weights):
         main.add_command(cmd)
+    main.add_command(export)
 
 
 _register()

@@ -72,3 +72,32 @@ def info(file: str, show_failed: bool, as_json: bool) -> None:
         click.echo(f"  failed: {i}: {e}")
     if failed and not show_failed and len(failed) > 5:
         click.echo(f"  ... {len(failed) - 5} more (--failed lists all)")
+
+
+@cache.command("prune")
+@click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--models", "models_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Model folder(s) written by fit-head/run; caches their bundles were fitted on are kept.")
+@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(dir_okay=False),
+              help="Pipeline YAML file(s); caches of the backbones they embed are kept.")
+@click.option("--yes", is_flag=True, help="Really delete; without it prune only lists what it would remove.")
+def prune(cache_dir: str, models_dirs: tuple[str, ...], pipelines: tuple[str, ...], yes: bool) -> None:
+    """Remove caches that no model bundle and no pipeline uses (a dry run unless --yes).
+
+    \b
+    Examples:
+      featpipe cache prune --models models/ --pipeline pipelines/study.yaml
+      featpipe cache prune --cache-dir cache --models models/ --yes
+    """
+    from featpipe.prune import plan_prune, remove_caches
+
+    items = plan_prune(cache_dir, list(models_dirs), list(pipelines))
+    gone = [it for it in items if not it.keep]
+    for it in items:
+        verb = "keep  " if it.keep else ("remove" if yes else "would remove")
+        click.echo(f"{verb} {it.path.name}  ({it.reason})")
+    if not yes:
+        click.echo(f"dry run: {len(gone)} of {len(items)} caches would be removed; pass --yes to delete them")
+        return
+    freed = remove_caches(items)
+    click.echo(f"removed {len(gone)} of {len(items)} caches, {freed / 1e6:.1f} MB freed")

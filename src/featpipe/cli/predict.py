@@ -20,7 +20,9 @@ import click
 def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     """Predict labels for images (files or folders, searched recursively).
 
-    Images that cannot be read are listed with the reason; they do not stop the run.
+    Images that cannot be read are listed with the reason; they do not stop the run. Multi-label
+    models print (and write) the predicted labels joined by ';' ('-' when none passes its threshold).
+    The backbone weights are found by their hash (see README: portable bundles).
 
     \b
     Examples:
@@ -34,8 +36,7 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     files = expand_image_paths(list(paths))
     if not files:
         raise ModelError("no image files found in the given paths")
-    model.embed_device = device
-    model.embed_batch_size = batch_size
+    model.set_params(embed_device=device, embed_batch_size=batch_size)
     proba = model.predict_proba(files)
     labels = model.labels_from_proba(proba)
     errors = dict(model.last_errors_)
