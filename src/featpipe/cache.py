@@ -267,9 +267,12 @@ class FeatureCache:
         self.features: np.ndarray = data["features"]
         self.ok: np.ndarray = self.status == OK
         self.feature_dim: int = int(self.features.shape[1])
+        self.in_memory: bool = isinstance(self.features, np.ndarray)
 
     @classmethod
-    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> FeatureCache:
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False, in_memory: bool = True) -> FeatureCache:
+        """Open a cache; ``in_memory=False`` leaves the features on disk (``features`` is then an
+        :class:`H5Rows` over every row, read in chunks), for caches larger than RAM."""
         path = Path(path)
         if not path.exists():
             raise CacheError(f"cache file not found: {path}")
@@ -290,7 +293,10 @@ class FeatureCache:
             data["content_hash"] = np.array([h.decode() for h in f["content_hash"][...]], dtype=object)
             for k in ("labels", "labeled", "status"):
                 data[k] = f[k][...]
-            data["features"] = f["features"][...].astype(np.float32, copy=False)
+            if in_memory:
+                data["features"] = f["features"][...].astype(np.float32, copy=False)
+        if not in_memory:
+            data["features"] = H5Rows(path, np.arange(len(data["ids"])))
         return cls(path, attrs, data)
 
     def __len__(self) -> int:
@@ -318,6 +324,74 @@ class FeatureCache:
             "feature_dim": self.feature_dim,
             "splits": counts,
         }
+
+
+class H5Rows:
+    """Some rows of a cache's feature matrix, read from disk on demand (heads on caches larger than RAM).
+
+    Reads go through contiguous slabs of the file (sequential I/O, at most ``slab_rows`` rows in memory),
+    so memory stays bounded whatever the cache size. Row order is the file's order.
+    """
+
+    def __init__(self, path: str | Path, rows: np.ndarray, slab_rows: int | None = None) -> None:
+        self.path = Path(path)
+        self.rows = np.sort(np.asarray(rows, dtype=np.int64))
+        with _open_h5(self.path, "r") as f:
+            self.n_features = int(f["features"].shape[1])
+        # ~32 MB of float32 per slab
+        self.slab_rows = int(slab_rows or max(64, (32 << 20) // (4 * max(1, self.n_features))))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), self.n_features)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, positions: np.ndarray) -> H5Rows:
+        """The rows at ``positions`` (indices into this object), still on disk."""
+        return H5Rows(self.path, self.rows[np.asarray(positions, dtype=np.int64)], self.slab_rows)
+
+    def iter_blocks(self, rng: np.random.Generator | None = None):
+        """Yield ``(positions, float64 block)`` slab by slab; with ``rng`` the slab order and the rows in
+        each block are shuffled (an approximate shuffle whose memory stays one slab)."""
+        if not len(self.rows):
+            return
+        starts = np.arange(self.rows[0], self.rows[-1] + 1, self.slab_rows)
+        if rng is not None:
+            starts = rng.permutation(starts)
+        with _open_h5(self.path, "r") as f:
+            ds = f["features"]
+            for lo in starts:
+                a, b = np.searchsorted(self.rows, [lo, lo + self.slab_rows])
+                if a == b:
+                    continue
+                pos = np.arange(a, b)
+                slab = ds[int(lo):int(self.rows[b - 1]) + 1]
+                block = np.asarray(slab[self.rows[a:b] - lo], dtype=np.float64)
+                if rng is not None:
+                    perm = rng.permutation(len(pos))
+                    pos, block = pos[perm], block[perm]
+                yield pos, block
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (positions) as float64."""
+        rows = self.rows[start:stop]
+        if not len(rows):
+            return np.zeros((0, self.n_features))
+        with _open_h5(self.path, "r") as f:
+            slab = f["features"][int(rows[0]):int(rows[-1]) + 1]
+        return np.asarray(slab[rows - rows[0]], dtype=np.float64)
+
+    def to_array(self) -> np.ndarray:
+        out = np.empty(self.shape)
+        for pos, block in self.iter_blocks():
+            out[pos] = block
+        return out
 
 
 def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:

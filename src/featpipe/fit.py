@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,8 +22,9 @@ from typing import Any
 import numpy as np
 
 import featpipe
+from featpipe.cache import FeatureCache
 from featpipe.errors import HeadError
-from featpipe.heads import head_names
+from featpipe.heads import STREAMING_SUFFIX, head_names
 from featpipe.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate, jsonable
 from featpipe.model import FeaturepipeModel
 
@@ -45,6 +47,52 @@ def train_fingerprint(cache: Any, rows: np.ndarray) -> str:
         h.update(str(i).encode() + b"\0")
     h.update(np.ascontiguousarray(np.asarray(cache.labels)[rows]).tobytes())
     return h.hexdigest()[:16]
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# a head's fit holds about three float64 copies of its rows (features, preprocessed, search buffers)
+FIT_COPIES = 3
+OUT_OF_CORE = {"logistic": "SGD log-loss over slabs", "mlp": "mini-batches from slabs",
+               "lgbm": "lightgbm.Sequence + IncrementalPCA"}
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """``"8GB"``, ``"512M"``, ``"1.5g"`` or a byte count -> bytes (binary units). A size parser is a few
+    lines; no dependency does only this."""
+    if text is None or isinstance(text, int):
+        return text
+    t = str(text).strip().lower().removesuffix("b").removesuffix("i")
+    unit = t[-1] if t and t[-1] in _UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise HeadError(f"cannot read memory size {text!r}; write e.g. 8GB, 512MB or a number of bytes") from None
+    if value <= 0:
+        raise HeadError(f"memory size must be positive, got {text!r}")
+    return int(value * _UNITS[unit])
+
+
+def default_memory_budget() -> int | None:
+    """Half of the machine's physical memory (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(n_rows: int, dim: int, max_memory: str | int | None = None) -> bool:
+    """Whether a head's fit on ``n_rows`` x ``dim`` features stays inside the memory budget."""
+    budget = parse_memory(max_memory) if max_memory is not None else default_memory_budget()
+    return budget is None or n_rows * dim * 8 * FIT_COPIES <= budget
+
+
+def open_cache(path: str | Path, max_memory: str | int | None = None) -> FeatureCache:
+    """Open a cache for fitting: features in memory when they fit the budget, else left on disk."""
+    from featpipe.cache import _open_h5
+
+    with _open_h5(Path(path), "r") as f:
+        n, dim = f["features"].shape
+    return FeatureCache.open(path, in_memory=fits_in_memory(int(n), int(dim), max_memory))
 
 
 def _rows(cache: Any, split: str) -> np.ndarray:
@@ -71,25 +119,31 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
     if len(va) == 0:
         raise HeadError(f"cache {Path(cache.path).name} has an empty validation split: heads are tuned on "
                         "validation; re-split the dataset with a val fraction")
-    X = np.asarray(cache.features, dtype=np.float64)
     Y = np.asarray(cache.labels)
+    if cache.in_memory:
+        X = np.asarray(cache.features, dtype=np.float64)
+        Xs = {"train": X[tr], "val": X[va], "test": X[te]}
+    else:  # out of core: train and test rows stay on disk, validation (small) is read into memory
+        Xs = {"train": cache.features.subset(tr), "val": cache.features.subset(va).to_array(),
+              "test": cache.features.subset(te)}
     fp = train_fingerprint(cache, tr)
     run_name = Path(cache.path).stem
     out: list[HeadRun] = []
     for name in names:
         t0 = time.perf_counter()
+        head_name = name if cache.in_memory else name + STREAMING_SUFFIX
         model = FeaturepipeModel(
-            head_name=name, task=task, classes=list(cache.classes), metric=metric, class_weight=class_weight,
+            head_name=head_name, task=task, classes=list(cache.classes), metric=metric, class_weight=class_weight,
             refit=refit, preprocess=preprocess, seed=seed,
             backbone_spec={**cache.backbone, "preprocessing": cache.config.get("preprocessing")},
             train_fingerprint=fp, min_positives=min_positives,
             threshold_mode=threshold_mode, head_params=_with_cv((head_params or {}).get(name), cv),
-        ).fit(X[tr], Y[tr], X[va], Y[va])
+        ).fit(Xs["train"], Y[tr], Xs["val"], Y[va])
         fit_seconds = time.perf_counter() - t0
         refit_used = model.head_.refit_
-        probas = {"train": model.predict_proba(X[tr]), "val": model.val_proba_}
+        probas = {"train": _proba(model, Xs["train"]), "val": model.val_proba_}
         if len(te):
-            probas["test"] = model.predict_proba(X[te])  # the only time test rows are touched
+            probas["test"] = _proba(model, Xs["test"])  # the only time test rows are touched
         rows = {"train": tr, "val": va, "test": te}
         scores: dict[str, Any] = {}
         preds: dict[str, np.ndarray] = {}
@@ -100,7 +154,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         if refit_used == "train+val":
             # one model: its score on its own fit rows vs the out-of-fold score of the same configuration
             trva = np.concatenate([tr, va])
-            fit_p = np.concatenate([probas["train"], model.predict_proba(X[va])])
+            fit_p = np.concatenate([probas["train"], _proba(model, Xs["val"])])
             scores["fit_rows"] = evaluate(Y[trva], fit_p, model.decide(fit_p), task, cache.classes, metric)
             scores["oof"] = evaluate(Y[trva], model.oof_proba_, model.decide(model.oof_proba_), task,
                                      cache.classes, metric)
@@ -119,6 +173,8 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             "featpipe_version": featpipe.__version__,
             "run": run_name,
             "head": name,
+            "head_type": head_name if cache.in_memory else f"{name} (out of core: {OUT_OF_CORE[name]})",
+            "out_of_core": not cache.in_memory,
             "task": task,
             "classes": list(cache.classes),
             "metric": metric,
@@ -161,6 +217,11 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         }
         out.append(HeadRun(run_name, name, model, metrics, predictions))
     return out
+
+
+def _proba(model: FeaturepipeModel, X: Any) -> np.ndarray:
+    """Probabilities for feature rows in memory or on disk (the head reads on-disk rows slab by slab)."""
+    return model.predict_proba(X) if isinstance(X, np.ndarray) else model.head_.predict_proba(X)
 
 
 def _with_cv(params: dict[str, Any] | None, cv: int | None) -> dict[str, Any] | None:

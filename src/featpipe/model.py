@@ -168,7 +168,11 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> FeaturepipeModel:
         """Fit the head and tune thresholds; validation rows are ``X_val``/``y_val`` or carved from ``X``."""
         t0 = time.perf_counter()
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=False)
+        if hasattr(X, "iter_blocks"):  # featpipe.cache.H5Rows: a cache larger than memory, read in slabs
+            y = np.asarray(y)
+            self.n_features_in_ = int(X.shape[1])
+        else:
+            X, y = validate_data(self, X, y, multi_output=True, y_numeric=False)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)

@@ -99,14 +99,15 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
 
 def _fit_heads(cfg: dict[str, Any], caches: list[Path], heads: list[str], models_dir: Path,
                echo: Callable[[str], Any]) -> list[str]:
-    from featpipe.cache import FeatureCache
-    from featpipe.fit import fit_cache, write_run
+    from featpipe.fit import fit_cache, open_cache, write_run
     from featpipe.metrics import format_table
 
     fit = dict(cfg.get("fit", {}))
     written, results = [], []
     for path in caches:
-        cache = FeatureCache.open(path)
+        cache = open_cache(path, fit.get("max_memory"))
+        if not cache.in_memory:
+            echo(f"{path.name}: features exceed the memory budget: fitting out of core")
         for head in heads:
             for run in fit_cache(cache, head, metric=fit.get("metric"), class_weight=fit.get("class_weight"),
                                  refit=fit.get("refit", "train"), preprocess=fit.get("preprocess", "standardize"),

@@ -70,12 +70,15 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of every head (same seed, same model); with --data and --no-pretrained also the "
               "random-init backbone's seed (pretrained weights have none).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory budget for a head's fit (e.g. 8GB; default: half the RAM). Caches whose features "
+              "would not fit are fitted out of core, read from disk in slabs.")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
              unlabeled_empty, backbone, weights, no_pretrained, layer, image_size, precision, cache_dir, head,
              metric, class_weight, refit, cv, n_bootstrap, preprocess, min_positives, threshold_mode, seed,
-             out_dir):
+             max_memory, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -89,9 +92,8 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     (weights, layer, image size): a single one is used whatever --precision made it; of several,
     the one --precision auto means on this machine.
     """
-    from featpipe.cache import FeatureCache
     from featpipe.errors import FeaturepipeError
-    from featpipe.fit import fit_cache, write_run
+    from featpipe.fit import fit_cache, open_cache, write_run
     from featpipe.metrics import format_table
 
     paths = [Path(c) for c in caches]
@@ -104,7 +106,11 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
     results = []
     for p in paths:
-        cache = FeatureCache.open(p)
+        cache = open_cache(p, max_memory)
+        if not cache.in_memory:
+            n, dim = cache.features.shape
+            click.echo(f"{p.name}: {n} x {dim} features exceed the memory budget: fitting out of core "
+                       "(features read from disk in slabs)", err=True)
         try:
             runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
                              refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives,

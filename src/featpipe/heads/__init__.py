@@ -27,8 +27,18 @@ def head_names(name: str) -> list[str]:
     return [name]
 
 
+STREAMING_SUFFIX = "-stream"
+
+
 def make_head(name: str, **params: Any) -> BaseHead:
-    """An unfitted head by name; ``params`` are its constructor arguments."""
+    """An unfitted head by name; ``params`` are its constructor arguments.
+
+    ``<head>-stream`` is the out-of-core variant of a head (features read from disk in slabs).
+    """
+    if name.endswith(STREAMING_SUFFIX) and name.removesuffix(STREAMING_SUFFIX) in HEADS:
+        from featpipe.heads._streaming import StreamingHead
+
+        return StreamingHead(kind=name.removesuffix(STREAMING_SUFFIX), **params)
     (name,) = head_names(name) if name != "all" else (None,)
     if name is None:
         raise HeadError("make_head builds one head; use head_names('all') to loop over every head")
