@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 from typing import Any
 
@@ -58,8 +59,8 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR,
-                              configure_logging=True)
+    # worker output stays in Ray's session logs; a failure's cause is raised here as one line
+    kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     try:
         if address:
             ray.init(address=address, **kw)
@@ -192,11 +193,13 @@ def embed_rows_ray(
     from tqdm import tqdm
 
     started = connect(address)
+    data_log = logging.getLogger("ray.data")
+    log_level = data_log.level
+    data_log.setLevel(logging.CRITICAL)  # a failure is raised below as one line, not logged as a traceback
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # featpipe's own bar counts written rows
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
         actor_device, n_actors, resources, threads = _plan(device, actors)
         bs = batch_size or (64 if actor_device == "cuda" else 8)
         spec_json = json.dumps(backbone.spec.to_dict(), sort_keys=True)
@@ -222,24 +225,32 @@ def embed_rows_ray(
                                   b["size"], b["mtime"], [str(e) for e in b["error"]])
                 bar.update(len(b["row"]))
         except ray.exceptions.RayError as e:
-            raise FeaturepipeError(f"Ray engine failed: {_root_cause(e)}") from None
+            raise FeaturepipeError(f"Ray engine failed on a worker: {_root_cause(e)}") from None
         finally:
             bar.close()
         return actor_device
     finally:
+        data_log.setLevel(log_level)
         if started:
             ray.shutdown()
 
 
+_ERROR_LINE = re.compile(r"^([\w.]+(?:Error|Exception)): (.+)$")
+
+
 def _root_cause(e: BaseException) -> str:
-    """The innermost error of a Ray task failure as one line (featpipe errors keep their message)."""
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, FeaturepipeError):
-            return str(cause).splitlines()[0]
-        nxt = getattr(cause, "cause", None) or cause.__cause__
-        if nxt is None or nxt is cause:
-            break
-        cause = nxt
+    """The worker's own error line inside a Ray failure (its traceback arrives as text)."""
+    texts, cause = [], e
+    while cause is not None and len(texts) < 5:
+        texts.append(str(cause))
+        nxt = getattr(cause, "cause", None)
+        cause = nxt if isinstance(nxt, BaseException) and nxt is not cause else None
+    found = [m.groups() for t in texts for m in (_ERROR_LINE.match(ln.strip()) for ln in t.splitlines()) if m]
+    for name, msg in reversed(found):  # featpipe's own error first, then any that is not Ray's wrapper
+        if name.startswith("featpipe.errors."):
+            return msg
+    for name, msg in reversed(found):
+        if not name.startswith("ray."):
+            return f"{name.rsplit('.', 1)[-1]}: {msg}"[:200]
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:200]
+    return (lines[0] if lines else type(e).__name__)[:200]
