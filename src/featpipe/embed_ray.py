@@ -162,9 +162,10 @@ def _plan(device: str, actors: int | None) -> tuple[str, int, dict[str, Any], in
         n = actors or gpus
         return "cuda", n, {"num_gpus": 1, "num_cpus": 1}, 0
     n = actors or max(1, cpus // 8)
-    # a CPU actor's torch threads use its share of the cores; it reserves one core less, which
-    # the decode tasks (each DECODE_CPUS) can always be scheduled on
-    threads = max(1, cpus // n)
+    node_cpus = max((int(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")), default=cpus)
+    # a CPU actor's torch threads use its share of the cores (within one machine); it reserves one
+    # core less, which the decode tasks (each DECODE_CPUS) can always be scheduled on
+    threads = max(1, min(cpus // n, node_cpus))
     return "cpu", n, {"num_cpus": max(1, threads - 1)}, threads
 
 
@@ -201,7 +202,7 @@ def embed_rows_ray(
         ctx.enable_progress_bars = False  # featpipe's own bar counts written rows
         ctx.print_on_execution_start = False
         actor_device, n_actors, resources, threads = _plan(device, actors)
-        bs = batch_size or (64 if actor_device == "cuda" else 8)
+        bs = batch_size or (64 if actor_device == "cuda" else 8)  # the local engine's defaults
         spec_json = json.dumps(backbone.spec.to_dict(), sort_keys=True)
         array_ref = ray.put(manifest.array) if manifest.array is not None else None
         items = [{"row": int(r), "path": manifest.paths[int(r)]} for r in todo]
