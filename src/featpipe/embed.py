@@ -25,6 +25,7 @@ from featpipe.images import image_from_array, load_image, read_source
 from featpipe.versions import library_versions
 
 FEATURE_DTYPES = ("float32", "float16")
+ENGINES = ("local", "ray")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -183,19 +184,29 @@ def embed_dataset(
     write_every: int = 256,
     seed: int = 0,
     retry_failed: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> EmbedResult:
     """Embed every image of ``manifest`` not yet in its cache; return what was done.
 
     Failed rows are retried when they could succeed now (I/O failures, changed bytes); with
-    ``retry_failed`` every failed row is.
+    ``retry_failed`` every failed row is. ``engine="ray"`` computes the rows on Ray Data
+    (``featpipe.embed_ray``); the cache is the same.
     """
+    if engine not in ENGINES:
+        raise FeaturepipeError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        from featpipe.embed_ray import require_ray
+
+        require_ray()
     if feature_dtype not in FEATURE_DTYPES:
         raise FeaturepipeError(f"unknown feature dtype {feature_dtype!r}; expected float32 or float16")
     if len(manifest) == 0:
         raise FeaturepipeError(f"dataset {manifest.name!r} has no images")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    dev = resolve_device(device)
+    dev = resolve_device(device) if engine == "local" else "cpu"  # Ray: the driver only reads the config
     backbone = load_backbone(spec, dev)
     key, config = fcache.features_key(backbone, feature_dtype)
     path = Path(cache_file) if cache_file else fcache.cache_path_for(manifest, spec, key, cache_dir)
@@ -224,7 +235,14 @@ def embed_dataset(
         t_embed = time.perf_counter()
         writer = fcache.CacheWriter(path)
         try:
-            _embed_rows(writer, backbone, manifest, todo, batch_size, num_workers, progress, write_every)
+            if engine == "ray":
+                from featpipe.embed_ray import embed_rows_ray
+
+                dev = embed_rows_ray(writer, backbone, manifest, todo, device=device, address=ray_address,
+                                     actors=ray_actors, batch_size=batch_size, progress=progress,
+                                     write_every=write_every)
+            else:
+                _embed_rows(writer, backbone, manifest, todo, batch_size, num_workers, progress, write_every)
             status = writer.f["status"][...]
             errors = writer.f["error"][...]
             seconds = time.perf_counter() - t_embed
@@ -239,6 +257,7 @@ def embed_dataset(
                     "images_computed_last_run": len(todo),
                     "images_per_second_last_run": len(todo) / seconds if seconds > 0 else 0.0,
                     "device": dev,
+                    "engine": engine,
                     "batch_size": batch_size or default_batch_size(dev),
                     "host": platform.node(),
                 },

@@ -79,7 +79,9 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
             device=resolve_device(cfg.get("device", "auto")),
         )
         res = embed_dataset(manifest, spec, cache_dir=cache_dir, progress=progress, device=cfg.get("device", "auto"),
-                            seed=int(cfg.get("seed", 0)), batch_size=b.get("batch_size"))
+                            seed=int(cfg.get("seed", 0)), batch_size=b.get("batch_size"),
+                            engine=cfg.get("engine", "local"), ray_address=cfg.get("ray_address"),
+                            ray_actors=cfg.get("ray_actors"))
         echo(f"{spec.tag()}: embedded {res.n_computed}, reused {res.n_reused}, failed {res.n_failed} -> {res.path}")
         caches.append(res.path)
     result: dict[str, Any] = {"caches": [str(c) for c in caches]}

@@ -26,10 +26,16 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--write-every", type=int, default=256, show_default=True,
               help="Rows per cache write (at most this many are redone after a crash).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: decode in Ray tasks and run the backbone in a Ray actor pool (pip install featpipe[ray]).")
+@click.option("--address", "ray_address", default=None,
+              help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")
+@click.option("--ray-actors", type=int, default=None,
+              help="Backbone actors (default: one per GPU of the cluster, else one per 8 CPUs).")
 def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
           unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,
           precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, retry_failed, seed,
-          write_every, quiet):
+          write_every, quiet, engine, ray_address, ray_actors):
     """Embed every image of a dataset once into a resumable feature cache.
 
     Finished rows are kept if the run is interrupted (run the same command to resume), images
@@ -41,16 +47,21 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
       featpipe embed --data faces/ --backbone vgg16 --weights vggface.pth --layer block4_pool
       featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
       featpipe embed --data faces.csv --label-col attributes --label-sep ';' --path-col file
+      featpipe embed --data /shared/photos --engine ray --address auto
     """
     from featpipe.backbones import resolve_spec
     from featpipe.embed import embed_dataset, resolve_device
 
+    if engine == "ray":
+        from featpipe.embed_ray import require_ray
+
+        require_ray()  # before any dataset scan
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
                             label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
                             unlabeled_empty=unlabeled_empty)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
                         image_size=image_size, precision=precision, seed=seed,
-                        device=resolve_device(device))
+                        device=resolve_device(device) if engine == "local" else device.replace("auto", "cpu"))
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
@@ -62,7 +73,8 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     res = embed_dataset(manifest, spec, cache_dir=cache_dir, cache_file=cache_file, device=device,
                         batch_size=batch_size, num_workers=workers, feature_dtype=feature_dtype,
                         force=force, retry_failed=retry_failed, progress=not quiet, seed=seed,
-                        write_every=write_every)
+                        write_every=write_every, engine=engine, ray_address=ray_address,
+                        ray_actors=ray_actors)
     rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
     click.echo(f"embedded {res.n_computed} images{rate}, reused {res.n_reused}, failed {res.n_failed}")
     for img_id, reason in res.failures[:10]:
