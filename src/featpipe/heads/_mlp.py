@@ -28,6 +28,26 @@ class MLPWeights:
         return e / e.sum(1, keepdims=True)
 
 
+def mlp_network(n_in: int, hidden: Sequence[int], dropout: float, n_out: int) -> Any:
+    """Linear+ReLU per hidden layer, dropout, linear output (the torch module both MLP heads train)."""
+    from torch import nn
+
+    dims = [n_in, *hidden]
+    mods: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*mods, nn.Dropout(dropout), nn.Linear(dims[-1], n_out))
+
+
+def mlp_weights(net: Any, best_epoch: int) -> MLPWeights:
+    """The trained network's linear layers as float64 numpy arrays."""
+    from torch import nn
+
+    layers = [(m.weight.detach().numpy().astype(np.float64).copy(), m.bias.detach().numpy().astype(np.float64).copy())
+              for m in net if isinstance(m, nn.Linear)]
+    return MLPWeights(layers, best_epoch)
+
+
 class MLPHead(BaseHead):
     """Two hidden layers with ReLU and dropout, Adam, cross-entropy; seeded and deterministic on CPU.
 
@@ -76,12 +96,7 @@ class MLPHead(BaseHead):
 
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        dims = [X.shape[1], *self.hidden]
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
-            mods += [nn.Linear(a, b), nn.ReLU()]
-        mods += [nn.Dropout(self.dropout), nn.Linear(dims[-1], n_classes)]
-        net = nn.Sequential(*mods)
+        net = mlp_network(X.shape[1], self.hidden, self.dropout, n_classes)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=params["weight_decay"])
         Xt = torch.as_tensor(X, dtype=torch.float32)
         yt = torch.as_tensor(y, dtype=torch.long)
@@ -122,10 +137,7 @@ class MLPHead(BaseHead):
                     break
         if best_state is not None:
             net.load_state_dict(dict(zip(net.state_dict().keys(), best_state, strict=True)))
-        linears = [m for m in net if isinstance(m, nn.Linear)]
-        layers = [(m.weight.detach().numpy().astype(np.float64).copy(), m.bias.detach().numpy().astype(np.float64).copy())
-                  for m in linears]
-        return MLPWeights(layers, best_epoch)
+        return mlp_weights(net, best_epoch)
 
     def _proba_one(self, model, X):
         return model.forward(X)

@@ -30,7 +30,7 @@ from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
 from featpipe.heads._base import PREPROCESS, REFIT, ConstantProba, _log_loss, balanced_weights
 from featpipe.heads._lgbm import DEFAULT_GRID as LGBM_GRID
-from featpipe.heads._mlp import MLPWeights
+from featpipe.heads._mlp import mlp_network, mlp_weights
 from featpipe.metrics import DEFAULT_METRIC, get_metric, selection_score
 
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-6, -1, 6))
@@ -291,11 +291,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
 
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        dims = [rows.shape[1], *self.hidden]
-        mods: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
-            mods += [nn.Linear(a, b), nn.ReLU()]
-        net = nn.Sequential(*mods, nn.Dropout(self.dropout), nn.Linear(dims[-1], C))
+        net = mlp_network(rows.shape[1], self.hidden, self.dropout, C)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=params["weight_decay"])
         loss_fn = nn.CrossEntropyLoss(reduction="none")
         xv, tv = torch.as_tensor(Xv, dtype=torch.float32), torch.as_tensor(yv, dtype=torch.long)
@@ -327,9 +323,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                     break
         if best_state is not None:
             net.load_state_dict(best_state)
-        layers = [(m.weight.detach().numpy().astype(np.float64).copy(),
-                   m.bias.detach().numpy().astype(np.float64).copy()) for m in net if isinstance(m, nn.Linear)]
-        return MLPWeights(layers, best_epoch), {**params, "epochs": best_epoch}
+        return mlp_weights(net, best_epoch), {**params, "epochs": best_epoch}
 
     # ------------------------------------------------------------------------------------- predict
     def _proba_model(self, model: Any, Xt: np.ndarray, C: int) -> np.ndarray:
