@@ -19,13 +19,17 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--workers", type=int, default=None, help="DataLoader decode workers (default: 0 on CPUs with <= 2 cores, more on GPU).")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
+@click.option("--tta", type=click.Choice(["hflip"]), default=None,
+              help="Test-time augmentation: cache the mean of the features of each image and its mirror.")
+@click.option("--align", type=click.Choice(["faces"]), default=None,
+              help="Detect the face (YuNet) and align it by 5 landmarks first; no face -> a failed row.")
 @click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Torch seed (random-init backbones).")
 @click.option("--write-every", type=int, default=256, show_default=True,
               help="Rows per cache write (at most this many are redone after a crash).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer, image_size,
-          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, seed,
+          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, tta, align, force, seed,
           write_every, quiet):
     """Embed every image of a dataset once into a resumable feature cache.
 
@@ -37,6 +41,7 @@ def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pret
       featpipe embed --data photos/ --backbone efficientnet_lite0
       featpipe embed --data faces/ --backbone vgg16 --weights vggface.pth --layer block4_pool
       featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
+      featpipe embed --data faces/ --backbone sface --align faces --tta hflip
     """
     from featpipe.backbones import resolve_spec
     from featpipe.embed import embed_dataset, resolve_device
@@ -44,7 +49,7 @@ def embed(data, name, split_seed, fractions, pattern, backbone, weights, no_pret
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
                         image_size=image_size, precision=precision, seed=seed,
-                        device=resolve_device(device))
+                        device=resolve_device(device), tta=tta, align=align)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
