@@ -55,6 +55,7 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out,
     loaded = load_pipeline(pipeline_file, overrides)
     study = Study(loaded, out=out, skip_unavailable=skip_unavailable, progress=not quiet, echo=click.echo)
     if check:
+        study.check_names()
         note = "" if loaded.config.data.path or loaded.config.data.sample else " (data.path unset: pass --set data.path=DIR)"
         click.echo(f"{pipeline_file}: ok{note}")
         return

@@ -184,6 +184,16 @@ class Study:
         self._rows = rows
         return rows
 
+    def check_names(self) -> None:
+        """Every backbone name is known (registry, .onnx file or timm architecture); builds nothing."""
+        from featpipe.backbones._registry import PACKAGED, PACKAGED_ONNX, _is_onnx, _timm_has
+
+        for i, b in enumerate(self.c.backbones):
+            if b.name in PACKAGED or b.name in PACKAGED_ONNX or _is_onnx(b.name) or _timm_has(b.name):
+                continue
+            raise self.loaded.error(("backbones", i, "name"), f"unknown backbone {b.name!r}: not a featpipe "
+                                    "backbone, an .onnx file or a timm model (see `featpipe backbones`)")
+
     def check_wiring(self) -> None:
         """Keys whose machinery this featpipe lacks stop the run here, before any work."""
         from featpipe.embed import embed_dataset
@@ -194,8 +204,12 @@ class Study:
                 raise self.loaded.error(("fit", key), f"needs a featpipe whose fit accepts {key!r} (not this one)")
         if self.c.embed.engine != "local" and not _accepts(embed_dataset, "engine"):
             raise self.loaded.error(("embed", "engine"), "needs a featpipe whose embed accepts 'engine'")
-        if self.c.finetune and importlib.util.find_spec("featpipe.finetune") is None:
-            raise self.loaded.error(("finetune",), "finetune stage needs featpipe.finetune")
+        if self.finetune_missing() and not self.skip_unavailable:
+            raise self.loaded.error(("finetune",), "finetune stage needs featpipe.finetune "
+                                    "(or --skip-unavailable to run the other stages)")
+
+    def finetune_missing(self) -> bool:
+        return bool(self.c.finetune) and importlib.util.find_spec("featpipe.finetune") is None
 
     # ------------------------------------------------------------------------------------ plan
     def _embed_state(self, row: BackboneRow) -> None:
@@ -232,6 +246,7 @@ class Study:
         """What :meth:`run` would do, stage by stage, and why. Reads caches and metrics; writes nothing."""
         from featpipe.cache import FeatureCache
 
+        self.check_names()
         self.check_wiring()
         steps: list[Step] = []
         rows = self.backbones()
@@ -264,7 +279,10 @@ class Study:
                     steps.append(self._head_step(label, Path(fused.path).stem, head, params,
                                                  data_fingerprint(fused), stage="fuse"))
         for ft in self.c.finetune:
-            steps.append(Step("finetune", ft.id or ft.backbone, WILL_RUN, "featpipe.finetune decides resuming"))
+            if self.finetune_missing():
+                steps.append(Step("finetune", ft.id or ft.backbone, SKIPPED, "needs featpipe.finetune"))
+            else:
+                steps.append(Step("finetune", ft.id or ft.backbone, WILL_RUN, "featpipe.finetune resumes its runs"))
         if self.c.predict:
             steps.append(Step("predict", self.c.predict.out, WILL_RUN, f"{self.c.predict.model} model on "
                               f"{self.c.predict.path}; skipped if model and images are unchanged"))
@@ -301,6 +319,7 @@ class Study:
         """Run every stage that is not up to date; stop before any work on a problem the plan can see."""
         from featpipe.embed import embed_dataset
 
+        self.check_names()
         self.check_wiring()
         rows = self.backbones()
         err = self.unavailable_error()
@@ -341,6 +360,9 @@ class Study:
                 self.echo(f"fuse {'+'.join(group)}: {fused.n_dropped} rows not embedded by every backbone left out")
             fitted += self._fit_all(fused, "+".join(group), res)
         for ft in self.c.finetune:
+            if self.finetune_missing():
+                self.echo(f"finetune {ft.id or ft.backbone}: skipped (needs featpipe.finetune)")
+                continue
             self._run_finetune(ft)
         if fitted:
             from featpipe.metrics import format_table
@@ -398,7 +420,7 @@ class Study:
 
         p = self.c.predict
         assert p is not None
-        src = self.path(p.path)
+        src = self.path(p.path.replace("{data}", self.path(self.c.data.path or ".")))
         if not Path(src).exists():
             raise self.loaded.error(("predict", "path"), f"not found: {src}")
         files = expand_image_paths(src)

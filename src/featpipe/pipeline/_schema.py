@@ -160,7 +160,8 @@ class PredictConfig(Section):
     """`predict:` labels for an unlabeled folder with the best model by validation."""
 
     _short = _shorthand("path")
-    path: str = Field(description="Folder (searched recursively) or image file; relative to the pipeline file.")
+    path: str = Field(description="Folder (searched recursively) or image file; relative to the pipeline file; "
+                      "`{data}` stands for `data.path` (e.g. `{data}/pred`).")
     out: str = Field("predictions.csv", description="CSV written inside the study's `out` folder.")
     model: str = Field("best", description="`best` (highest validation score) or `<run>/<head>`.")
 

@@ -48,3 +48,27 @@ def schema_markdown() -> str:
             desc = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{prefix}{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
     return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- pipeline-schema:start (generated: featpipe run --schema) -->", "<!-- pipeline-schema:end -->"
+
+
+def readme_with_schema(text: str) -> str:
+    """``text`` (the README) with the block between the schema markers replaced by :func:`schema_markdown`."""
+    head, sep, rest = text.partition(START)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise ValueError("README has no pipeline-schema markers")
+    return f"{head}{START}\n{schema_markdown()}{END}{tail}"
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrite the schema table in ``path``; True when it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    old = p.read_text()
+    new = readme_with_schema(old)
+    if new != old:
+        p.write_text(new)
+    return new != old
