@@ -106,6 +106,8 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path):
     ("data: d\nbackbones: [a]\nheads: [logistc]\n", ":3: heads[0].name: unknown head 'logistc'"),
     ("data: d\nbackbones: [a]\nfit: {metric: acuracy}\n", ":3: fit.metric: unknown metric 'acuracy'"),
     ("backbones: [a]\n", ": data: missing (required)"),
+    ("data: d\nbackbones: [a]\nheads:\n  - {name: lgbm, params: {n_estimator: 5}}\n",
+     ":4: heads[0]: params.n_estimator: not a parameter of the lgbm head (did you mean 'n_estimators'?)"),
     ("data: d\nbackbones: [a\n", ":3: not valid YAML"),
 ])
 def test_impossible_combinations_and_types(tmp_path: Path, text: str, expected: str):
@@ -114,6 +116,13 @@ def test_impossible_combinations_and_types(tmp_path: Path, text: str, expected: 
     with pytest.raises(PipelineError, match=None) as e:
         load_pipeline(pipe)
     assert expected in str(e.value), str(e.value)
+
+
+def test_metric_of_another_task_stops_before_embedding(tmp_path: Path):
+    pipe = _study(tmp_path, fit={"metric": "samples_f1"})
+    r = _invoke("run", pipe, "-q")
+    assert r.exit_code == 2 and f"{pipe}:" in r.output and "fit.metric: metric 'samples_f1' is not defined" in r.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_backbone_name_is_caught_by_check(tmp_path: Path):
@@ -272,6 +281,9 @@ def test_predict_stage_and_fused_head(tmp_path: Path):
     assert all(r.split(",")[1] in ("red", "green", "blue") for r in rows[1:])
     r = _invoke("run", pipe, "-q")
     assert "predict: up to date" in r.output and "+tiny-tta/logistic: up to date" in r.output
+    assert "predict  pred.csv: up to date" in _invoke("run", pipe, "--dry-run").output
+    (tmp_path / "unlabeled" / "pred" / "000.png").unlink()
+    assert "predict  pred.csv: will run (the model or the images changed)" in _invoke("run", pipe, "--dry-run").output
 
 
 @pytest.mark.slow

@@ -21,6 +21,11 @@ from featpipe.pipeline._schema import SECTIONS, Pipeline
 from featpipe.pipeline._schema_doc import readme_with_schema, schema_markdown, update_readme
 
 
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A validated pipeline file as a plain dict (every key present, defaults filled in)."""
+    return load_pipeline(path, overrides).config.model_dump()
+
+
 def run_pipeline(cfg: dict[str, Any] | str | Path, *, overrides: list[str] | tuple[str, ...] = (),
                  progress: bool = True, echo: Callable[[str], Any] = print, skip_unavailable: bool = False,
                  base: str | Path = ".") -> dict[str, Any]:
@@ -30,5 +35,5 @@ def run_pipeline(cfg: dict[str, Any] | str | Path, *, overrides: list[str] | tup
 
 
 __all__ = ["SECTIONS", "LoadedPipeline", "Pipeline", "Step", "Study", "StudyResult", "data_fingerprint",
-           "load_pipeline", "parse_key", "readme_with_schema", "run_pipeline", "schema_markdown",
+           "load_config", "load_pipeline", "parse_key", "readme_with_schema", "run_pipeline", "schema_markdown",
            "update_readme", "validate_dict"]

@@ -26,6 +26,7 @@ class Step:
     name: str
     status: str
     why: str = ""
+    model_dir: Path | None = None  # head and fuse steps: where its model and metrics.json live
 
     def line(self) -> str:
         return f"  {self.stage:8} {self.name}: {self.status}" + (f" ({self.why})" if self.why else "")
@@ -284,19 +285,33 @@ class Study:
             else:
                 steps.append(Step("finetune", ft.id or ft.backbone, WILL_RUN, "featpipe.finetune resumes its runs"))
         if self.c.predict:
-            steps.append(Step("predict", self.c.predict.out, WILL_RUN, f"{self.c.predict.model} model on "
-                              f"{self.c.predict.path}; skipped if model and images are unchanged"))
+            steps.append(self._predict_step(steps))
         if self.c.report.enabled:
             steps.append(Step("report", str(self.out / "report"), WILL_RUN, "incremental: unchanged sections kept"))
         return steps
+
+    def _predict_step(self, steps: list[Step]) -> Step:
+        p = self.c.predict
+        assert p is not None
+        heads = [s for s in steps if s.stage in ("head", "fuse") and s.status != SKIPPED]
+        if any(s.status != UP_TO_DATE for s in heads) or self.c.finetune:
+            return Step("predict", p.out, WILL_RUN, "after the models it chooses from")
+        fitted = [{"dir": s.model_dir, "metrics": json.loads((s.model_dir / "metrics.json").read_text())}
+                  for s in heads if s.model_dir is not None]
+        try:
+            stale = self._predict_stale(self._predict_files(), self.best_model(fitted))
+        except PipelineError as e:
+            return Step("predict", p.out, "error", str(e))
+        return Step("predict", p.out, UP_TO_DATE) if stale is None else Step("predict", p.out, WILL_RUN, stale)
 
     def _head_step(self, ref: str, run: str | None, head: str, params: dict[str, Any], data_fp: str | None,
                    stage: str = "head") -> Step:
         name = f"{ref}/{head}"
         if data_fp is None or run is None:
             return Step(stage, name, WILL_RUN, "its features are (re)computed first")
-        why = why_stale(self.models_dir / run / head / "metrics.json", self._head_inputs(data_fp, head, params))
-        return Step(stage, name, UP_TO_DATE) if why is None else Step(stage, name, WILL_RUN, why)
+        d = self.models_dir / run / head
+        why = why_stale(d / "metrics.json", self._head_inputs(data_fp, head, params))
+        return Step(stage, name, UP_TO_DATE, model_dir=d) if why is None else Step(stage, name, WILL_RUN, why)
 
     def fused_cache(self, group: list[str]):
         from featpipe.cache import FeatureCache
@@ -326,6 +341,13 @@ class Study:
         if err:
             raise err
         m = self.manifest()
+        if self.c.fit.metric:
+            from featpipe.metrics import main_metric_key
+
+            try:
+                main_metric_key(self.c.fit.metric, m.task)
+            except FeaturepipeError as e:
+                raise self.loaded.error(("fit", "metric"), str(e)) from None
         if self.c.predict:
             self._predict_files()  # a missing predict folder stops the run before any work
         self.out.mkdir(parents=True, exist_ok=True)
@@ -441,10 +463,33 @@ class Study:
         best = max(fitted, key=lambda f: f["metrics"]["scores"]["val"]["main"])
         return Path(best["dir"]) / "model.joblib"
 
-    def _predict(self, fitted: list[dict[str, Any]]) -> str:
+    @staticmethod
+    def _predict_fingerprint(files: list[str], model_path: Path) -> str:
         import os
 
-        from featpipe.model import _sha256, load_model
+        from featpipe.model import _sha256
+
+        return fingerprint({"model": _sha256(model_path),
+                            "files": [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]})
+
+    def _predict_stale(self, files: list[str], model_path: Path) -> str | None:
+        """None when the CSV was written by this model from these images, else why not."""
+        p = self.c.predict
+        assert p is not None
+        out_csv = self.out / p.out
+        side = out_csv.with_name(out_csv.name + ".stage.json")
+        if not (out_csv.is_file() and side.is_file()):
+            return "not written yet"
+        try:
+            old = json.loads(side.read_text())
+        except ValueError:
+            return "its stage file is unreadable"
+        if old.get("fingerprint") == self._predict_fingerprint(files, model_path):
+            return None
+        return "another best model" if old.get("model") != str(model_path) else "the model or the images changed"
+
+    def _predict(self, fitted: list[dict[str, Any]]) -> str:
+        from featpipe.model import load_model
         from featpipe.predictions import predict_to_csv
 
         p = self.c.predict
@@ -452,17 +497,15 @@ class Study:
         files = self._predict_files()
         model_path = self.best_model(fitted)
         out_csv = self.out / p.out
-        stamp = {"model": _sha256(model_path),
-                 "files": [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]}
-        side = out_csv.with_name(out_csv.name + ".stage.json")
-        fp = fingerprint(stamp)
-        if out_csv.is_file() and side.is_file() and json.loads(side.read_text()).get("fingerprint") == fp:
+        if self._predict_stale(files, model_path) is None:
             self.echo(f"predict: up to date ({out_csv})")
             return str(out_csv)
         model = load_model(model_path)
         model.embed_device = self.c.device
         n_bad = predict_to_csv(model, files, out_csv)
-        side.write_text(json.dumps({"fingerprint": fp, "model": str(model_path)}) + "\n")
+        side = out_csv.with_name(out_csv.name + ".stage.json")
+        side.write_text(json.dumps({"fingerprint": self._predict_fingerprint(files, model_path),
+                                    "model": str(model_path)}) + "\n")
         self.echo(f"predict: {len(files)} images with {model_path.parent.relative_to(self.models_dir)} "
                   f"-> {out_csv} ({n_bad} unreadable)")
         return str(out_csv)

@@ -96,6 +96,24 @@ class HeadConfig(Section):
             raise ValueError(f"unknown head {v!r}; expected one of {', '.join(HEAD_CHOICES)}")
         return v
 
+    @model_validator(mode="after")
+    def _params_exist(self) -> HeadConfig:
+        import inspect
+
+        from featpipe.heads import HEADS, head_names
+
+        fixed = {"self", "task", "preprocess", "class_weight", "refit", "metric", "seed"}  # set from fit.*
+        for name in head_names(self.name):
+            allowed = set(inspect.signature(HEADS[name].__init__).parameters) - fixed
+            for key in self.params:
+                if key not in allowed:
+                    import difflib
+
+                    near = difflib.get_close_matches(key, sorted(allowed), n=1)
+                    hint = f" (did you mean {near[0]!r}?)" if near else f"; it takes {', '.join(sorted(allowed))}"
+                    raise ValueError(f"params.{key}: not a parameter of the {name} head{hint}")
+        return self
+
 
 class FitConfig(Section):
     """`fit:` how heads are tuned and scored."""
@@ -197,6 +215,11 @@ class Pipeline(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
     out: str | None = Field(None, description="Output folder (default `runs/<name>`; relative to the working dir).")
     cache_dir: str | None = Field(None, description="Feature cache folder (default `<out>/cache`).")
+
+    @field_validator("backbones", "heads", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, dict)) else v
 
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
