@@ -45,10 +45,13 @@ def subset_photos(src: Path, dst: Path, n: int) -> Path:
         os.symlink(src / "annotations", dst / "annotations")
     files = sorted((src / "images").glob("*.jpg"), key=lambda p: int(p.stem[2:]))
     step = max(1, len(files) // n)  # spread over the natural train and test parts
-    for f in files[::step][:n]:
-        link = dst / "images" / f.name
-        if not link.exists():
-            os.symlink(f, link)
+    chosen = {f.name: f for f in files[::step][:n]}
+    for link in (dst / "images").iterdir():
+        if link.name not in chosen:  # left by a run with another --photos
+            link.unlink()
+    for name, f in chosen.items():
+        if not (dst / "images" / name).exists():
+            os.symlink(f, dst / "images" / name)
     return dst
 
 

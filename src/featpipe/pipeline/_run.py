@@ -350,6 +350,12 @@ class Study:
                 raise self.loaded.error(("fit", "metric"), str(e)) from None
         if self.c.predict:
             self._predict_files()  # a missing predict folder stops the run before any work
+        for row in rows:  # said up front, before any work
+            if row.unavailable:
+                self.echo(f"{row.config.ref}: skipped ({row.unavailable})")
+        if self.finetune_missing():
+            self.echo(f"finetune {', '.join(f.id or f.backbone for f in self.c.finetune)}: skipped "
+                      "(needs featpipe.finetune)")
         self.out.mkdir(parents=True, exist_ok=True)
         counts = ", ".join(f"{k} {v}" for k, v in m.split_counts().items())
         self.echo(f"dataset {m.name}: {len(m)} images ({counts}), {m.task}, {len(m.classes)} classes")
@@ -359,7 +365,6 @@ class Study:
         fitted: list[dict[str, Any]] = []
         for row in rows:
             if row.unavailable:
-                self.echo(f"{row.config.ref}: skipped ({row.unavailable})")
                 continue
             e = self.c.embed
             kw: dict[str, Any] = {"engine": e.engine, "address": e.address} if e.engine != "local" else {}
@@ -381,10 +386,7 @@ class Study:
             if fused.n_dropped:
                 self.echo(f"fuse {'+'.join(group)}: {fused.n_dropped} rows not embedded by every backbone left out")
             fitted += self._fit_all(fused, "+".join(group), res)
-        for ft in self.c.finetune:
-            if self.finetune_missing():
-                self.echo(f"finetune {ft.id or ft.backbone}: skipped (needs featpipe.finetune)")
-                continue
+        for ft in [] if self.finetune_missing() else self.c.finetune:
             self._run_finetune(ft)
         if fitted:
             from featpipe.metrics import format_table

@@ -168,6 +168,8 @@ class FinetuneConfig(Section):
     weight_decay: float | None = Field(None, ge=0, description="Weight decay.")
     label_smoothing: float | None = Field(None, ge=0, lt=1, description="Cross-entropy label smoothing.")
     augment: Literal["none", "light", "strong"] | None = Field(None, description="Training-split augmentation.")
+    class_weight: Literal["balanced"] | None = Field(None, description="`balanced`: weight classes by frequency.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(None, description="Training precision.")
     in_channels: Literal[1, 3] | None = Field(None, description="`scratch-cnn`: 1 for grayscale-native.")
     width: int | None = Field(None, gt=0, description="`scratch-cnn` width.")
     depth: int | None = Field(None, gt=0, description="`scratch-cnn` depth.")
