@@ -57,7 +57,8 @@ def test_run_pipeline_embeds_fits_and_reports(tmp_path: Path):
     assert metrics["stage"]["inputs"]["seed"] == 3 and metrics["stage"]["fingerprint"]
     assert (tmp_path / "out" / "report" / "index.html").exists()
     r = _invoke("run", pipe, "-q")  # a second run reuses the cache and the fitted head
-    assert r.exit_code == 0 and "embedded 0, reused 42" in r.output and "logistic: up to date" in r.output
+    assert r.exit_code == 0 and "test_efficientnet-random-32px: up to date (42 rows)" in r.output
+    assert "logistic: up to date" in r.output
 
 
 # ------------------------------------------------------------------------------------- validation

@@ -514,6 +514,11 @@ def rows_to_embed(path: str | Path, manifest: Manifest) -> tuple[int, str]:
     reasons = [f"{new} new images" if new else "", f"{changed} changed images" if changed else "",
                f"{todo - new - changed} unfinished rows" if todo - new - changed else ""]
     why = ", ".join(r for r in reasons if r)
+    from featpipe.versions import versions_diff
+
+    changed_libs = versions_diff(attrs.get("versions"))
+    if not why and changed_libs:  # the embed re-checks the feature key (preprocessing may have changed)
+        return 0, "library versions changed: " + "; ".join(changed_libs[:3])
     if not why and not layout:
         return 0, "rows removed or relabelled (the cache is rewritten, no image re-embedded)"
     if not why and not attrs.get("completed"):

@@ -366,17 +366,23 @@ class Study:
         for row in rows:
             if row.unavailable:
                 continue
-            e = self.c.embed
-            kw: dict[str, Any] = {"engine": e.engine, "address": e.address} if e.engine != "local" else {}
-            r = embed_dataset(m, row.spec, cache_dir=self.cache_dir, progress=self.progress, device=self.c.device,
-                              seed=self.c.seed, batch_size=row.config.batch_size or e.batch_size,
-                              num_workers=e.workers, feature_dtype=e.feature_dtype, **kw)
-            self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, failed {r.n_failed} -> {r.path}")
-            for img_id, reason in r.failures[:3]:
-                self.echo(f"  failed: {img_id}: {reason}")
-            row.cache = r.path
-            res.caches.append(str(r.path))
-            fitted += self._fit_all(self._open(r.path), row.config.ref, res)
+            self._embed_state(row)
+            if row.cache is not None and row.todo == 0 and not row.why:  # no backbone is even built
+                self.echo(f"{row.spec.tag()}: up to date ({len(m)} rows) -> {row.cache}")
+            else:
+                e = self.c.embed
+                kw: dict[str, Any] = {"engine": e.engine, "address": e.address} if e.engine != "local" else {}
+                r = embed_dataset(m, row.spec, cache_dir=self.cache_dir, progress=self.progress,
+                                  device=self.c.device, seed=self.c.seed,
+                                  batch_size=row.config.batch_size or e.batch_size, num_workers=e.workers,
+                                  feature_dtype=e.feature_dtype, **kw)
+                self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, "
+                          f"failed {r.n_failed} -> {r.path}")
+                for img_id, reason in r.failures[:3]:
+                    self.echo(f"  failed: {img_id}: {reason}")
+                row.cache = r.path
+            res.caches.append(str(row.cache))
+            fitted += self._fit_all(self._open(row.cache), row.config.ref, res)
         for group in self.c.fuse:
             by_ref = {r.config.ref: r for r in rows}
             if any(by_ref[g].unavailable for g in group):
