@@ -28,7 +28,7 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out,
 
     \b
     Examples:
-      featpipe run pipelines/cifar10.yaml
+      featpipe run pipelines/cifar10-small.yaml
       featpipe run pipelines/face-gender.yaml --set data.path=~/faces --check
       featpipe run pipelines/scenes.yaml --set data.path=~/scenes --dry-run
       featpipe run pipelines/photo-tags.yaml --set data.path=~/photos --skip-unavailable

@@ -185,6 +185,11 @@ class Study:
         self._rows = rows
         return rows
 
+    def _label(self, row: BackboneRow) -> str:
+        """A backbone's name in messages: its id (or name), or its spec tag when several share it."""
+        refs = [b.ref for b in self.c.backbones]
+        return row.spec.tag() if refs.count(row.config.ref) > 1 and row.spec is not None else row.config.ref
+
     def check_names(self) -> None:
         """Every backbone name is known (registry, .onnx file or timm architecture); builds nothing."""
         from featpipe.backbones._registry import PACKAGED, PACKAGED_ONNX, _is_onnx, _timm_has
@@ -253,30 +258,32 @@ class Study:
         rows = self.backbones()
         fps: dict[str, str | None] = {}
         for row in rows:
-            ref = row.config.ref
+            ref = self._label(row)
             if row.unavailable:
                 status = SKIPPED if self.skip_unavailable else "unavailable"
                 steps.append(Step("embed", ref, status, row.unavailable))
-                fps[ref] = None
+                fps[row.config.ref] = None
                 continue
             self._embed_state(row)
             fresh = row.cache is not None and row.todo == 0 and not row.why
-            steps.append(Step("embed", f"{ref} -> {row.spec.tag()}", UP_TO_DATE if fresh else WILL_RUN,
+            shown = ref if ref == row.spec.tag() else f"{ref} -> {row.spec.tag()}"
+            steps.append(Step("embed", shown, UP_TO_DATE if fresh else WILL_RUN,
                               "" if fresh else (f"{row.todo} images: {row.why}" if row.todo else row.why)))
-            fps[ref] = data_fingerprint(FeatureCache.open(row.cache)) if fresh else None
+            fps[row.config.ref] = fp = data_fingerprint(FeatureCache.open(row.cache)) if fresh else None
             run = row.cache.stem if row.cache else None
             for head, params in self.head_jobs():
-                steps.append(self._head_step(ref, run, head, params, fps[ref]))
+                steps.append(self._head_step(ref, run, head, params, fp))
         for group in self.c.fuse:
             label = "+".join(group)
             missing = [r for r in group if fps.get(r) is None]
+            unavailable = any(next(r for r in rows if r.config.ref == g).unavailable for g in group)
+            fused = None if unavailable or missing else self.fused_cache(group)
             for head, params in self.head_jobs():
-                if any(next(r for r in rows if r.config.ref == g).unavailable for g in group):
+                if unavailable:
                     steps.append(Step("fuse", f"{label}/{head}", SKIPPED, "a backbone is unavailable"))
-                elif missing:
+                elif fused is None:
                     steps.append(Step("fuse", f"{label}/{head}", WILL_RUN, f"after embedding {', '.join(missing)}"))
                 else:
-                    fused = self.fused_cache(group)
                     steps.append(self._head_step(label, Path(fused.path).stem, head, params,
                                                  data_fingerprint(fused), stage="fuse"))
         for ft in self.c.finetune:
@@ -382,7 +389,7 @@ class Study:
                     self.echo(f"  failed: {img_id}: {reason}")
                 row.cache = r.path
             res.caches.append(str(row.cache))
-            fitted += self._fit_all(self._open(row.cache), row.config.ref, res)
+            fitted += self._fit_all(self._open(row.cache), self._label(row), res)
         for group in self.c.fuse:
             by_ref = {r.config.ref: r for r in rows}
             if any(by_ref[g].unavailable for g in group):
