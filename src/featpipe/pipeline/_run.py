@@ -195,7 +195,8 @@ class Study:
         from featpipe.backbones._registry import PACKAGED, PACKAGED_ONNX, _is_onnx, _timm_has
 
         for i, b in enumerate(self.c.backbones):
-            if b.name in PACKAGED or b.name in PACKAGED_ONNX or _is_onnx(b.name) or _timm_has(b.name):
+            if (b.name in PACKAGED or b.name in PACKAGED_ONNX or _is_onnx(b.name) or _timm_has(b.name)
+                    or b.name.startswith("finetuned:")):  # fine-tuned checkpoints: featpipe.finetune
                 continue
             raise self.loaded.error(("backbones", i, "name"), f"unknown backbone {b.name!r}: not a featpipe "
                                     "backbone, an .onnx file or a timm model (see `featpipe backbones`)")
