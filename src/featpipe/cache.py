@@ -636,3 +636,40 @@ def find_cache(
             + "; pass --precision to pick one, or --cache FILE"
         )
     return found[0][0] if found else None
+
+
+def rows_to_embed(path: str | Path, manifest: Manifest) -> tuple[int, str]:
+    """How many rows of ``manifest`` an embed into the existing ``path`` would (re)compute, and why.
+
+    Cheap (file stats; bytes are hashed only when a file's size or mtime changed); builds no model.
+    """
+    attrs, states, f = read_row_states(Path(path))
+    try:
+        if attrs.get("dataset", {}).get("source") != manifest.source:
+            return len(manifest), "the cache holds another dataset"
+        todo = new = changed = 0
+        for img_id, p in zip(manifest.ids, manifest.paths, strict=True):
+            st = states.get(img_id)
+            if st is None or st.status == PENDING:
+                todo += 1
+                new += st is None
+                continue
+            if not _still_valid(st, p, manifest.array)[0]:
+                todo += 1
+                changed += 1
+        layout = _same_layout(f, manifest)
+    finally:
+        f.close()
+    reasons = [f"{new} new images" if new else "", f"{changed} changed images" if changed else "",
+               f"{todo - new - changed} unfinished rows" if todo - new - changed else ""]
+    why = ", ".join(r for r in reasons if r)
+    from featpipe.versions import versions_diff
+
+    changed_libs = versions_diff(attrs.get("versions"))
+    if not why and changed_libs:  # the embed re-checks the feature key (preprocessing may have changed)
+        return 0, "library versions changed: " + "; ".join(changed_libs[:3])
+    if not why and not layout:
+        return 0, "rows removed or relabelled (the cache is rewritten, no image re-embedded)"
+    if not why and not attrs.get("completed"):
+        return 0, "the last embed did not finish"
+    return todo, why

@@ -337,6 +337,10 @@ def embed_paths(
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Features for loose image files (no cache): ``(features, ok, errors)``."""
     spec_dict = spec.to_dict() if isinstance(spec, BackboneSpec) else dict(spec)
+    if spec_dict.get("kind") == "fused":  # several backbones (featpipe.fuse)
+        from featpipe.fuse import embed_fused_paths
+
+        return embed_fused_paths(spec_dict, paths, batch_size=batch_size, num_workers=num_workers, device=device)
     backbone = _cached_backbone(json.dumps(spec_dict, sort_keys=True), resolve_device(device))
     str_paths = [str(p) for p in paths]
     feats = np.zeros((len(str_paths), backbone.feature_dim), dtype=np.float32)

@@ -27,3 +27,7 @@ class HeadError(FeaturepipeError):
 
 class ModelError(FeaturepipeError):
     """A model bundle that cannot be loaded or used."""
+
+
+class PipelineError(FeaturepipeError):
+    """A pipeline file that is invalid (key, type, combination) or cannot run as written."""

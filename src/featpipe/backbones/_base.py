@@ -35,9 +35,15 @@ class BackboneSpec:
     image_size: int | None = None
     precision: str = "fp32"
     seed: int = 0
+    tta: str | None = None  # "hflip": features are the mean over the image and its mirror
+    align: str | None = None  # "faces": detected, 5-point aligned face crops (featpipe.backbones._align)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for k in ("tta", "align"):  # left out when unset, so older caches keep their keys
+            if d[k] is None:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
@@ -57,6 +63,10 @@ class BackboneSpec:
             t += f"-{self.image_size}px"
         if self.precision != "fp32":
             t += "-" + self.precision
+        if self.align:
+            t += "-align" + self.align
+        if self.tta:
+            t += "-tta" + self.tta
         return t
 
 
@@ -94,6 +104,28 @@ class Backbone:
 
     def key(self) -> str:
         return config_hash(self.config())
+
+
+TTA_MODES = ("hflip",)
+ALIGN_MODES = ("faces",)
+
+
+def with_spec_options(backbone: Backbone) -> Backbone:
+    """Wrap a loaded backbone's ``preprocess`` / ``forward`` with the spec's ``align`` and ``tta``."""
+    spec = backbone.spec
+    if spec.align == "faces":
+        from featpipe.backbones._align import align_face
+
+        plain_pre = backbone.preprocess
+        backbone.preprocess = lambda img: plain_pre(align_face(img))  # type: ignore[method-assign]
+    if spec.tta == "hflip":
+        plain = backbone.forward
+
+        def forward(batch: torch.Tensor) -> np.ndarray:
+            return (plain(batch) + plain(batch.flip(-1))) / 2  # (B, C, H, W): -1 is the width axis
+
+        backbone.forward = forward  # type: ignore[method-assign]
+    return backbone
 
 
 def config_hash(obj: Any) -> str:

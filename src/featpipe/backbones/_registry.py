@@ -15,7 +15,14 @@ from urllib.parse import urlparse
 
 import torch
 
-from featpipe.backbones._base import PRECISIONS, Backbone, BackboneSpec
+from featpipe.backbones._base import (
+    ALIGN_MODES,
+    PRECISIONS,
+    TTA_MODES,
+    Backbone,
+    BackboneSpec,
+    with_spec_options,
+)
 from featpipe.errors import BackboneError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -133,6 +140,8 @@ def resolve_spec(
     precision: str = "fp32",
     seed: int = 0,
     device: str = "cpu",
+    tta: str | None = None,
+    align: str | None = None,
 ) -> BackboneSpec:
     """Turn what a user typed into a complete, recordable :class:`BackboneSpec`.
 
@@ -144,8 +153,13 @@ def resolve_spec(
         precision = "bf16" if device.startswith("cuda") and not onnx else "fp32"
     if precision not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if tta not in (None, *TTA_MODES):
+        raise BackboneError(f"unknown --tta {tta!r}; expected one of {', '.join(TTA_MODES)}")
+    if align not in (None, *ALIGN_MODES):
+        raise BackboneError(f"unknown --align {align!r}; expected one of {', '.join(ALIGN_MODES)}")
     # only random-init weights depend on the seed; for all others it is not part of the identity
-    common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": 0}
+    common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": 0, "tta": tta,
+              "align": align}
     if name in PACKAGED_ONNX or _is_onnx(name):
         if layer:
             raise BackboneError("--layer is not supported for ONNX backbones")
@@ -345,7 +359,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 1.0, "channel_order": "RGB",
             "interpolation": "bilinear",
         }
-        return OnnxBackbone(spec, dict(preprocessing or pre), device)
+        return with_spec_options(OnnxBackbone(spec, dict(preprocessing or pre), device))
     model = _create_timm(spec)
     recorded = None
     if spec.weights in ("file", "package"):
@@ -358,7 +372,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
         recorded = _load_weights(model, spec)
     # a bundle's recorded preprocessing wins; else the weights file's own, else the model's defaults
     data_config = dict(preprocessing) if preprocessing else _timm_data_config(model, spec.image_size, recorded)
-    return TorchBackbone(spec, model, data_config, device)
+    return with_spec_options(TorchBackbone(spec, model, data_config, device))
 
 
 # ------------------------------------------------------------- portable bundles: weights and preprocessing
@@ -500,3 +514,26 @@ def describe_backbones() -> list[dict[str, Any]]:
         rows.append({"name": name, "source": src, "offline": ok,
                      "description": "timm architecture; offline with --no-pretrained or --weights FILE"})
     return rows
+
+
+@functools.lru_cache(maxsize=8)
+def _host_reachable(host: str) -> bool:
+    return _reachable(host)
+
+
+def weights_unavailable(spec: BackboneSpec) -> str | None:
+    """Why ``spec``'s weights cannot be had here without a download that would fail, or None.
+
+    Downloads nothing: hub weights count as available when cached, or when their host answers.
+    """
+    if spec.weights != "hub":
+        return None  # package, file and ONNX weights were found when the spec was resolved
+    cfg = _pretrained_cfg(spec.arch)
+    if _hub_cached(cfg):
+        return None
+    host = "huggingface.co" if cfg.hf_hub_id else urlparse(cfg.url).hostname
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("FEATPIPE_OFFLINE") == "1":
+        return f"hub weights {cfg.hf_hub_id or cfg.url} are not cached and offline mode is set"
+    if not _host_reachable(str(host)):
+        return f"hub weights {cfg.hf_hub_id or cfg.url} are not cached and {host} cannot be reached"
+    return None

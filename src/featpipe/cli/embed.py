@@ -19,6 +19,10 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--workers", type=int, default=None, help="DataLoader decode workers (default: 0 on CPUs with <= 2 cores, more on GPU).")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
+@click.option("--tta", type=click.Choice(["hflip"]), default=None,
+              help="Test-time augmentation: cache the mean of the features of each image and its mirror.")
+@click.option("--align", type=click.Choice(["faces"]), default=None,
+              help="Detect the face (YuNet) and align it by 5 landmarks first; no face -> a failed row.")
 @click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
 @click.option("--retry-failed", is_flag=True,
               help="Retry every failed row (by default only I/O failures and changed files are retried).")
@@ -34,7 +38,7 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
               help="Backbone actors (default: one per GPU of the cluster, else one per 8 CPUs).")
 def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
           unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,
-          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, force, retry_failed, seed,
+          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, tta, align, force, retry_failed, seed,
           write_every, quiet, engine, ray_address, ray_actors):
     """Embed every image of a dataset once into a resumable feature cache.
 
@@ -48,6 +52,7 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
       featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
       featpipe embed --data faces.csv --label-col attributes --label-sep ';' --path-col file
       featpipe embed --data /shared/photos --engine ray --address auto
+      featpipe embed --data faces/ --backbone sface --align faces --tta hflip
     """
     from featpipe.backbones import resolve_spec
     from featpipe.embed import embed_dataset, resolve_device
@@ -61,7 +66,8 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
                             unlabeled_empty=unlabeled_empty)
     spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
                         image_size=image_size, precision=precision, seed=seed,
-                        device=resolve_device(device) if engine == "local" else device.replace("auto", "cpu"))
+                        device=resolve_device(device) if engine == "local" else device.replace("auto", "cpu"),
+                        tta=tta, align=align)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import math
-
 import click
 
 
@@ -31,6 +28,7 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     """
     from featpipe.errors import ModelError
     from featpipe.model import expand_image_paths, load_model
+    from featpipe.predictions import label_text, write_predictions_csv
 
     model = load_model(model_path, verify=not no_verify)
     files = expand_image_paths(list(paths))
@@ -42,18 +40,8 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     errors = dict(model.last_errors_)
     classes = [str(c) for c in model.classes_]
 
-    def label_text(lab) -> str:
-        if lab is None:
-            return ""
-        return ";".join(lab) if isinstance(lab, list) else str(lab)
-
     if out_csv:
-        with open(out_csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "error", *(f"p_{c}" for c in classes)])
-            for p, lab, row in zip(files, labels, proba, strict=True):
-                w.writerow([p, label_text(lab), errors.get(p, ""),
-                            *("" if math.isnan(v) else f"{v:.6f}" for v in row)])
+        write_predictions_csv(out_csv, files, proba, labels, errors, classes)
         click.echo(f"wrote {out_csv}: {len(files)} images, {len(errors)} unreadable", err=True)
     else:
         top = min(3, len(classes))

@@ -1,4 +1,4 @@
-"""`featpipe run`: a whole study from a YAML pipeline file."""
+"""`featpipe run`: a whole study from a validated YAML pipeline file."""
 
 from __future__ import annotations
 
@@ -6,25 +6,66 @@ import click
 
 
 @click.command()
-@click.argument("pipeline_file", type=click.Path(dir_okay=False))
+@click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key (value parsed as YAML), e.g. --set data.path=~/faces "
+              "--set backbones[0].weights=vggface.pth. Repeatable.")
+@click.option("--check", is_flag=True, help="Validate the file (keys, types, combinations) and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the plan: each stage, up to date or will run, and why.")
+@click.option("--skip-unavailable", is_flag=True,
+              help="Run without backbones whose weights are unavailable offline (listed as skipped).")
+@click.option("--schema", is_flag=True, help="Print every pipeline key as a Markdown table and exit.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Override the pipeline's 'out' folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def run(pipeline_file: str, out: str | None, quiet: bool) -> None:
-    """Run a pipeline: dataset -> embed with every backbone -> fit heads -> report.
+def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out, quiet) -> None:
+    """Run a pipeline: dataset -> embed per backbone -> heads (and fused heads) -> predict -> report.
+
+    The file is validated first: an unknown key, a wrong type or an impossible combination stops
+    the run before any work with FILE:LINE: field: message (exit 2). Stages whose inputs did not
+    change are skipped (caches reuse rows; a head is refitted only when its features, its config,
+    the seed or library versions changed). Input paths (data.path, weights, predict.path, also
+    when given with --set) are relative to the pipeline file; out and cache_dir to the working dir.
 
     \b
-    Example pipeline (YAML; relative paths are relative to the file):
+    Examples:
+      featpipe run pipelines/cifar10-small.yaml
+      featpipe run pipelines/face-gender.yaml --set data.path=~/faces --check
+      featpipe run pipelines/scenes.yaml --set data.path=~/scenes --dry-run
+      featpipe run pipelines/photo-tags.yaml --set data.path=~/photos --skip-unavailable
+      featpipe run --schema
+
+    \b
+    Example pipeline:
       name: cifar10-small
       data: ../../shared/data/cifar10-small
       backbones: [efficientnet_lite0, {name: resnet50, pretrained: false, image_size: 64}]
       heads: [logistic, lgbm]
+      fuse: [[efficientnet_lite0, resnet50]]
       fit: {metric: accuracy, refit: train+val}
       report: {human_baseline: 0.94}
-      out: runs/cifar10-small
     """
-    from featpipe.pipeline import load_config, run_pipeline
+    from featpipe.errors import PipelineError
+    from featpipe.pipeline import Study, load_pipeline, schema_markdown
 
-    cfg = load_config(pipeline_file)
-    if out:
-        cfg["out"] = out
-    run_pipeline(cfg, progress=not quiet, echo=click.echo)
+    if schema:
+        click.echo(schema_markdown(), nl=False)
+        return
+    if not pipeline_file:
+        raise PipelineError("give a pipeline file (or --schema)")
+    loaded = load_pipeline(pipeline_file, overrides)
+    study = Study(loaded, out=out, skip_unavailable=skip_unavailable, progress=not quiet, echo=click.echo)
+    if check:
+        study.check_names()
+        note = "" if loaded.config.data.path or loaded.config.data.sample else " (data.path unset: pass --set data.path=DIR)"
+        click.echo(f"{pipeline_file}: ok{note}")
+        return
+    if dry_run:
+        steps = study.plan()
+        click.echo(f"plan for {pipeline_file} -> {study.out}")
+        err = study.unavailable_error()
+        if err:
+            click.echo("the run would stop before any work: " + str(err))
+        for step in steps:
+            click.echo(step.line())
+        return
+    study.run()
