@@ -328,7 +328,7 @@ def test_pipeline_and_embed_read_a_semicolon_multilabel_csv(tmp_path: Path):
     }))
     r = CliRunner().invoke(main, ["run", str(pipe), "-q"])
     assert r.exit_code == 0, r.output
-    assert "24 images, multilabel, 3 classes" in r.output and "split: seeded hash per image (seed 2" in r.output
+    assert "24 images (" in r.output and "multilabel, 3 classes" in r.output and "split: seeded hash per image (seed 2" in r.output
     r = CliRunner().invoke(main, ["embed", "--data", str(tmp_path / "d.csv"), "--label-col", "attrs", "--path-col",
                                   "file", "--label-sep", ";", "--split-seed", "2", "--backbone", TINY,
                                   "--no-pretrained", "--image-size", str(TINY_SIZE),

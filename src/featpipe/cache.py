@@ -593,7 +593,7 @@ def prepare_cache(
     return np.flatnonzero(~keep), int(keep.sum())
 
 
-_IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size")
+_IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size", "tta", "align")
 
 
 def backbone_identity(spec: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class FusedCache:
         self.status = np.ones(len(r0), dtype=np.int8)
         self.content_hash = first.content_hash[r0]
         self.features = np.concatenate([c.features[r] for c, r in zip(caches, rows, strict=True)], axis=1)
+        self.in_memory = True
         self.feature_dim = int(self.features.shape[1])
         self.task, self.classes, self.dataset = first.task, list(first.classes), first.dataset
         self.backbone = fused_spec([c.backbone for c in caches])

@@ -295,6 +295,8 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         from featpipe.cache import OK
         from featpipe.embed import run_backbone
 
+        if (self.backbone_spec or {}).get("kind") == "fused":  # several backbones, features concatenated
+            return self._embed_fused(paths)
         backbone = self.backbone()
         feats = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)
         ok = np.zeros(len(paths), dtype=bool)
@@ -306,6 +308,17 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
                 ok[r] = s == OK
                 errors[r] = None if s == OK else e
         return feats, ok, errors
+
+    def _embed_fused(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        from featpipe.backbones._registry import locate_weights
+        from featpipe.fuse import embed_fused_paths
+
+        bundle = getattr(self, "bundle_dir_", None)
+        dirs = [Path(bundle), Path(bundle) / "weights"] if bundle else []
+        spec = dict(self.backbone_spec)
+        spec["parts"] = [locate_weights(part, None, dirs) for part in spec["parts"]]
+        return embed_fused_paths(spec, paths, batch_size=self.embed_batch_size, num_workers=0,
+                                 device=self.embed_device)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``(n, C)`` probabilities (binary: ``[neg, pos]``); rows of unreadable images are nan."""
