@@ -6,11 +6,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from PIL import Image
+if TYPE_CHECKING:  # torch is imported by the modules that run a backbone, not by every CLI command
+    import numpy as np
+    import torch
+    from PIL import Image
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

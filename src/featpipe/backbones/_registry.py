@@ -10,13 +10,14 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-import torch
 
 from featpipe.backbones._base import PRECISIONS, Backbone, BackboneSpec
 from featpipe.errors import BackboneError
+
+if TYPE_CHECKING:  # torch is imported where a model is built, so the CLI starts fast
+    import torch
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -218,6 +219,8 @@ def _hub_cached(cfg: Any) -> bool:
             if isinstance(try_to_load_from_cache(repo, fname), str):
                 return True
     if cfg.url:
+        import torch
+
         return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)).exists()
     return False
 
@@ -250,6 +253,7 @@ def _hub_offline_error(name: str, cfg: Any, why: str) -> BackboneError:
 
 def _create_timm(spec: BackboneSpec) -> torch.nn.Module:
     import timm
+    import torch
 
     torch.manual_seed(spec.seed)  # random init (and any randomly initialised layer) is reproducible
     if spec.weights != "hub":
@@ -269,6 +273,8 @@ def _create_timm(spec: BackboneSpec) -> torch.nn.Module:
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    import torch
+
     if isinstance(obj, dict):
         for k in ("state_dict", "model", "model_state_dict"):
             if k in obj and isinstance(obj[k], dict):
@@ -280,6 +286,8 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 
 
 def _load_weights(model: torch.nn.Module, spec: BackboneSpec) -> None:
+    import torch
+
     assert spec.weights_path is not None
     try:
         sd = _unwrap_state_dict(torch.load(spec.weights_path, map_location="cpu", weights_only=True))

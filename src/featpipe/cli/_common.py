@@ -10,6 +10,26 @@ import click
 from featpipe.backbones._registry import DEFAULT_BACKBONE
 
 
+class LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are read from ``module:attr`` when first needed, so a
+    command's module imports without the heavy one behind its choices (sklearn for the heads)."""
+
+    def __init__(self, source: str, case_sensitive: bool = True) -> None:
+        self._source = source
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        import importlib
+
+        module, attr = self._source.split(":")
+        return tuple(getattr(importlib.import_module(module), attr))
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click may assign; the source stays the truth
+        pass
+
+
 def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
