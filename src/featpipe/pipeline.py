@@ -53,8 +53,8 @@ def _manifest(cfg: dict[str, Any], out: Path):
 
 def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """Run every stage the config names; return the paths it wrote."""
-    from featpipe.backbones import resolve_spec
-    from featpipe.embed import embed_dataset, resolve_device
+    from featpipe.backbones import resolve_spec, split_layer
+    from featpipe.embed import embed_datasets, resolve_device
 
     out = Path(cfg.get("out", "runs/" + str(cfg.get("name", "study"))))
     out.mkdir(parents=True, exist_ok=True)
@@ -65,15 +65,20 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True, echo: Callable[[
         echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {what}: {why})")
     cache_dir = Path(cfg.get("cache_dir", out / "cache"))
     caches = []
+    specs, batch_sizes = [], []
     for b in cfg["backbones"]:
         b = {"name": b} if isinstance(b, str) else dict(b)
-        spec = resolve_spec(
-            b["name"], weights=b.get("weights"), pretrained=b.get("pretrained", True), layer=b.get("layer"),
+        name, layer = split_layer(b["name"])
+        specs.append(resolve_spec(
+            name, weights=b.get("weights"), pretrained=b.get("pretrained", True), layer=b.get("layer", layer),
             image_size=b.get("image_size"), precision=b.get("precision", "auto"), seed=int(cfg.get("seed", 0)),
             device=resolve_device(cfg.get("device", "auto")),
-        )
-        res = embed_dataset(manifest, spec, cache_dir=cache_dir, progress=progress, device=cfg.get("device", "auto"),
-                            seed=int(cfg.get("seed", 0)), batch_size=b.get("batch_size"))
+        ))
+        batch_sizes.append(b.get("batch_size"))
+    # one pass over the images feeds every backbone (each image decoded once)
+    results = embed_datasets(manifest, specs, cache_dir=cache_dir, progress=progress, device=cfg.get("device", "auto"),
+                             seed=int(cfg.get("seed", 0)), batch_size=next((s for s in batch_sizes if s), None))
+    for spec, res in zip(specs, results, strict=True):
         echo(f"{spec.tag()}: embedded {res.n_computed}, reused {res.n_reused}, failed {res.n_failed} -> {res.path}")
         caches.append(res.path)
     result: dict[str, Any] = {"caches": [str(c) for c in caches]}

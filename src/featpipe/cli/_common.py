@@ -30,10 +30,16 @@ class LazyChoice(click.Choice):
         pass
 
 
-def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = False) -> Any:
+    """The backbone options; ``multiple=True`` makes ``--backbone`` repeatable (a tuple of names)."""
+    if f is None:
+        return lambda g: backbone_options(g, multiple=multiple)
     opts = [
-        click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
-                     help="Registry name (featpipe backbones), any timm model name, or an .onnx file."),
+        click.option("--backbone", "-b", multiple=multiple, default=(DEFAULT_BACKBONE,) if multiple else DEFAULT_BACKBONE,
+                     show_default=True,
+                     help="Registry name (featpipe backbones), any timm model name, or an .onnx file"
+                     + ("; repeat it to embed with several backbones in one pass over the images, NAME@LAYER "
+                        "for a cut per backbone." if multiple else ".")),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="State-dict file for the architecture (e.g. face weights for vgg16)."),
         click.option("--no-pretrained", is_flag=True, help="Seeded random init: a baseline."),
@@ -42,7 +48,7 @@ def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--image-size", type=int, default=None, help="Override the model's input size."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help="Autocast precision of the forward pass; auto = bf16 AMP on "
-                     "CUDA, fp32 on CPU (bf16 is ~2x faster on CPUs with native bf16). Part of the cache key."),
+                     "CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere. Part of the cache key."),
     ]
     for opt in reversed(opts):
         f = opt(f)
