@@ -143,7 +143,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epoch-way-on", default=None, help=argparse.SUPPRESS)  # internal: one fresh process
     args = ap.parse_args()
+    if args.epoch_way_on:
+        wall, test, best = epoch_way(Path(args.epoch_way_on), args.backbone, args.precision, args.epochs,
+                                     args.batch_size, args.seed)
+        print(json.dumps({"test": test, "best_epoch": best}))
+        return
     src = Path(args.data)
     if not src.exists():
         raise SystemExit(f"dataset not found: {src}")
@@ -157,7 +163,16 @@ def main() -> None:
         make_subset(src, data, args.per_class)
         n = sum(1 for _ in data.rglob("*.*"))
         fp_wall, fp_test, fp_head, lines = featpipe_way(data, work, args.backbone, precision)
-        ep_wall, ep_test, ep_best = epoch_way(data, args.backbone, precision, args.epochs, args.batch_size, args.seed)
+        # a fresh process, like the featpipe commands: start-up counts on both sides
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, __file__, "--epoch-way-on", str(data), "--backbone", args.backbone,
+                            "--precision", precision, "--epochs", str(args.epochs), "--batch-size",
+                            str(args.batch_size), "--seed", str(args.seed)], capture_output=True, text=True)
+        ep_wall = time.perf_counter() - t
+        if r.returncode != 0:
+            raise SystemExit(f"epoch training failed:\n{r.stderr}")
+        ep = json.loads(r.stdout.strip().splitlines()[-1])
+        ep_test, ep_best = ep["test"], ep["best_epoch"]
     print(f"\n{n} images ({args.per_class} per class of {src}), backbone {args.backbone}, precision {precision}")
     print("featpipe heads (the val-best one is featpipe's answer):")
     for ln in lines:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import platform
+import sys
 import warnings
 
 import featpipe
@@ -19,6 +20,7 @@ _LIBRARIES = {
     "lightgbm": "lightgbm",
     "onnxruntime": "onnxruntime",
 }
+_METADATA_OK = {"scikit-learn", "joblib", "lightgbm", "onnxruntime"}
 
 
 class FeaturepipeVersionWarning(UserWarning):
@@ -29,9 +31,12 @@ def library_versions() -> dict[str, str]:
     """featpipe, Python and every library whose version can change features or fitted heads."""
     out = {"featpipe": featpipe.__version__, "python": platform.python_version()}
     for dist, module in _LIBRARIES.items():
+        # heads' libraries are not imported just for this (seconds of embed start-up); their
+        # metadata version is their __version__ (torch's is not: it lacks the +build suffix)
+        mod = sys.modules.get(module) if dist in _METADATA_OK else importlib.import_module(module)
         try:
-            out[dist] = importlib.import_module(module).__version__
-        except ImportError:  # pragma: no cover - optional at run time
+            out[dist] = mod.__version__ if mod is not None else importlib.metadata.version(dist)
+        except (ImportError, importlib.metadata.PackageNotFoundError):  # pragma: no cover - optional
             pass
     return out
 
