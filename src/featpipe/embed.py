@@ -92,6 +92,7 @@ class _Decoder:
     def __init__(self, backbones: Sequence[Backbone], paths: Sequence[str], array: np.ndarray | None) -> None:
         self.paths = paths
         self.array = array
+        self.pin = any(b.device.startswith("cuda") for b in backbones)  # page-locked: async copies to the GPU
         self.cuts: dict[Any, _Cut] = {}
         self.keys: list[Any] = []  # per backbone: the key of its input in Batch.inputs
         for b in backbones:
@@ -138,6 +139,8 @@ class _Decoder:
             for arr in inputs.values():
                 arr[i] = 0
         tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        if self.pin:
+            tensors = {k: v.pin_memory() for k, v in tensors.items()}
         return Batch(np.asarray(rows, dtype=np.int64), status, hashes, sizes, mtimes, errors, tensors)
 
 
