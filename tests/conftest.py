@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("FEATPIPE_OFFLINE", "1")  # never wait on a hub in tests
+os.environ.setdefault("FEATPIPE_CPU_BF16", "0")  # --precision auto picks fp32 on every test machine
 
 TINY = "test_efficientnet"  # a real timm architecture, ~10k parameters, random init
 TINY_SIZE = 32

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import itertools
 import json
 import platform
+import queue
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
@@ -42,73 +48,136 @@ def default_batch_size(device: str) -> int:
 
 
 def default_workers(device: str) -> int:
-    """Decode workers. On CPU the forward pass already uses every core and decoding is a small
-    share of the work, so few workers (none on 2 cores, where one measured ~20% slower); a GPU
-    is fed by as many as there are cores, up to 8."""
+    """Decode threads. On CPU one thread decodes the next batch while the forward pass runs (decoding
+    is a small share of the work); a GPU is fed by as many threads as there are cores, up to 8."""
     cores = available_cpus()
     if device.startswith("cuda"):
         return min(8, cores)
-    return 0 if cores <= 2 else min(4, cores // 4)
+    return 1
 
 
 # --------------------------------------------------------------------------------------- reading
 
 
 @dataclass
-class _Item:
-    row: int
-    tensor: torch.Tensor
-    status: int
-    content_hash: str
-    size: int
-    mtime_ns: int
-    error: str
-
-
-class _ImageRows(Dataset):
-    """Decodes and preprocesses the given rows; a bad image becomes a failed item, never an exception."""
-
-    def __init__(self, paths: Sequence[str], rows: np.ndarray, array: np.ndarray | None, backbone: Backbone):
-        self.paths = paths
-        self.rows = rows
-        self.array = array
-        self.preprocess = backbone.preprocess
-        self.shape = tuple(backbone.preprocessing["input_size"])
-        # big JPEGs are decoded at a reduced scale that still covers the resize target
-        crop = float(backbone.preprocessing.get("crop_pct", 1.0)) or 1.0
-        self.draft_size = int(np.ceil(max(self.shape[1:]) / crop))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int) -> _Item:
-        row = int(self.rows[k])
-        chash, size, mtime = "", 0, 0
-        try:
-            data, chash, size, mtime = read_source(self.paths[row], self.array)
-            img = image_from_array(data) if isinstance(data, np.ndarray) else load_image(data, target_size=self.draft_size)
-            x = self.preprocess(img)
-            return _Item(row, x, fcache.OK, chash, size, mtime, "")
-        except ImageError as e:
-            reason = str(e)
-        except Exception as e:  # a decoder bug on one image must not end a long run
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:190]
-        return _Item(row, torch.zeros(self.shape), fcache.FAILED, chash, size, mtime, reason)
-
-
-def _collate(items: list[_Item]) -> list[_Item]:
-    return items
-
-
-@dataclass
 class Batch:
+    """One batch of rows: what was read (hash, size, mtime, status, error) and each backbone's input."""
+
     rows: np.ndarray
-    features: np.ndarray
     status: np.ndarray
     hashes: list[str]
     sizes: np.ndarray
     mtimes: np.ndarray
     errors: list[str]
+    inputs: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
+    features: np.ndarray | None = None  # filled by run_backbone (one backbone)
+
+
+@dataclass(frozen=True)
+class _Cut:
+    draft: int  # JPEG decode size (PIL draft) that still covers the resize
+    fn: Callable[[Any], Any]  # PIL image -> uint8 HWC array (geometry) or float CHW tensor (preprocess)
+    shape: tuple[int, ...]
+    uint8: bool
+
+
+class _Decoder:
+    """Reads and hashes each image once, decodes it once per distinct decode size, resizes and crops
+    it once per distinct geometry (size, interpolation, crop) and hands each backbone its batch.
+
+    Backbones with a ``geometry`` (timm ones) get uint8 (B, H, W, C) batches they normalise
+    themselves; others get their own ``preprocess`` output. A bad image is a failed row (zeros),
+    never an exception.
+    """
+
+    def __init__(self, backbones: Sequence[Backbone], paths: Sequence[str], array: np.ndarray | None) -> None:
+        self.paths = paths
+        self.array = array
+        self.pin = any(b.device.startswith("cuda") for b in backbones)  # page-locked: async copies to the GPU
+        self.cuts: dict[Any, _Cut] = {}
+        self.keys: list[Any] = []  # per backbone: the key of its input in Batch.inputs
+        for b in backbones:
+            pre = b.preprocessing
+            shape = tuple(int(v) for v in pre["input_size"])
+            crop = float(pre.get("crop_pct", 1.0)) or 1.0
+            draft = int(np.ceil(max(shape[1:]) / crop))
+            geometry = getattr(b, "geometry", None)
+            if geometry is not None:
+                geo = {k: pre.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode")}
+                key: Any = ("uint8", json.dumps(geo, sort_keys=True))
+                cut = _Cut(draft, geometry, (shape[1], shape[2], shape[0]), True)
+            else:
+                key = ("float", len(self.keys))
+                cut = _Cut(draft, b.preprocess, shape, False)
+            self.cuts.setdefault(key, cut)
+            self.keys.append(key)
+
+    def decode(self, rows: np.ndarray) -> Batch:
+        n = len(rows)
+        inputs = {k: np.zeros((n, *c.shape), np.uint8) if c.uint8 else torch.zeros((n, *c.shape))
+                  for k, c in self.cuts.items()}
+        status = np.full(n, fcache.OK, dtype=np.int8)
+        hashes, errors = [""] * n, [""] * n
+        sizes, mtimes = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        for i, row in enumerate(rows):
+            try:
+                data, hashes[i], sizes[i], mtimes[i] = read_source(self.paths[int(row)], self.array)
+                decoded: dict[int, Any] = {}
+                for key, cut in self.cuts.items():
+                    size = -1 if isinstance(data, np.ndarray) else cut.draft
+                    if size not in decoded:
+                        decoded[size] = image_from_array(data) if size < 0 else load_image(data, target_size=size)
+                    x = cut.fn(decoded[size])
+                    if tuple(x.shape) != cut.shape:
+                        raise ImageError(f"preprocessing gave shape {tuple(x.shape)}, expected {cut.shape}")
+                    inputs[key][i] = x
+                continue
+            except ImageError as e:
+                errors[i] = str(e)
+            except Exception as e:  # a decoder bug on one image must not end a long run
+                errors[i] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:190]
+            status[i] = fcache.FAILED
+            for arr in inputs.values():
+                arr[i] = 0
+        tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        if self.pin:
+            tensors = {k: v.pin_memory() for k, v in tensors.items()}
+        return Batch(np.asarray(rows, dtype=np.int64), status, hashes, sizes, mtimes, errors, tensors)
+
+
+def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, threads: int) -> Iterator[Batch]:
+    """Batches in order. With ``threads`` > 0 they are decoded ahead in threads (PIL, hashlib and
+    torch release the GIL, so this overlaps the forward pass without processes); at most
+    ``threads + 1`` batches wait, so memory does not grow with the dataset."""
+    starts = range(0, len(rows), batch_size)
+    if threads <= 0:
+        for lo in starts:
+            yield decoder.decode(rows[lo:lo + batch_size])
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featpipe-decode")
+    try:
+        it = iter(starts)
+        pending: deque[Future[Batch]] = deque(pool.submit(decoder.decode, rows[lo:lo + batch_size])
+                                              for lo in itertools.islice(it, threads + 1))
+        while pending:
+            batch = pending.popleft().result()
+            lo = next(it, None)
+            if lo is not None:
+                pending.append(pool.submit(decoder.decode, rows[lo:lo + batch_size]))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _forward(backbone: Backbone, x: torch.Tensor, ok: np.ndarray) -> np.ndarray:
+    """Features of the rows where ``ok``; zero rows elsewhere."""
+    feats = np.zeros((len(ok), backbone.feature_dim), dtype=np.float32)
+    if ok.all():
+        feats[:] = backbone.forward(x)
+    elif ok.any():
+        idx = np.flatnonzero(ok)
+        feats[idx] = backbone.forward(x[torch.from_numpy(idx)])
+    return feats
 
 
 def run_backbone(
@@ -123,31 +192,43 @@ def run_backbone(
     """Yield features for ``rows`` of ``paths`` batch by batch (failed images: zero rows)."""
     bs = batch_size or default_batch_size(backbone.device)
     workers = default_workers(backbone.device) if num_workers is None else num_workers
-    ds = _ImageRows(paths, rows, array, backbone)
-    loader = DataLoader(
-        ds,
-        batch_size=bs,
-        num_workers=workers if len(rows) > bs else 0,
-        collate_fn=_collate,
-        pin_memory=backbone.device.startswith("cuda"),
-        persistent_workers=False,
-    )
-    for items in loader:
-        good = [it for it in items if it.status == fcache.OK]
-        feats = np.zeros((len(items), backbone.feature_dim), dtype=np.float32)
-        if good:
-            out = backbone.forward(torch.stack([it.tensor for it in good]))
-            pos = [i for i, it in enumerate(items) if it.status == fcache.OK]
-            feats[pos] = out
-        yield Batch(
-            rows=np.array([it.row for it in items], dtype=np.int64),
-            features=feats,
-            status=np.array([it.status for it in items], dtype=np.int8),
-            hashes=[it.content_hash for it in items],
-            sizes=np.array([it.size for it in items], dtype=np.int64),
-            mtimes=np.array([it.mtime_ns for it in items], dtype=np.int64),
-            errors=[it.error for it in items],
-        )
+    decoder = _Decoder([backbone], paths, array)
+    for batch in _decoded_batches(decoder, np.asarray(rows), bs, workers if len(rows) > bs else 0):
+        batch.features = _forward(backbone, batch.inputs[decoder.keys[0]], batch.status == fcache.OK)
+        batch.inputs = {}
+        yield batch
+
+
+class _WriterThread:
+    """Cache writes in one background thread, so the forward pass does not wait on HDF5. Jobs run
+    in order; an error stops the rest and is raised by the next :meth:`submit` or :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="featpipe-cache-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as e:  # handed to the main thread
+                    self._error = e
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 # --------------------------------------------------------------------------------------- caching
@@ -169,6 +250,22 @@ class EmbedResult:
         return self.n_computed / self.seconds if self.seconds > 0 else 0.0
 
 
+@functools.cache
+def _keep_freed_memory() -> None:
+    """glibc hands big freed blocks back to the OS at once, so every forward pass page-faults its
+    activations in again (measured ~6,000 faults per image with lite0, 4x fewer with this): serve
+    blocks up to 32 MiB from the heap and trim it only past 256 MiB free. Hand-written: no library
+    exposes mallopt; a no-op off glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+
+
 def embed_dataset(
     manifest: Manifest,
     spec: BackboneSpec,
@@ -188,11 +285,41 @@ def embed_dataset(
     ray_address: str | None = None,
     ray_actors: int | None = None,
 ) -> EmbedResult:
-    """Embed every image of ``manifest`` not yet in its cache; return what was done.
+    """Embed every image of ``manifest`` not yet in its cache; return what was done (see :func:`embed_datasets`)."""
+    (res,) = embed_datasets(
+        manifest, [spec], cache_dir=cache_dir, cache_files=[cache_file] if cache_file else None, device=device,
+        batch_size=batch_size, num_workers=num_workers, feature_dtype=feature_dtype, force=force,
+        progress=progress, write_every=write_every, seed=seed, retry_failed=retry_failed, engine=engine,
+        ray_address=ray_address, ray_actors=ray_actors,
+    )
+    return res
+
+
+def embed_datasets(
+    manifest: Manifest,
+    specs: Sequence[BackboneSpec],
+    *,
+    cache_dir: str | Path = "cache",
+    cache_files: Sequence[str | Path] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    feature_dtype: str = "float32",
+    force: bool = False,
+    progress: bool = True,
+    write_every: int = 256,
+    seed: int = 0,
+    retry_failed: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+) -> list[EmbedResult]:
+    """Embed ``manifest`` with several backbones in one pass over the images (each image is read,
+    hashed and decoded once), into one cache per backbone, equal to embedding with each alone.
 
     Failed rows are retried when they could succeed now (I/O failures, changed bytes); with
     ``retry_failed`` every failed row is. ``engine="ray"`` computes the rows on Ray Data
-    (``featpipe.embed_ray``); the cache is the same.
+    (``featpipe.embed_ray``, one backbone after the other); the caches are the same.
     """
     if engine not in ENGINES:
         raise FeaturepipeError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -204,51 +331,71 @@ def embed_dataset(
         raise FeaturepipeError(f"unknown feature dtype {feature_dtype!r}; expected float32 or float16")
     if len(manifest) == 0:
         raise FeaturepipeError(f"dataset {manifest.name!r} has no images")
+    if not specs:
+        raise FeaturepipeError("no backbone given")
+    if cache_files is not None and len(cache_files) != len(specs):
+        raise FeaturepipeError(f"{len(cache_files)} cache files for {len(specs)} backbones")
     t_start = time.perf_counter()
-    torch.manual_seed(seed)
+    _keep_freed_memory()
     dev = resolve_device(device) if engine == "local" else "cpu"  # Ray: the driver only reads the config
-    backbone = load_backbone(spec, dev)
-    key, config = fcache.features_key(backbone, feature_dtype)
-    path = Path(cache_file) if cache_file else fcache.cache_path_for(manifest, spec, key, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    attrs = {
-        "format": "featpipe-features",
-        "format_version": fcache.FORMAT_VERSION,
-        "key": key,
-        "config": config,
-        "backbone": spec.to_dict(),
-        "dataset": manifest.info(),
-        "task": manifest.task,
-        "classes": list(manifest.classes),
-        "seed": seed,
-        "split_seed": -1 if manifest.split_seed is None else manifest.split_seed,
-        "versions": library_versions(),
-        "completed": False,
-    }
-    with fcache.write_lock(path):
-        if force and path.exists():
-            path.unlink()
-        if not cache_file and not force:
-            fcache.start_from_sibling(path, manifest, spec, key)
-        todo, reused = fcache.prepare_cache(path, manifest, key, attrs, backbone.feature_dim, feature_dtype,
-                                            retry_failed)
+    backbones: list[Backbone] = []
+    for spec in specs:
+        torch.manual_seed(seed)
+        backbones.append(load_backbone(spec, dev))
+    jobs: list[tuple[Path, str, dict[str, Any]]] = []
+    for i, (spec, backbone) in enumerate(zip(specs, backbones, strict=True)):
+        key, config = fcache.features_key(backbone, feature_dtype)
+        path = Path(cache_files[i]) if cache_files else fcache.cache_path_for(manifest, spec, key, cache_dir)
+        if any(path == p for p, _, _ in jobs):
+            raise FeaturepipeError(f"backbone {spec.tag()} is given twice (same cache {path.name})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((path, key, {
+            "format": "featpipe-features",
+            "format_version": fcache.FORMAT_VERSION,
+            "key": key,
+            "config": config,
+            "backbone": spec.to_dict(),
+            "dataset": manifest.info(),
+            "task": manifest.task,
+            "classes": list(manifest.classes),
+            "seed": seed,
+            "split_seed": -1 if manifest.split_seed is None else manifest.split_seed,
+            "versions": library_versions(),
+            "completed": False,
+        }))
+    results: list[EmbedResult] = []
+    with contextlib.ExitStack() as stack:
+        for path, _, _ in jobs:
+            stack.enter_context(fcache.write_lock(path))
+        todos, reused = [], []
+        for (path, key, attrs), backbone, spec in zip(jobs, backbones, specs, strict=True):
+            if force and path.exists():
+                path.unlink()
+            if not cache_files and not force:
+                fcache.start_from_sibling(path, manifest, spec, key)
+            todo, n_reused = fcache.prepare_cache(path, manifest, key, attrs, backbone.feature_dim, feature_dtype,
+                                                  retry_failed)
+            todos.append(todo)
+            reused.append(n_reused)
         t_embed = time.perf_counter()
-        writer = fcache.CacheWriter(path)
-        try:
-            if engine == "ray":
-                from featpipe.embed_ray import embed_rows_ray
+        writers = [fcache.CacheWriter(path) for path, _, _ in jobs]
+        for w in writers:
+            stack.callback(w.close)
+        if engine == "ray":
+            from featpipe.embed_ray import embed_rows_ray
 
-                dev = embed_rows_ray(writer, backbone, manifest, todo, device=device, address=ray_address,
+            for w, backbone, todo in zip(writers, backbones, todos, strict=True):
+                dev = embed_rows_ray(w, backbone, manifest, todo, device=device, address=ray_address,
                                      actors=ray_actors, batch_size=batch_size, progress=progress,
                                      write_every=write_every)
-            else:
-                _embed_rows(writer, backbone, manifest, todo, batch_size, num_workers, progress, write_every)
-            status = writer.f["status"][...]
-            errors = writer.f["error"][...]
-            seconds = time.perf_counter() - t_embed
-            prev = fcache.read_attrs(writer.f).get("timings", {})
-            failed = np.flatnonzero(status == fcache.FAILED)
-            writer.set_attrs(
+        else:
+            _embed_rows(writers, backbones, manifest, todos, batch_size, num_workers, progress, write_every)
+        seconds = time.perf_counter() - t_embed
+        for (path, key, _), w, todo, n_reused in zip(jobs, writers, todos, reused, strict=True):
+            failed = np.flatnonzero(w.f["status"][...] == fcache.FAILED)
+            errors = w.f["error"][failed] if len(failed) else []  # only the failed rows: memory stays flat
+            prev = fcache.read_attrs(w.f).get("timings", {})
+            w.set_attrs(
                 completed=True,
                 n_failed=len(failed),
                 timings={
@@ -257,59 +404,75 @@ def embed_dataset(
                     "images_computed_last_run": len(todo),
                     "images_per_second_last_run": len(todo) / seconds if seconds > 0 else 0.0,
                     "device": dev,
-                    "engine": engine,
                     "batch_size": batch_size or default_batch_size(dev),
+                    "backbones_in_pass": len(backbones),
+                    "engine": engine,
                     "host": platform.node(),
                 },
             )
-        finally:
-            writer.close()
-    failures = [(manifest.ids[i], errors[i].decode(errors="replace")) for i in failed]
-    return EmbedResult(
-        path=path, key=key, n_rows=len(manifest), n_computed=len(todo), n_reused=reused,
-        n_failed=len(failed), seconds=time.perf_counter() - t_start, failures=failures,
-    )
+            failures = [(manifest.ids[i], e.decode(errors="replace")) for i, e in zip(failed, errors, strict=True)]
+            results.append(EmbedResult(
+                path=path, key=key, n_rows=len(manifest), n_computed=len(todo), n_reused=n_reused,
+                n_failed=len(failed), seconds=0.0, failures=failures,
+            ))
+    for r in results:
+        r.seconds = time.perf_counter() - t_start
+    return results
 
 
 def _embed_rows(
-    writer: fcache.CacheWriter,
-    backbone: Backbone,
+    writers: list[fcache.CacheWriter],
+    backbones: list[Backbone],
     manifest: Manifest,
-    todo: np.ndarray,
+    todos: list[np.ndarray],
     batch_size: int | None,
     num_workers: int | None,
     progress: bool,
     write_every: int,
 ) -> None:
-    if len(todo) == 0:
+    rows = functools.reduce(np.union1d, todos) if len(todos) > 1 else todos[0]
+    if len(rows) == 0:
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), unit="img", desc=f"embed {backbone.spec.tag()}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    pending: list[Batch] = []
+    dev = backbones[0].device
+    bs = batch_size or default_batch_size(dev)
+    threads = default_workers(dev) if num_workers is None else num_workers
+    wanted = []  # per backbone: which manifest rows it still needs
+    for todo in todos:
+        mask = np.zeros(len(manifest), dtype=bool)
+        mask[todo] = True
+        wanted.append(mask)
+    decoder = _Decoder(backbones, manifest.paths, manifest.array)
+    desc = "embed " + " + ".join(b.spec.tag() for b in backbones)
+    bar = tqdm(total=len(rows), unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    pending: list[list[tuple]] = [[] for _ in backbones]
     n_pending = 0
     last_write = time.monotonic()
+    background = _WriterThread()
 
     def flush() -> None:
         nonlocal pending, n_pending, last_write
-        if not pending:
-            return
-        writer.write_rows(
-            np.concatenate([b.rows for b in pending]),
-            np.concatenate([b.features for b in pending]),
-            np.concatenate([b.status for b in pending]),
-            [h for b in pending for h in b.hashes],
-            np.concatenate([b.sizes for b in pending]),
-            np.concatenate([b.mtimes for b in pending]),
-            [e for b in pending for e in b.errors],
-        )
-        pending, n_pending, last_write = [], 0, time.monotonic()
+        for w, parts in zip(writers, pending, strict=True):
+            if parts:
+                background.submit(functools.partial(_write_parts, w, parts))
+        pending, n_pending, last_write = [[] for _ in backbones], 0, time.monotonic()
 
     try:
-        for batch in run_backbone(backbone, manifest.paths, todo, array=manifest.array,
-                                  batch_size=batch_size, num_workers=num_workers):
-            pending.append(batch)
+        for batch in _decoded_batches(decoder, rows, bs, threads if len(rows) > bs else 0):
+            ok = batch.status == fcache.OK
+            for j, backbone in enumerate(backbones):
+                need = wanted[j][batch.rows]
+                x = batch.inputs[decoder.keys[j]]
+                if not need.all():
+                    idx = np.flatnonzero(need)
+                    x, sel = x[torch.from_numpy(idx)], idx
+                else:
+                    sel = slice(None)
+                if len(x):
+                    feats = _forward(backbone, x, ok[sel])
+                    pending[j].append((batch.rows[sel], feats, batch.status[sel], _take(batch.hashes, sel),
+                                       batch.sizes[sel], batch.mtimes[sel], _take(batch.errors, sel)))
             n_pending += len(batch.rows)
             bar.update(len(batch.rows))
             if n_pending >= write_every or time.monotonic() - last_write > 10:
@@ -317,6 +480,19 @@ def _embed_rows(
         flush()
     finally:
         bar.close()
+        background.close()
+
+
+def _take(items: list[str], sel: Any) -> list[str]:
+    return items if isinstance(sel, slice) else [items[i] for i in sel]
+
+
+def _write_parts(writer: fcache.CacheWriter, parts: list[tuple]) -> None:
+    """One HDF5 write for several batches (few large writes instead of many small ones)."""
+    rows, feats, status, hashes, sizes, mtimes, errors = zip(*parts, strict=True)
+    writer.write_rows(np.concatenate(rows), np.concatenate(feats), np.concatenate(status),
+                      [h for part in hashes for h in part], np.concatenate(sizes), np.concatenate(mtimes),
+                      [e for part in errors for e in part])
 
 
 # ------------------------------------------------------------------------- embedding loose images

@@ -7,17 +7,23 @@ record, so the exact same backbone can be rebuilt later.
 
 from featpipe.backbones._base import Backbone, BackboneSpec
 from featpipe.backbones._registry import (
+    auto_precision,
+    cpu_has_native_bf16,
     describe_backbones,
     list_layers,
     load_backbone,
     resolve_spec,
+    split_layer,
 )
 
 __all__ = [
     "Backbone",
     "BackboneSpec",
+    "auto_precision",
+    "cpu_has_native_bf16",
     "describe_backbones",
     "list_layers",
     "load_backbone",
     "resolve_spec",
+    "split_layer",
 ]

@@ -6,11 +6,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from PIL import Image
+if TYPE_CHECKING:  # torch is imported by the modules that run a backbone, not by every CLI command
+    import numpy as np
+    import torch
+    from PIL import Image
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -118,11 +119,13 @@ def with_spec_options(backbone: Backbone) -> Backbone:
 
         plain_pre = backbone.preprocess
         backbone.preprocess = lambda img: plain_pre(align_face(img))  # type: ignore[method-assign]
+        backbone.geometry = None  # the embed engine's shared uint8 resize would skip the alignment
     if spec.tta == "hflip":
         plain = backbone.forward
 
         def forward(batch: torch.Tensor) -> np.ndarray:
-            return (plain(batch) + plain(batch.flip(-1))) / 2  # (B, C, H, W): -1 is the width axis
+            width = 2 if batch.dtype == torch.uint8 else -1  # uint8 (B, H, W, C) or float (B, C, H, W)
+            return (plain(batch) + plain(batch.flip(width))) / 2
 
         backbone.forward = forward  # type: ignore[method-assign]
     return backbone

@@ -10,10 +10,36 @@ import click
 from featpipe.backbones._registry import DEFAULT_BACKBONE
 
 
-def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
+class LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are read from ``module:attr`` when first needed, so a
+    command's module imports without the heavy one behind its choices (sklearn for the heads)."""
+
+    def __init__(self, source: str, case_sensitive: bool = True) -> None:
+        self._source = source
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        import importlib
+
+        module, attr = self._source.split(":")
+        return tuple(getattr(importlib.import_module(module), attr))
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click may assign; the source stays the truth
+        pass
+
+
+def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = False) -> Any:
+    """The backbone options; ``multiple=True`` makes ``--backbone`` repeatable (a tuple of names)."""
+    if f is None:
+        return lambda g: backbone_options(g, multiple=multiple)
     opts = [
-        click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
-                     help="Registry name (featpipe backbones), any timm model name, or an .onnx file."),
+        click.option("--backbone", "-b", multiple=multiple, default=(DEFAULT_BACKBONE,) if multiple else DEFAULT_BACKBONE,
+                     show_default=True,
+                     help="Registry name (featpipe backbones), any timm model name, or an .onnx file"
+                     + ("; repeat it to embed with several backbones in one pass over the images, NAME@LAYER "
+                        "for a cut per backbone." if multiple else ".")),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="State-dict file for the architecture, timm or torchvision layout (e.g. face "
                      "weights for vgg16; Keras .h5: featpipe convert-weights)."),
@@ -23,7 +49,7 @@ def backbone_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--image-size", type=int, default=None, help="Override the model's input size."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help="Autocast precision of the forward pass; auto = bf16 AMP on "
-                     "CUDA, fp32 on CPU (bf16 is ~2x faster on CPUs with native bf16). Part of the cache key."),
+                     "CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere. Part of the cache key."),
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -9,14 +9,16 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 
 @click.command()
 @dataset_options
-@backbone_options
+@backbone_options(multiple=True)
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Folder of feature caches (one HDF5 file per dataset x backbone config).")
 @click.option("--cache-file", default=None, type=click.Path(dir_okay=False),
               help="Explicit cache file instead of the automatic name in --cache-dir.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 64 on GPU.")
-@click.option("--workers", type=int, default=None, help="DataLoader decode workers (default: 0 on CPUs with <= 2 cores, more on GPU).")
+@click.option("--workers", type=int, default=None,
+              help="Decode threads running ahead of the forward pass (default: 1 on CPU, up to 8 on GPU; "
+              "0 decodes inline).")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
 @click.option("--tta", type=click.Choice(["hflip"]), default=None,
@@ -43,20 +45,28 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     """Embed every image of a dataset once into a resumable feature cache.
 
     Finished rows are kept if the run is interrupted (run the same command to resume), images
-    added later are embedded on the next run, and changed images are recomputed.
+    added later are embedded on the next run, and changed images are recomputed. With several
+    --backbone options each image is read and decoded once and fed to every backbone, into one
+    cache per backbone (the same caches as separate runs would write).
 
     \b
     Examples:
       featpipe embed --data photos/ --backbone efficientnet_lite0
+      featpipe embed --data photos/ --backbone efficientnet_lite0 --backbone resnet50@layer3
       featpipe embed --data faces/ --backbone vgg16 --weights vggface.pth --layer block4_pool
       featpipe embed --data cifar.npz --backbone resnet50 --no-pretrained --image-size 64
       featpipe embed --data faces.csv --label-col attributes --label-sep ';' --path-col file
       featpipe embed --data /shared/photos --engine ray --address auto
       featpipe embed --data faces/ --backbone sface --align faces --tta hflip
     """
-    from featpipe.backbones import resolve_spec
-    from featpipe.embed import embed_dataset, resolve_device
+    from featpipe.backbones import auto_precision, resolve_spec, split_layer
+    from featpipe.embed import embed_datasets, resolve_device
 
+    if len(backbone) > 1 and cache_file:
+        raise click.UsageError("--cache-file names one cache; with several backbones use --cache-dir")
+    if len(backbone) > 1 and (weights or layer):
+        raise click.UsageError("--weights and --layer apply to one backbone; with several, use NAME@LAYER "
+                               "or a pipeline file (featpipe run) for per-backbone options")
     if engine == "ray":
         from featpipe.embed_ray import require_ray
 
@@ -64,10 +74,13 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
                             label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
                             unlabeled_empty=unlabeled_empty)
-    spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
-                        image_size=image_size, precision=precision, seed=seed,
-                        device=resolve_device(device) if engine == "local" else device.replace("auto", "cpu"),
-                        tta=tta, align=align)
+    dev = resolve_device(device) if engine == "local" else device.replace("auto", "cpu")
+    specs = []
+    for text in backbone:
+        bname, blayer = split_layer(text)
+        specs.append(resolve_spec(bname, weights=weights, pretrained=not no_pretrained, layer=blayer or layer,
+                                  image_size=image_size, precision=precision, seed=seed, device=dev,
+                                  tta=tta, align=align))
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
@@ -76,15 +89,20 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     if manifest.skipped:
         click.echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {manifest.skipped[0][0]}: "
                    f"{manifest.skipped[0][1]})", err=True)
-    res = embed_dataset(manifest, spec, cache_dir=cache_dir, cache_file=cache_file, device=device,
-                        batch_size=batch_size, num_workers=workers, feature_dtype=feature_dtype,
-                        force=force, retry_failed=retry_failed, progress=not quiet, seed=seed,
-                        write_every=write_every, engine=engine, ray_address=ray_address,
-                        ray_actors=ray_actors)
-    rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
-    click.echo(f"embedded {res.n_computed} images{rate}, reused {res.n_reused}, failed {res.n_failed}")
-    for img_id, reason in res.failures[:10]:
-        click.echo(f"  failed: {img_id}: {reason}")
-    if res.n_failed > 10:
-        click.echo(f"  ... and {res.n_failed - 10} more (featpipe cache info {res.path})")
-    click.echo(f"cache: {res.path}")
+    if precision == "auto" and auto_precision(dev) == "bf16" and not dev.startswith("cuda") and engine == "local":
+        click.echo("precision: bf16 (auto: this CPU computes bf16 natively; --precision fp32 for fp32 features)",
+                   err=True)
+    results = embed_datasets(manifest, specs, cache_dir=cache_dir, cache_files=[cache_file] if cache_file else None,
+                             device=device, batch_size=batch_size, num_workers=workers,
+                             feature_dtype=feature_dtype, force=force, retry_failed=retry_failed,
+                             progress=not quiet, seed=seed, write_every=write_every, engine=engine,
+                             ray_address=ray_address, ray_actors=ray_actors)
+    for spec, res in zip(specs, results, strict=True):
+        rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
+        who = f"{spec.tag()}: " if len(specs) > 1 else ""
+        click.echo(f"{who}embedded {res.n_computed} images{rate}, reused {res.n_reused}, failed {res.n_failed}")
+        for img_id, reason in res.failures[:10]:
+            click.echo(f"  failed: {img_id}: {reason}")
+        if res.n_failed > 10:
+            click.echo(f"  ... and {res.n_failed - 10} more (featpipe cache info {res.path})")
+        click.echo(f"cache: {res.path}")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from featpipe.cli._common import backbone_options, csv_options
-from featpipe.heads import HEAD_CHOICES
+from featpipe.cli._common import LazyChoice, backbone_options, csv_options
 from featpipe.metrics import METRICS
 
 
@@ -46,7 +45,7 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
 @backbone_options
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Folder searched for the cache with --data.")
-@click.option("--head", "head", type=click.Choice(HEAD_CHOICES), default="logistic", show_default=True,
+@click.option("--head", "head", type=LazyChoice("featpipe.heads:HEAD_CHOICES"), default="logistic", show_default=True,
               help="Head to fit; 'all' fits every head.")
 @click.option("--metric", type=click.Choice(METRICS), default=None,
               help="The metric that selects hyper-parameters, early-stops (mlp, lgbm), tunes thresholds and "

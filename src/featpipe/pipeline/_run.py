@@ -158,7 +158,7 @@ class Study:
         """Resolve every backbone (no model built, nothing downloaded) and check its weights are here."""
         if self._rows is not None:
             return self._rows
-        from featpipe.backbones import resolve_spec
+        from featpipe.backbones import resolve_spec, split_layer
         from featpipe.backbones._registry import weights_unavailable
         from featpipe.embed import resolve_device
 
@@ -167,8 +167,9 @@ class Study:
         for i, b in enumerate(self.c.backbones):
             row = BackboneRow(b)
             try:
-                row.spec = resolve_spec(b.name, weights=self.path(b.weights) if b.weights else None,
-                                        pretrained=b.pretrained, layer=b.layer, image_size=b.image_size,
+                name, layer = split_layer(b.name)  # NAME@LAYER is NAME cut at LAYER
+                row.spec = resolve_spec(name, weights=self.path(b.weights) if b.weights else None,
+                                        pretrained=b.pretrained, layer=b.layer or layer, image_size=b.image_size,
                                         precision=b.precision, seed=self.c.seed, device=device, tta=b.tta,
                                         align=b.align)
                 row.unavailable = weights_unavailable(row.spec)
@@ -187,11 +188,12 @@ class Study:
 
     def check_names(self) -> None:
         """Every backbone name is known (registry, .onnx file or timm architecture); builds nothing."""
-        from featpipe.backbones._registry import PACKAGED, PACKAGED_ONNX, _is_onnx, _timm_has
+        from featpipe.backbones._registry import PACKAGED, PACKAGED_ONNX, _is_onnx, _timm_has, split_layer
 
         for i, b in enumerate(self.c.backbones):
-            if (b.name in PACKAGED or b.name in PACKAGED_ONNX or _is_onnx(b.name) or _timm_has(b.name)
-                    or b.name.startswith("finetuned:")):  # fine-tuned checkpoints: featpipe.finetune
+            name = split_layer(b.name)[0]
+            if (name in PACKAGED or name in PACKAGED_ONNX or _is_onnx(name) or _timm_has(name)
+                    or name.startswith("finetuned:")):  # fine-tuned checkpoints: featpipe.finetune
                 continue
             raise self.loaded.error(("backbones", i, "name"), f"unknown backbone {b.name!r}: not a featpipe "
                                     "backbone, an .onnx file or a timm model (see `featpipe backbones`)")
@@ -329,7 +331,7 @@ class Study:
 
     def run(self) -> StudyResult:
         """Run every stage that is not up to date; stop before any work on a problem the plan can see."""
-        from featpipe.embed import embed_dataset
+        from featpipe.embed import embed_datasets
 
         self.check_names()
         self.check_wiring()
@@ -362,6 +364,7 @@ class Study:
             self.echo(f"  {m.split_summary()}")
         res = StudyResult()
         fitted: list[dict[str, Any]] = []
+        pending: list[BackboneRow] = []
         for row in rows:
             if row.unavailable:
                 continue
@@ -369,17 +372,24 @@ class Study:
             if row.cache is not None and row.todo == 0 and not row.why:  # no backbone is even built
                 self.echo(f"{row.spec.tag()}: up to date ({len(m)} rows) -> {row.cache}")
             else:
-                e = self.c.embed
-                r = embed_dataset(m, row.spec, cache_dir=self.cache_dir, progress=self.progress,
-                                  device=self.c.device, seed=self.c.seed,
-                                  batch_size=row.config.batch_size or e.batch_size, num_workers=e.workers,
-                                  feature_dtype=e.feature_dtype, retry_failed=e.retry_failed, engine=e.engine,
-                                  ray_address=e.address, ray_actors=e.ray_actors)
+                pending.append(row)
+        if pending:  # one pass over the images feeds every backbone that needs it (each image decoded once)
+            e = self.c.embed
+            results = embed_datasets(
+                m, [row.spec for row in pending], cache_dir=self.cache_dir, progress=self.progress,
+                device=self.c.device, seed=self.c.seed,
+                batch_size=next((row.config.batch_size for row in pending if row.config.batch_size), e.batch_size),
+                num_workers=e.workers, feature_dtype=e.feature_dtype, retry_failed=e.retry_failed, engine=e.engine,
+                ray_address=e.address, ray_actors=e.ray_actors)
+            for row, r in zip(pending, results, strict=True):
                 self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, "
                           f"failed {r.n_failed} -> {r.path}")
                 for img_id, reason in r.failures[:3]:
                     self.echo(f"  failed: {img_id}: {reason}")
                 row.cache = r.path
+        for row in rows:
+            if row.unavailable:
+                continue
             res.caches.append(str(row.cache))
             fitted += self._fit_all(self._open(row.cache), self._label(row), res)
         for group in self.c.fuse:

@@ -1,0 +1,189 @@
+"""featpipe (embed once + `fit-head --head all`) vs the studies' way, same backbone and data, one run.
+
+The studies' way: a frozen backbone with a dense softmax head trained for --epochs epochs in plain
+PyTorch, the backbone re-run on every training (and validation) image every epoch, decoding
+included; the epoch with the best validation accuracy is kept, then scored once on test. It gets
+the same precision and memory format as featpipe's forward, so the ratio measures the structure
+(one pass + cheap heads vs one pass per epoch), not tricks.
+
+featpipe's way: the `featpipe embed` and `featpipe fit-head --head all` commands (fresh processes,
+start-up included); its test accuracy is that of the head with the best validation score.
+
+Both use the same images and the same train/val/test split (featpipe's stratified split of a
+class-balanced subset of the given class-folder dataset). Prints both wall times, the ratio
+(goal >= 8x) and both test accuracies (goal: featpipe's >= the studies').
+
+    python benchmarks/vs_epoch_training.py ../shared/data/cifar10-small/train --per-class 110
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_subset(src: Path, dst: Path, per_class: int) -> None:
+    """Class folders with the first ``per_class`` images of each class of ``src``."""
+    for cls in sorted(d for d in src.iterdir() if d.is_dir()):
+        (dst / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copyfile(f, dst / cls.name / f.name)
+
+
+def featpipe_command() -> list[str]:
+    exe = Path(sys.executable).with_name("featpipe")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from featpipe.cli import main; main()"]
+
+
+def featpipe_way(data: Path, work: Path, backbone: str, precision: str) -> tuple[float, float, str, list[str]]:
+    """Wall seconds of embed + fit-head --head all, the test accuracy of the val-best head, its name."""
+    t = time.perf_counter()
+    for args in (["embed", "--data", str(data), "--backbone", backbone, "--precision", precision,
+                  "--cache-dir", str(work / "cache"), "--quiet"],
+                 ["fit-head", "--data", str(data), "--backbone", backbone, "--precision", precision,
+                  "--cache-dir", str(work / "cache"), "--head", "all", "--out", str(work / "models")]):
+        r = subprocess.run([*featpipe_command(), *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"featpipe {args[0]} failed:\n{r.stdout}\n{r.stderr}")
+    wall = time.perf_counter() - t
+    runs = [json.loads(p.read_text()) for p in sorted((work / "models").glob("*/*/metrics.json"))]
+    best = max(runs, key=lambda m: m["scores"]["val"]["accuracy"])
+    lines = [f"{m['head']:9s} val {m['scores']['val']['accuracy']:.3f}  test {m['scores']['test']['accuracy']:.3f}  "
+             f"fit {m['fit_seconds']:.1f} s" for m in runs]
+    return wall, best["scores"]["test"]["accuracy"], best["head"], lines
+
+
+def epoch_way(data: Path, backbone_name: str, precision: str, epochs: int, batch_size: int, seed: int
+              ) -> tuple[float, float, int]:
+    """Wall seconds, test accuracy and best epoch of the frozen backbone + dense head trained per epoch."""
+    t = time.perf_counter()
+    import torch
+    from PIL import Image
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+
+    from featpipe.backbones import load_backbone, resolve_spec
+    from featpipe.data import load_dataset
+
+    torch.manual_seed(seed)
+    manifest = load_dataset(data)
+    backbone = load_backbone(resolve_spec(backbone_name, precision=precision))
+    model, transform = backbone.model, backbone._transform  # the model's own timm eval transform
+    labels = np.asarray(manifest.labels)
+    splits = np.asarray(manifest.splits)
+
+    class Images(Dataset):
+        def __init__(self, split: str) -> None:
+            self.rows = np.flatnonzero(splits == split)
+
+        def __len__(self) -> int:
+            return len(self.rows)
+
+        def __getitem__(self, i: int):
+            row = self.rows[i]
+            with Image.open(manifest.paths[row]) as im:
+                return transform(im.convert("RGB")), int(labels[row])
+
+    loaders = {s: DataLoader(Images(s), batch_size=batch_size, shuffle=(s == "train"), num_workers=0)
+               for s in ("train", "val", "test")}
+    head = nn.Linear(backbone.feature_dim, len(manifest.classes))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        ctx = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            return model(x.contiguous(memory_format=torch.channels_last)).float()
+
+    def accuracy(split: str) -> float:
+        right = total = 0
+        with torch.no_grad():
+            for x, y in loaders[split]:
+                right += int((head(features(x)).argmax(1) == y).sum())
+                total += len(y)
+        return right / total
+
+    best_val, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(epochs):
+        head.train()
+        for x, y in loaders["train"]:
+            loss = nn.functional.cross_entropy(head(features(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        val = accuracy("val")
+        if val > best_val:
+            best_val, best_epoch = val, epoch + 1
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    test = accuracy("test")
+    return time.perf_counter() - t, test, best_epoch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="?", default=str(SHARED / "cifar10-small" / "train"),
+                    help="class-folder image dataset to take the subset from")
+    ap.add_argument("--per-class", type=int, default=110, help="images per class (110 x 10 classes = 1,100)")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--precision", default="auto", help="both ways run at this precision (auto: featpipe's choice)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epoch-way-on", default=None, help=argparse.SUPPRESS)  # internal: one fresh process
+    args = ap.parse_args()
+    if args.epoch_way_on:
+        wall, test, best = epoch_way(Path(args.epoch_way_on), args.backbone, args.precision, args.epochs,
+                                     args.batch_size, args.seed)
+        print(json.dumps({"test": test, "best_epoch": best}))
+        return
+    src = Path(args.data)
+    if not src.exists():
+        raise SystemExit(f"dataset not found: {src}")
+    from featpipe.backbones import resolve_spec
+
+    precision = resolve_spec(args.backbone, precision=args.precision).precision
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory(prefix="featpipe-vs-epochs-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        make_subset(src, data, args.per_class)
+        n = sum(1 for _ in data.rglob("*.*"))
+        fp_wall, fp_test, fp_head, lines = featpipe_way(data, work, args.backbone, precision)
+        # a fresh process, like the featpipe commands: start-up counts on both sides
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, __file__, "--epoch-way-on", str(data), "--backbone", args.backbone,
+                            "--precision", precision, "--epochs", str(args.epochs), "--batch-size",
+                            str(args.batch_size), "--seed", str(args.seed)], capture_output=True, text=True)
+        ep_wall = time.perf_counter() - t
+        if r.returncode != 0:
+            raise SystemExit(f"epoch training failed:\n{r.stderr}")
+        ep = json.loads(r.stdout.strip().splitlines()[-1])
+        ep_test, ep_best = ep["test"], ep["best_epoch"]
+    print(f"\n{n} images ({args.per_class} per class of {src}), backbone {args.backbone}, precision {precision}")
+    print("featpipe heads (the val-best one is featpipe's answer):")
+    for ln in lines:
+        print("  " + ln)
+    print(f"featpipe embed + fit-head --head all : {fp_wall:7.1f} s   test accuracy {fp_test:.3f} ({fp_head})")
+    print(f"studies' way, {args.epochs} epochs re-running the backbone: {ep_wall:7.1f} s   test accuracy "
+          f"{ep_test:.3f} (best val at epoch {ep_best})")
+    print(f"speed-up {ep_wall / fp_wall:.1f}x (goal >= 8x); accuracy featpipe - studies = {fp_test - ep_test:+.3f} "
+          "(goal >= 0)")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()
