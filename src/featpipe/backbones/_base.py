@@ -124,7 +124,7 @@ def with_spec_options(backbone: Backbone) -> Backbone:
         plain = backbone.forward
 
         def forward(batch: torch.Tensor) -> np.ndarray:
-            width = 2 if batch.dtype == torch.uint8 else -1  # uint8 (B, H, W, C) or float (B, C, H, W)
+            width = -1 if batch.dtype.is_floating_point else 2  # float (B, C, H, W) or uint8 (B, H, W, C)
             return (plain(batch) + plain(batch.flip(width))) / 2
 
         backbone.forward = forward  # type: ignore[method-assign]
