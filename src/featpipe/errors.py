@@ -27,3 +27,7 @@ class HeadError(FeaturepipeError):
 
 class ModelError(FeaturepipeError):
     """A model bundle that cannot be loaded or used."""
+
+
+class FinetuneError(FeaturepipeError):
+    """A fine-tune run that cannot start or resume as asked."""

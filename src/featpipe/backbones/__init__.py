@@ -9,6 +9,7 @@ from featpipe.backbones._base import Backbone, BackboneSpec
 from featpipe.backbones._registry import (
     describe_backbones,
     list_layers,
+    list_stages,
     load_backbone,
     resolve_spec,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "BackboneSpec",
     "describe_backbones",
     "list_layers",
+    "list_stages",
     "load_backbone",
     "resolve_spec",
 ]

@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 import torch
 
 from featpipe.backbones._base import PRECISIONS, Backbone, BackboneSpec
+from featpipe.backbones._finetuned import FINETUNED, finetuned_spec
+from featpipe.backbones._scratch import SCRATCH, parse_scratch_arch, scratch_arch
 from featpipe.errors import BackboneError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -142,6 +144,13 @@ def resolve_spec(
     if precision not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": seed}
+    # fine-tune stage: a small CNN from random init, and the backbone of a finetune run
+    if name.startswith(SCRATCH):
+        arch = scratch_arch(**parse_scratch_arch(name))
+        return BackboneSpec(name=arch, kind="scratch", arch=arch, weights="random",
+                            weights_id=f"random:seed{seed}", **common)
+    if name.startswith(FINETUNED):
+        return finetuned_spec(name, **common)
     if name in PACKAGED_ONNX or _is_onnx(name):
         if layer:
             raise BackboneError("--layer is not supported for ONNX backbones")
@@ -331,6 +340,11 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu") -> B
             "interpolation": "bilinear",
         }
         return OnnxBackbone(spec, dict(pre), device)
+    if spec.kind in ("scratch", "finetuned"):  # fine-tune stage backbones
+        from featpipe.backbones._finetuned import load_finetune_stage_model
+
+        model, data_config = load_finetune_stage_model(spec)
+        return TorchBackbone(spec, model, data_config, device)
     model = _create_timm(spec)
     if spec.weights in ("file", "package"):
         if spec.weights_path is None or not Path(spec.weights_path).exists():
@@ -358,6 +372,15 @@ def list_layers(name: str) -> list[str]:
     return list(vgg_layer_aliases(model)) + list_layer_names(model)
 
 
+def list_stages(name: str) -> list[str]:
+    """Stages of a backbone in forward order, the units of ``featpipe finetune --unfreeze last-N``."""
+    if name in PACKAGED_ONNX or _is_onnx(name):
+        raise BackboneError("ONNX backbones cannot be fine-tuned: they have no stages")
+    spec = resolve_spec(name, pretrained=name.startswith(FINETUNED))
+    net = load_backbone(spec).net  # type: ignore[attr-defined]
+    return [stage for stage, _ in net.stages()]
+
+
 def describe_backbones() -> list[dict[str, Any]]:
     """Registry rows for `featpipe backbones`: name, source, whether it works offline here."""
     rows = []
@@ -377,6 +400,9 @@ def describe_backbones() -> list[dict[str, Any]]:
             ok = False
         rows.append({"name": name, "source": "onnx (" + PACKAGED_ONNX[name][0] + ")", "offline": ok,
                      "description": DESCRIPTIONS.get(name, "")})
+    rows.append({"name": SCRATCH, "source": "random init", "offline": True,
+                 "description": "small conv net trained from scratch by featpipe finetune (--width, --depth, "
+                 "--in-channels); finetuned:RUN embeds with a finetune run's backbone"})
     for name in KNOWN_HUB:
         try:
             cfg = _pretrained_cfg(name)
