@@ -89,7 +89,8 @@ class FeaturepipeModel:
                  metric: str | None = None, class_weight: str | None = None, refit: str = "train",
                  preprocess: str = "standardize", seed: int = 0, backbone_spec: dict[str, Any] | None = None,
                  train_fingerprint: str | None = None, min_positives: int = 5, threshold_tol: float | None = None,
-                 head_params: dict[str, Any] | None = None, threshold_mode: str = "per-class"):
+                 head_params: dict[str, Any] | None = None, threshold_mode: str = "per-class",
+                 head: Any = None):
         self.head_name = head_name
         self.task = task
         self.classes = classes
@@ -104,6 +105,7 @@ class FeaturepipeModel:
         self.threshold_tol = threshold_tol
         self.head_params = head_params
         self.threshold_mode = threshold_mode
+        self.head = head  # an estimator to fit instead of make_head(head_name) (e.g. a fine-tuned layer)
         self.embed_device = "auto"
         self.embed_batch_size: int | None = None
 
@@ -116,9 +118,14 @@ class FeaturepipeModel:
         if self.task == "multilabel":
             n_cls = np.asarray(y).shape[1] if np.asarray(y).ndim == 2 else n_cls
         classes = list(self.classes) if self.classes is not None else [str(i) for i in range(n_cls or 0)]
-        head = make_head(self.head_name, task=self.task, preprocess=self.preprocess,
-                         class_weight=self.class_weight, refit=self.refit, metric=metric, seed=self.seed,
-                         **(self.head_params or {}))
+        if getattr(self, "head", None) is not None:
+            from sklearn.base import clone
+
+            head = clone(self.head)
+        else:
+            head = make_head(self.head_name, task=self.task, preprocess=self.preprocess,
+                             class_weight=self.class_weight, refit=self.refit, metric=metric, seed=self.seed,
+                             **(self.head_params or {}))
         try:
             head.fit(X, y, X_val, y_val, **({} if self.task == "multilabel" else {"n_classes": n_cls}))
         except HeadError as e:

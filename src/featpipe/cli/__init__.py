@@ -50,9 +50,10 @@ def _register() -> None:
     from featpipe.cli.cache import cache
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
+    from featpipe.cli.finetune import finetune
     from featpipe.cli.run import run
 
-    for cmd in (embed, backbones, cache, run, demo):
+    for cmd in (embed, backbones, cache, run, demo, finetune):
         main.add_command(cmd)
     # later stages register themselves here when present
     try:
