@@ -11,23 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY, make_class_folders
 from featpipe.backbones import load_backbone, resolve_spec
 from featpipe.backbones._registry import file_id
 from featpipe.cache import FeatureCache
 from featpipe.cli import main
 from featpipe.data import Manifest, load_dataset
 from featpipe.embed import embed_dataset, features_key
-from featpipe.errors import BackboneError, FinetuneError
+from featpipe.errors import BackboneError
 from featpipe.finetune import FinetuneConfig, build_transforms, finetune
 from featpipe.model import load_model
+
+from conftest import TINY, make_class_folders
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # a tiny scratch net that trains in well under a second per run
@@ -330,3 +330,23 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, one_thread):
         torch.testing.assert_close(v, sb["backbone_state"][k], rtol=1e-5, atol=1e-6)
     za, zb = np.load(out / "predictions.npz"), np.load(tmp_path / "whole" / "predictions.npz")
     np.testing.assert_allclose(za["proba"], zb["proba"], atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel"])
+def test_linear_probe_init_reproduces_the_fitted_head(task):
+    """LP-FT starts from the probe: the classifier layer computes the logistic head's probabilities."""
+    from featpipe.finetune._net import init_from_linear_probe
+    from featpipe.heads import make_head
+
+    from _digits import task_data
+
+    X, y, split, classes = task_data(task, 300)
+    tr, va = split == "train", split == "val"
+    head = make_head("logistic", task=task, preprocess="standardize", C_grid=(0.1, 1.0), refine_steps=0)
+    head.fit(X[tr], y[tr], X[va], y[va], **({} if task == "multilabel" else {"n_classes": len(classes)}))
+    fc = torch.nn.Linear(X.shape[1], len(classes)).double()
+    init_from_linear_probe(fc, head, task)
+    with torch.no_grad():
+        z = fc(torch.as_tensor(X[va], dtype=torch.float64))
+    got = (torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, 1)).numpy()
+    np.testing.assert_allclose(got, head.predict_proba(X[va]), atol=1e-6)

@@ -52,6 +52,9 @@ from featpipe.metrics import METRICS
 @click.option("--color-jitter", type=float, default=None, help="Brightness/contrast/saturation jitter.")
 @click.option("--grayscale", type=float, default=None, help="Random grayscale probability.")
 @click.option("--dropout", type=float, default=None, help="Dropout before the classifier (default 0; scratch 0.2).")
+@click.option("--bn", type=click.Choice(["frozen", "train"]), default=None,
+              help="BatchNorm statistics: frozen (default for pretrained weights: kept as the linear probe "
+              "saw them) or train (default from random init).")
 @click.option("--width", type=int, default=32, show_default=True, help="scratch-cnn: channels of the first block.")
 @click.option("--depth", type=int, default=3, show_default=True, help="scratch-cnn: number of double-conv blocks.")
 @click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
@@ -71,7 +74,7 @@ from featpipe.metrics import METRICS
 def finetune(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer, image_size, out,
              recipe, unfreeze, epochs, batch_size, optimizer, lr, backbone_lr_mult, momentum, nesterov,
              weight_decay, schedule, warmup_epochs, clip_grad, label_smoothing, pos_weight, class_weight, metric,
-             augment, hflip, scale, rotate, shift, color_jitter, grayscale, dropout, width, depth, in_channels,
+             augment, hflip, scale, rotate, shift, color_jitter, grayscale, dropout, bn, width, depth, in_channels,
              patience, precision, device, workers, threads, cache_dir, seed, resume, force, quiet):
     """Fine-tune a backbone end to end on a dataset (same manifest and split as embed), or train
     scratch-cnn from random init. Writes the same metrics.json / model.joblib as fit-head, so
@@ -105,7 +108,7 @@ def finetune(data, name, split_seed, fractions, pattern, backbone, weights, no_p
         label_smoothing=label_smoothing, pos_weight=pos_weight,
         class_weight=None if class_weight == "none" else class_weight, metric=metric, augment=augment,
         hflip=hflip, scale=scale, rotate=rotate, shift=shift, color_jitter=color_jitter, grayscale=grayscale,
-        dropout=dropout, width=width, depth=depth, in_channels=int(in_channels), patience=patience, seed=seed,
+        dropout=dropout, bn=bn, width=width, depth=depth, in_channels=int(in_channels), patience=patience, seed=seed,
         precision=precision, device=device, num_workers=workers, cache_dir=cache_dir,
     )
     res = run_finetune(manifest, cfg, out, resume=resume, force=force, progress=not quiet,

@@ -63,6 +63,7 @@ class FinetuneConfig:
     color_jitter: float | None = None
     grayscale: float | None = None
     dropout: float | None = None  # before the classifier layer; 0 pretrained, 0.2 scratch
+    bn: str | None = None  # frozen (pretrained: BatchNorm keeps its statistics) | train (random init)
     width: int = 32
     depth: int = 3
     in_channels: int = 3
@@ -97,6 +98,7 @@ class FinetuneConfig:
         need(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; expected none, light or strong")
         need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}")
         need(self.pos_weight in ("none", "auto"), "--pos-weight must be none or auto")
+        need(self.bn in (None, "frozen", "train"), "--bn must be frozen or train")
         need(self.class_weight in (None, "balanced"), "--class-weight must be none or balanced")
         need(self.unfreeze in ("head", "all") or re.fullmatch(r"last-\d+", self.unfreeze) is not None,
              f"--unfreeze must be head, all or last-N, got {self.unfreeze!r}")
@@ -125,6 +127,9 @@ class FinetuneConfig:
         c.backbone_lr_mult = c.backbone_lr_mult if c.backbone_lr_mult is not None else (1.0 if s else 0.25)
         c.weight_decay = c.weight_decay if c.weight_decay is not None else (0.05 if c.optimizer == "adamw" else 5e-4)
         c.dropout = c.dropout if c.dropout is not None else (0.2 if s else 0.0)
+        # pretrained BatchNorm statistics are kept (as the linear probe saw them): small batches of a new
+        # domain would overwrite them in a few steps and undo the probe's head
+        c.bn = c.bn or ("train" if s or not c.pretrained else "frozen")
         if c.image_size is None:
             if s:
                 c.image_size = max(16, int(native_size or 32))

@@ -51,12 +51,15 @@ def freeze(net: ClassifierNet, prefixes: list[str]) -> None:
         p.requires_grad_(True)
 
 
-def set_train_mode(net: ClassifierNet, prefixes: list[str]) -> None:
+def set_train_mode(net: ClassifierNet, prefixes: list[str], bn: str = "train") -> None:
     """Train mode for the trained parts; frozen parts stay in eval mode (their BatchNorm statistics
-    and any dropout inside them stay as they were)."""
+    and any dropout inside them stay as they were). ``bn="frozen"``: every norm layer keeps its running
+    statistics (its affine parameters still train where unfrozen)."""
     net.train()
     for name, m in net.backbone.model.named_modules():
         if name and not _under(name, prefixes) and not any(p.startswith(name + ".") for p in prefixes):
+            m.eval()
+        elif bn == "frozen" and isinstance(m, nn.modules.batchnorm._NormBase):
             m.eval()
     if not prefixes:
         net.backbone.eval()

@@ -267,7 +267,7 @@ class _Run:
 
         c = self.cfg
         _seed_all(_epoch_seed(c.seed, epoch))
-        set_train_mode(self.net, self.prefixes)
+        set_train_mode(self.net, self.prefixes, self.cfg.bn or "train")
         loader = self._loader(self.rows["train"], self.transforms["train"], True, epoch)
         bar = tqdm(total=self.steps_per_epoch * c.batch_size, unit="img", desc=f"epoch {epoch}/{c.epochs}",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True, leave=False)
