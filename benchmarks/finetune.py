@@ -140,7 +140,8 @@ def main() -> None:
               f"({per:.1f}s/epoch train), wall {secs:.0f}s  [{load()}]", flush=True)
 
     if "report" not in skip:
-        secs, _ = featpipe("report", "--models", str(out), "--out", str(out / "report"))
+        secs, _ = featpipe("report", "--models", str(out), "--cache-dir", str(cache), "--no-analyses",
+                           "--out", str(out / "report"))
         print(f"report over every run: {out / 'report'} ({secs:.0f}s)")
     print(f"end {time.strftime('%H:%M:%S')} {load()}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -350,3 +350,23 @@ def test_linear_probe_init_reproduces_the_fitted_head(task):
         z = fc(torch.as_tensor(X[va], dtype=torch.float64))
     got = (torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, 1)).numpy()
     np.testing.assert_allclose(got, head.predict_proba(X[va]), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_report_ranks_finetune_and_fit_head_runs_together(folder, tmp_path):
+    import csv
+
+    from featpipe.report import build_report
+
+    m = load_dataset(folder)
+    runs = tmp_path / "runs"
+    finetune(m, FinetuneConfig(**SMALL, epochs=2), runs / "scratch", progress=False, log=lambda s: None)
+    res = embed_dataset(m, resolve_spec(TINY, pretrained=False, image_size=32), cache_dir=tmp_path / "cache",
+                        progress=False)
+    r = CliRunner().invoke(main, ["fit-head", "--cache", str(res.path), "--head", "logistic", "--out", str(runs)])
+    assert r.exit_code == 0, r.output
+    index = build_report(models_dir=runs, out=tmp_path / "report", analyses=False)
+    rows = list(csv.DictReader((tmp_path / "report" / "leaderboard.csv").open()))
+    heads = {row["head"] for row in rows}
+    assert heads == {"logistic", "finetune-ft"}, rows  # one leaderboard: same dataset, same metric
+    assert "scratch" in index.read_text() and any((tmp_path / "report" / "plots").glob("ft-scratch-*.png"))  # the curves
