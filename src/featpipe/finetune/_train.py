@@ -414,8 +414,9 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
         raise FinetuneError(f"{out} was trained on another dataset or split; resume needs the same data")
     out.mkdir(parents=True, exist_ok=True)
     if saved is None:
-        for p in (out / BEST_CHECKPOINT, last, out / "history.json"):
-            p.unlink(missing_ok=True)
+        for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, "history.json", "metrics.json", "predictions.npz",
+                     "model.joblib", "model.joblib.sha256"):
+            (out / name).unlink(missing_ok=True)  # --force: nothing of the old run may pass for the new one
     t_start = time.perf_counter()
     run.build()
     c = run.cfg
