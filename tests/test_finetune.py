@@ -40,10 +40,12 @@ def folder(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "imgs", {"cat": 20, "dog": 20, "fox": 20}, size=16)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
     n = torch.get_num_threads()
-    torch.set_num_threads(1)  # same kernels as a subprocess with OMP_NUM_THREADS=1
+    # tiny nets gain nothing from threads (and spin on a loaded machine); and the kill test compares
+    # with a subprocess run under OMP_NUM_THREADS=1, so both use the same kernels
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
@@ -298,7 +300,7 @@ def test_layer_cut_keeps_cache_key_and_features(name, layer, module, key):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, one_thread):
+def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     folder = make_class_folders(tmp_path / "imgs", {"a": 40, "b": 40, "c": 40}, size=16)
     opts = ["--backbone", "scratch-cnn", "--width", "8", "--depth", "2", "--epochs", "6", "--patience", "50",
             "--batch-size", "4", "--precision", "fp32", "--workers", "0", "--augment", "strong", "-q"]

@@ -262,7 +262,7 @@ class _Run:
         y = torch.as_tensor(np.asarray(self.manifest.labels)[rows.numpy()])
         return (y.float() if self.task == "multilabel" else y.long()).to(self.device)
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, last_val: float | None = None) -> dict[str, Any]:
         from tqdm import tqdm
 
         c = self.cfg
@@ -302,7 +302,8 @@ class _Run:
             rows_all.append(rows.numpy())
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.update(len(rows))
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.1f}",
+                            **({f"val_{self.metric}": f"{last_val:.4f}"} if last_val is not None else {}))
         bar.close()
         seconds = time.perf_counter() - t0
         if not seen:
@@ -440,7 +441,8 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
     for epoch in range(start, c.epochs + 1):
         if best["bad_epochs"] >= c.patience:
             break
-        row = {"epoch": epoch, **run.train_epoch(epoch), **run.validate()}
+        last_val = history["epochs"][-1]["val_metric"] if history["epochs"] else None
+        row = {"epoch": epoch, **run.train_epoch(epoch, last_val), **run.validate()}
         score, vloss = row["val_metric"], row["val_loss"]
         better = score > best["score"] or (score == best["score"] and vloss < best["val_loss"])
         if better:
