@@ -3,7 +3,7 @@ scratch-cnn at native size, and bf16 vs fp32 training throughput measured in the
 
 Usage:
     python benchmarks/finetune.py [--data ../shared/data/cifar10-small] [--out runs/bench-finetune]
-        [--image-size 128] [--epochs 10] [--skip precision,lpft,roundtrip,scratch,report]
+        [--image-size 128] [--epochs 10] [--scratch-epochs N] [--skip precision,lpft,roundtrip,scratch,report]
 
 Bars (issue 7): LP-FT test accuracy >= 0.85 within 30 min wall on a 2-core CPU; embed finetuned: +
 fit-head logistic within 0.02 of the fine-tuned model's own test accuracy. Timings on a shared machine
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-finetune")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--scratch-epochs", type=int, default=None, help="default: the recipe's (30)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip", default="", help="comma list of: precision,lpft,roundtrip,scratch,report")
     a = ap.parse_args()
@@ -129,8 +130,9 @@ def main() -> None:
 
     srun = out / "scratch-cnn"
     if "scratch" not in skip:
+        extra = ["--epochs", str(a.scratch_epochs)] if a.scratch_epochs else []
         secs, stdout = featpipe("finetune", "--data", a.data, "--backbone", "scratch-cnn", "--precision",
-                                a.precision, "--out", str(srun), "--force")
+                                a.precision, "--out", str(srun), "--force", *extra)
         m = json.loads((srun / "metrics.json").read_text())
         h = json.loads((srun / "history.json").read_text())
         per = sum(e["train_seconds"] for e in h["epochs"]) / len(h["epochs"])
