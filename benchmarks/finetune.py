@@ -99,7 +99,7 @@ def main() -> None:
     if "lpft" not in skip:
         secs, stdout = featpipe("finetune", "--data", a.data, "--backbone", "efficientnet_lite0",
                                 "--image-size", str(a.image_size), "--epochs", str(a.epochs), "--precision",
-                                a.precision, "--cache-dir", str(cache), "--out", str(run), "--force")
+                                a.precision, "--cache-dir", str(cache), "--out", str(run), "--force", "-q")
         summary["lpft_wall_s"] = secs
         print(stdout.strip(), flush=True)
     if (run / "metrics.json").exists():
@@ -132,7 +132,7 @@ def main() -> None:
     if "scratch" not in skip:
         extra = ["--epochs", str(a.scratch_epochs)] if a.scratch_epochs else []
         secs, stdout = featpipe("finetune", "--data", a.data, "--backbone", "scratch-cnn", "--precision",
-                                a.precision, "--out", str(srun), "--force", *extra)
+                                a.precision, "--out", str(srun), "--force", "-q", *extra)
         m = json.loads((srun / "metrics.json").read_text())
         h = json.loads((srun / "history.json").read_text())
         per = sum(e["train_seconds"] for e in h["epochs"]) / len(h["epochs"])

@@ -59,7 +59,7 @@ from featpipe.metrics import METRICS
 @click.option("--depth", type=int, default=3, show_default=True, help="scratch-cnn: number of double-conv blocks.")
 @click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
               help="scratch-cnn: 1 = grayscale-native.")
-@click.option("--patience", type=int, default=3, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 3; scratch-cnn 6).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")

@@ -67,7 +67,7 @@ class FinetuneConfig:
     width: int = 32
     depth: int = 3
     in_channels: int = 3
-    patience: int = 3
+    patience: int | None = None  # epochs without val improvement: 3 pretrained, 6 scratch (noisier)
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
@@ -106,7 +106,7 @@ class FinetuneConfig:
         need(self.epochs is None or self.epochs >= 1, "--epochs must be >= 1")
         need(self.batch_size >= 1, "--batch-size must be >= 1")
         need(self.lr is None or self.lr > 0, "--lr must be > 0")
-        need(self.patience >= 1, "--patience must be >= 1")
+        need(self.patience is None or self.patience >= 1, "--patience must be >= 1")
         need(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         need(self.image_size is None or self.image_size >= 8, "--image-size must be >= 8")
         need(self.dropout is None or 0 <= self.dropout < 1, "--dropout must be in [0, 1)")
@@ -123,6 +123,7 @@ class FinetuneConfig:
         s = c.scratch
         c.recipe = c.recipe or ("ft" if s or not c.pretrained else "lp-ft")
         c.epochs = c.epochs or (30 if s else 10)
+        c.patience = c.patience or (6 if s else 3)
         c.lr = c.lr or (3e-3 if s else 1e-3)
         c.backbone_lr_mult = c.backbone_lr_mult if c.backbone_lr_mult is not None else (1.0 if s else 0.25)
         c.weight_decay = c.weight_decay if c.weight_decay is not None else (0.05 if c.optimizer == "adamw" else 5e-4)
