@@ -118,13 +118,9 @@ def backbone_stages(model: nn.Module, cut: str | None = None) -> list[tuple[str,
             out[-1][1].append(n)
         else:
             out.append((n, [n]))
-    if cut is not None:
-        keep = []
-        for name, mods in out:
-            keep.append((name, mods))
-            if any(cut == x or cut.startswith(x + ".") or x.startswith(cut + ".") for x in mods):
-                break
-        out = keep
+    if cut is not None:  # a stage starting after the cut module (in forward order) is never run
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        out = [(name, mods) for name, mods in out if order[mods[0]] <= order[cut]]
     return out
 
 
