@@ -20,7 +20,7 @@ from featpipe.finetune._bundle import FinetunedHead
 from featpipe.metrics import evaluate, jsonable
 
 
-def write_outputs(run: Any, history: dict[str, Any], t_start: float) -> dict[str, Any]:
+def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
     from featpipe.cache import OK
     from featpipe.embed import run_backbone
     from featpipe.heads._run import _add_thresholds
@@ -83,7 +83,9 @@ def write_outputs(run: Any, history: dict[str, Any], t_start: float) -> dict[str
         "scores": scores,
         "val_scores_from": f"best epoch ({history.get('best_epoch')}) on validation, by early stopping",
         "gap": scores["train"]["main"] - scores["val"]["main"],
-        "fit_seconds": time.perf_counter() - t_start,
+        # probe + epochs + this final pass: the same over an interrupted and resumed run
+        "fit_seconds": float((history.get("linear_probe") or {}).get("seconds", 0.0))
+        + float(history.get("train_seconds", 0.0)) + time.perf_counter() - t0,
         "train_fingerprint": fp,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": model.versions,

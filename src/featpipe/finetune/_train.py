@@ -37,7 +37,7 @@ from featpipe.finetune._net import (
     set_train_mode,
     trainable_prefixes,
 )
-from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable
+from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
 
 LAST_CHECKPOINT = "last.pt"
 # config fields that do not change the result (a resumed run may change them)
@@ -148,6 +148,7 @@ class _Run:
         native = native_size(manifest, self.rows["train"]) if cfg.image_size is None else None
         self.cfg = cfg.resolved(native, _model_default_size(probe) if probe else None)
         self.metric = self.cfg.metric or DEFAULT_METRIC[self.task]
+        main_metric_key(self.metric, self.task)  # an unknown metric fails before any training
         self.workers = default_workers(self.device) if self.cfg.num_workers is None else self.cfg.num_workers
         self.spec = _base_spec(self.cfg, self.cfg.image_size)
 
@@ -418,7 +419,6 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
         for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, "history.json", "metrics.json", "predictions.npz",
                      "model.joblib", "model.joblib.sha256"):
             (out / name).unlink(missing_ok=True)  # --force: nothing of the old run may pass for the new one
-    t_start = time.perf_counter()
     run.build()
     c = run.cfg
     run.failed = {}
@@ -464,7 +464,7 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
     history["train_seconds"] = float(sum(e["train_seconds"] + e["val_seconds"] for e in history["epochs"]))
     from featpipe.finetune._outputs import write_outputs
 
-    metrics = write_outputs(run, history, t_start)
+    metrics = write_outputs(run, history)
     history["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     _write_json(out / "history.json", history)
     failures = [(manifest.ids[r], e) for r, e in sorted(run.failed.items())]
