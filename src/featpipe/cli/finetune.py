@@ -68,6 +68,8 @@ from featpipe.metrics import METRICS
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Feature caches for the linear probe (an existing one at the same input size is reused).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="Also save the resume state every N training steps (0: at epoch ends only).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -75,7 +77,7 @@ def finetune(data, name, split_seed, fractions, pattern, backbone, weights, no_p
              recipe, unfreeze, epochs, batch_size, optimizer, lr, backbone_lr_mult, momentum, nesterov,
              weight_decay, schedule, warmup_epochs, clip_grad, label_smoothing, pos_weight, class_weight, metric,
              augment, hflip, scale, rotate, shift, color_jitter, grayscale, dropout, bn, width, depth, in_channels,
-             patience, precision, device, workers, threads, cache_dir, seed, resume, force, quiet):
+             patience, precision, device, workers, threads, cache_dir, seed, checkpoint_every, resume, force, quiet):
     """Fine-tune a backbone end to end on a dataset (same manifest and split as embed), or train
     scratch-cnn from random init. Writes the same metrics.json / model.joblib as fit-head, so
     report and predict use it like any run, and best.pt, which embed accepts as finetuned:RUN.
@@ -110,6 +112,7 @@ def finetune(data, name, split_seed, fractions, pattern, backbone, weights, no_p
         hflip=hflip, scale=scale, rotate=rotate, shift=shift, color_jitter=color_jitter, grayscale=grayscale,
         dropout=dropout, bn=bn, width=width, depth=depth, in_channels=int(in_channels), patience=patience, seed=seed,
         precision=precision, device=device, num_workers=workers, cache_dir=cache_dir,
+        checkpoint_every=checkpoint_every,
     )
     res = run_finetune(manifest, cfg, out, resume=resume, force=force, progress=not quiet,
                        log=lambda m: click.echo(m, err=True))

@@ -67,6 +67,7 @@ class FinetuneConfig:
     width: int = 32
     depth: int = 3
     in_channels: int = 3
+    checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
     patience: int | None = None  # epochs without val improvement: 3 pretrained, 6 scratch (noisier)
     seed: int = 0
     precision: str = "auto"
@@ -105,6 +106,7 @@ class FinetuneConfig:
         need(not (self.scratch and self.unfreeze != "all"), "scratch-cnn trains from random init: --unfreeze all")
         need(self.epochs is None or self.epochs >= 1, "--epochs must be >= 1")
         need(self.batch_size >= 1, "--batch-size must be >= 1")
+        need(self.checkpoint_every >= 0, "--checkpoint-every must be >= 0")
         need(self.lr is None or self.lr > 0, "--lr must be > 0")
         need(self.patience is None or self.patience >= 1, "--patience must be >= 1")
         need(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -60,21 +61,42 @@ def native_size(manifest: Manifest, rows: np.ndarray, n: int = 32) -> int | None
 
 
 class ImageRows(Dataset):
-    """Rows of a manifest through one transform; a bad image yields ``(None, row, reason)``."""
+    """Rows of a manifest through one transform; a bad image yields ``(None, row, reason)``.
 
-    def __init__(self, manifest: Manifest, rows: np.ndarray, transform: Callable, draft_size: int | None):
+    With ``seed``, the random transform of item ``k`` draws from its own RNG seeded by
+    ``(seed, offset + k)``: augmentation is a function of the position in the epoch, the same with any
+    number of workers and after a resume in mid-epoch (the global RNG is left untouched).
+    """
+
+    def __init__(self, manifest: Manifest, rows: np.ndarray, transform: Callable, draft_size: int | None,
+                 seed: int | None = None, offset: int = 0):
         self.manifest = manifest
         self.rows = np.asarray(rows, dtype=np.int64)
         self.transform = transform
         self.draft_size = draft_size
+        self.seed = seed
+        self.offset = offset
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _apply(self, img: Image.Image, k: int) -> torch.Tensor:
+        if self.seed is None:
+            return self.transform(img)
+        s = (self.seed * 1_000_003 + self.offset + k) % 2**63
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):  # timm/torchvision transforms draw from torch and random
+            torch.manual_seed(s)
+            random.seed(s)
+            try:
+                return self.transform(img)
+            finally:
+                random.setstate(py_state)
+
     def __getitem__(self, k: int) -> tuple[torch.Tensor | None, int, str]:
         row = int(self.rows[k])
         try:
-            return self.transform(decode(self.manifest, row, self.draft_size)), row, ""
+            return self._apply(decode(self.manifest, row, self.draft_size), k), row, ""
         except ImageError as e:
             return None, row, str(e)
         except Exception as e:  # noqa: BLE001 - a decoder bug on one image must not end a run

@@ -73,7 +73,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
             "path": None, "key": spec.weights_id, "backbone": spec.to_dict(), "layer": spec.layer,
             "feature_dim": int(backbone.feature_dim), "embed_seconds": embed_seconds, "dataset": manifest.info(),
         },
-        "params": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "num_workers", "cache_dir")},
+        "params": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "num_workers", "cache_dir", "checkpoint_every")},
         "search": [],
         "refit": "train",
         "preprocess": "none",

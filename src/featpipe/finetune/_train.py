@@ -41,7 +41,7 @@ from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
 
 LAST_CHECKPOINT = "last.pt"
 # config fields that do not change the result (a resumed run may change them)
-_RUNTIME_FIELDS = ("device", "num_workers", "cache_dir")
+_RUNTIME_FIELDS = ("device", "num_workers", "cache_dir", "checkpoint_every")
 
 
 @dataclass
@@ -251,31 +251,49 @@ class _Run:
         return info
 
     # -------------------------------------------------------------------------------- epochs
-    def _loader(self, rows: np.ndarray, transform: Callable, shuffle: bool, epoch: int = 0) -> DataLoader:
+    def _loader(self, rows: np.ndarray, transform: Callable, shuffle: bool = False, epoch: int = 0,
+                seed: int | None = None, offset: int = 0) -> DataLoader:
         g = torch.Generator()
-        g.manual_seed(_epoch_seed(self.cfg.seed, epoch))
-        ds = ImageRows(self.manifest, rows, transform, self.draft)
+        g.manual_seed(_epoch_seed(self.cfg.seed, epoch))  # worker seeds come from it, not the global RNG
+        ds = ImageRows(self.manifest, rows, transform, self.draft, seed=seed, offset=offset)
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=g, collate_fn=collate,
                           num_workers=self.workers if len(rows) > self.cfg.batch_size else 0,
-                          drop_last=shuffle and self.drop_last, pin_memory=self.device.startswith("cuda"))
+                          pin_memory=self.device.startswith("cuda"))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Train rows in this epoch's shuffled order (a function of seed and epoch; drop_last applied)."""
+        g = torch.Generator()
+        g.manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        order = self.rows["train"][torch.randperm(len(self.rows["train"]), generator=g).numpy()]
+        return order[: self.steps_per_epoch * self.cfg.batch_size] if self.drop_last else order
 
     def _targets(self, rows: torch.Tensor) -> torch.Tensor:
         y = torch.as_tensor(np.asarray(self.manifest.labels)[rows.numpy()])
         return (y.float() if self.task == "multilabel" else y.long()).to(self.device)
 
-    def train_epoch(self, epoch: int, last_val: float | None = None) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, last_val: float | None = None, partial: dict[str, Any] | None = None,
+                    on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """One epoch; ``partial`` continues it after ``partial["step"]`` batches (a mid-epoch checkpoint),
+        ``on_step`` is called with the epoch's partial state every ``checkpoint_every`` batches."""
         from tqdm import tqdm
 
         c = self.cfg
-        _seed_all(_epoch_seed(c.seed, epoch))
+        eseed = _epoch_seed(c.seed, epoch)
+        if partial is None:
+            _seed_all(eseed)  # dropout; a mid-epoch resume restored the RNG state saved with ``partial``
+            partial = {"step": 0, "seen": 0, "loss_sum": 0.0, "seconds": 0.0, "logits": [], "rows": []}
         set_train_mode(self.net, self.prefixes, self.cfg.bn or "train")
-        loader = self._loader(self.rows["train"], self.transforms["train"], True, epoch)
-        bar = tqdm(total=self.steps_per_epoch * c.batch_size, unit="img", desc=f"epoch {epoch}/{c.epochs}",
-                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True, leave=False)
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        logits_all, rows_all = [], []
+        start = int(partial["step"]) * c.batch_size
+        loader = self._loader(self.epoch_order(epoch)[start:], self.transforms["train"], epoch=epoch, seed=eseed,
+                              offset=start)
+        bar = tqdm(total=self.steps_per_epoch * c.batch_size, initial=start, unit="img",
+                   desc=f"epoch {epoch}/{c.epochs}", disable=not self.progress, file=sys.stderr,
+                   dynamic_ncols=True, leave=False)
+        t0, step, seen, loss_sum = time.perf_counter(), int(partial["step"]), int(partial["seen"]), partial["loss_sum"]
+        logits_all, rows_all = list(partial["logits"]), list(partial["rows"])
         for x, rows, bad in loader:
             self.failed.update({int(r): e for r, e in bad})
+            step += 1
             if x is None:
                 continue
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -301,12 +319,15 @@ class _Run:
             loss_sum += float(loss.detach()) * len(rows)
             logits_all.append(logits.detach().float().cpu().numpy())
             rows_all.append(rows.numpy())
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            rate = (seen - int(partial["seen"])) / max(time.perf_counter() - t0, 1e-9)
             bar.update(len(rows))
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{rate:.1f}",
                             **({f"val_{self.metric}": f"{last_val:.4f}"} if last_val is not None else {}))
+            if on_step and c.checkpoint_every and step % c.checkpoint_every == 0 and step < self.steps_per_epoch:
+                on_step({"step": step, "seen": seen, "loss_sum": loss_sum, "logits": logits_all, "rows": rows_all,
+                         "seconds": float(partial["seconds"]) + time.perf_counter() - t0})
         bar.close()
-        seconds = time.perf_counter() - t0
+        seconds = float(partial["seconds"]) + time.perf_counter() - t0
         if not seen:
             raise FinetuneError("no training image could be read")
         r = np.concatenate(rows_all)
@@ -323,7 +344,7 @@ class _Run:
         self.net.eval()
         out = np.full((len(rows), len(self.classes)), np.nan, dtype=np.float32)
         pos = {int(r): i for i, r in enumerate(rows)}
-        for x, good, bad in self._loader(rows, self.transforms["eval"], False):
+        for x, good, bad in self._loader(rows, self.transforms["eval"]):
             self.failed.update({int(r): e for r, e in bad})
             if x is None:
                 continue
@@ -359,9 +380,11 @@ class _Run:
             "config": self.cfg.to_dict(), "seed": self.cfg.seed,
         }
 
-    def state(self, epoch: int, history: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    def state(self, epoch: int, history: dict[str, Any], best: dict[str, Any],
+              partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a resume needs; ``epoch`` epochs are complete, ``partial`` is the next one's progress."""
         return {
-            "format": "featpipe-finetune-state", "epoch": epoch, "config": self.cfg.to_dict(),
+            "format": "featpipe-finetune-state", "epoch": epoch, "partial": partial, "config": self.cfg.to_dict(),
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "history": history, "best": best, "rng": _rng_state(),
@@ -431,18 +454,25 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
             "threads": torch.get_num_threads(), "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "val_loss": math.inf, "bad_epochs": 0}
-        start = 1
+        start, partial = 1, None
     else:
         run.load_state(saved)
         history, best = saved["history"], saved["best"]
         start = int(saved["epoch"]) + 1
-        log(f"resuming {out} after epoch {saved['epoch']}")
+        partial = saved.get("partial")
+        where = f" and {partial['step']} steps of epoch {start}" if partial else ""
+        log(f"resuming {out} after epoch {saved['epoch']}{where}")
     assert c.epochs is not None
     for epoch in range(start, c.epochs + 1):
         if best["bad_epochs"] >= c.patience:
             break
         last_val = history["epochs"][-1]["val_metric"] if history["epochs"] else None
-        row = {"epoch": epoch, **run.train_epoch(epoch, last_val), **run.validate()}
+
+        def checkpoint(p: dict[str, Any], epoch: int = epoch, best: dict[str, Any] = best) -> None:
+            _atomic_save(run.state(epoch - 1, history, best, p), last)
+
+        row = {"epoch": epoch, **run.train_epoch(epoch, last_val, partial, checkpoint), **run.validate()}
+        partial = None
         score, vloss = row["val_metric"], row["val_loss"]
         better = score > best["score"] or (score == best["score"] and vloss < best["val_loss"])
         if better:
