@@ -40,7 +40,7 @@ from featpipe.metrics import METRICS
 @click.option("--clip-grad", type=float, default=1.0, show_default=True, help="Gradient norm clip (0: off).")
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True, help="Single-label tasks.")
 @click.option("--pos-weight", type=click.Choice(["none", "auto"]), default="none", show_default=True,
-              help="Multilabel BCE: auto weights positives by negatives/positives per label.")
+              help="Multilabel BCE: auto weights positives by negatives/positives per label (capped at 100).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--metric", type=click.Choice(METRICS), default=None, help="Validation metric (early stopping).")
 @click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="light", show_default=True,

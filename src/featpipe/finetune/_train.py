@@ -186,7 +186,8 @@ class _Run:
             pw = None
             if c.pos_weight == "auto":
                 pos = y.sum(0).astype(float)
-                pw = torch.as_tensor(np.clip((len(y) - pos) / np.maximum(pos, 1.0), 1.0, 100.0), dtype=torch.float32)
+                # negatives / positives per label, capped so a label with one positive cannot dominate
+                pw = torch.as_tensor(np.minimum((len(y) - pos) / np.maximum(pos, 1.0), 100.0), dtype=torch.float32)
             return nn.BCEWithLogitsLoss(pos_weight=None if pw is None else pw.to(self.device))
         weight = None
         if c.class_weight == "balanced":
