@@ -89,13 +89,6 @@ def main() -> None:
     print(f"native bf16 on this CPU: {cpu_has_native_bf16()}", flush=True)
     summary: dict[str, object] = {}
 
-    if "precision" not in skip:
-        for size in sorted({a.image_size, 224}):
-            r = precision_throughput(size)
-            summary[f"train_img_s_{size}px"] = r
-            print(f"training throughput at {size}px, batch 32: fp32 {r['fp32']:.1f} img/s, bf16 {r['bf16']:.1f} "
-                  f"img/s (bf16/fp32 = {r['bf16'] / r['fp32']:.2f}x)  [{load()}]", flush=True)
-
     run = out / "lite0-lpft"
     if "lpft" not in skip:
         secs, stdout = featpipe("finetune", "--data", a.data, "--backbone", "efficientnet_lite0",
@@ -141,6 +134,13 @@ def main() -> None:
         summary["scratch_wall_s"] = secs
         print(f"scratch-cnn @32px: test accuracy {m['scores']['test']['accuracy']:.4f}, {len(h['epochs'])} epochs "
               f"({per:.1f}s/epoch train), wall {secs:.0f}s  [{load()}]", flush=True)
+
+    if "precision" not in skip:
+        for size in sorted({a.image_size, 224}):
+            r = precision_throughput(size)
+            summary[f"train_img_s_{size}px"] = r
+            print(f"training throughput at {size}px, batch 32: fp32 {r['fp32']:.1f} img/s, bf16 {r['bf16']:.1f} "
+                  f"img/s (bf16/fp32 = {r['bf16'] / r['fp32']:.2f}x)  [{load()}]", flush=True)
 
     if "report" not in skip:
         secs, _ = featpipe("report", "--models", str(out), "--cache-dir", str(cache), "--no-analyses",
