@@ -31,3 +31,7 @@ class ModelError(FeaturepipeError):
 
 class PipelineError(FeaturepipeError):
     """A pipeline file that is invalid (key, type, combination) or cannot run as written."""
+
+
+class FinetuneError(FeaturepipeError):
+    """A fine-tune run that cannot start or resume as asked."""

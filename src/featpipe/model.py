@@ -101,7 +101,8 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
                  preprocess: str = "standardize", seed: int = 0, backbone_spec: dict[str, Any] | None = None,
                  train_fingerprint: str | None = None, min_positives: int = 5, threshold_tol: float | None = None,
                  head_params: dict[str, Any] | None = None, threshold_mode: str = "per-class",
-                 validation_fraction: float = 0.2, embed_device: str = "auto", embed_batch_size: int | None = None):
+                 validation_fraction: float = 0.2, embed_device: str = "auto", embed_batch_size: int | None = None,
+                 head: Any = None):
         self.head_name = head_name
         self.task = task
         self.classes = classes
@@ -119,6 +120,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.embed_device = embed_device
         self.embed_batch_size = embed_batch_size
+        self.head = head  # an estimator to fit instead of make_head(head_name) (e.g. a fine-tuned layer)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -198,9 +200,14 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         main_metric_key(metric, task)  # validates
         if self.threshold_mode not in ("per-class", "global"):
             raise ModelFitError(f"unknown threshold mode {self.threshold_mode!r}; expected per-class or global")
-        head = make_head(self.head_name, task=task, preprocess=self.preprocess,
-                         class_weight=self.class_weight, refit=self.refit, metric=metric, seed=self.seed,
-                         **(self.head_params or {}))
+        if self.head is not None:
+            from sklearn.base import clone
+
+            head = clone(self.head)
+        else:
+            head = make_head(self.head_name, task=task, preprocess=self.preprocess,
+                             class_weight=self.class_weight, refit=self.refit, metric=metric, seed=self.seed,
+                             **(self.head_params or {}))
         try:
             head.fit(Xtr, ytr, Xva, yva, **({} if task == "multilabel" else {"n_classes": len(names)}))
         except HeadError as e:

@@ -15,7 +15,9 @@ from urllib.parse import urlparse
 
 from featpipe.backbones._base import (
     ALIGN_MODES,
+    FINETUNED,
     PRECISIONS,
+    SCRATCH,
     TTA_MODES,
     Backbone,
     BackboneSpec,
@@ -195,6 +197,17 @@ def resolve_spec(
     # only random-init weights depend on the seed; for all others it is not part of the identity
     common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": 0, "tta": tta,
               "align": align}
+    # fine-tune stage: a small CNN from random init, and the backbone of a finetune run
+    if name.startswith(SCRATCH):
+        from featpipe.backbones._scratch import parse_scratch_arch, scratch_arch
+
+        arch = scratch_arch(**parse_scratch_arch(name))
+        return BackboneSpec(name=arch, kind="scratch", arch=arch, weights="random",
+                            weights_id=f"random:seed{seed}", **{**common, "seed": seed})
+    if name.startswith(FINETUNED):
+        from featpipe.backbones._finetuned import finetuned_spec
+
+        return finetuned_spec(name, **common)
     if name in PACKAGED_ONNX or _is_onnx(name):
         if layer:
             raise BackboneError("--layer is not supported for ONNX backbones")
@@ -398,6 +411,12 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
             "interpolation": "bilinear",
         }
         return with_spec_options(OnnxBackbone(spec, dict(preprocessing or pre), device))
+    if spec.kind in ("scratch", "finetuned"):  # fine-tune stage backbones
+        from featpipe.backbones._finetuned import load_finetune_stage_model
+
+        model, data_config = load_finetune_stage_model(spec)
+        return with_spec_options(TorchBackbone(spec, model, dict(preprocessing) if preprocessing else data_config,
+                                               device))
     model = _create_timm(spec)
     recorded = None
     if spec.weights in ("file", "package"):
@@ -523,6 +542,15 @@ def list_layers(name: str) -> list[str]:
     return list(vgg_layer_aliases(model)) + list_layer_names(model)
 
 
+def list_stages(name: str) -> list[str]:
+    """Stages of a backbone in forward order, the units of ``featpipe finetune --unfreeze last-N``."""
+    if name in PACKAGED_ONNX or _is_onnx(name):
+        raise BackboneError("ONNX backbones cannot be fine-tuned: they have no stages")
+    spec = resolve_spec(name, pretrained=name.startswith(FINETUNED))
+    net = load_backbone(spec).net  # type: ignore[attr-defined]
+    return [stage for stage, _ in net.stages()]
+
+
 def describe_backbones() -> list[dict[str, Any]]:
     """Registry rows for `featpipe backbones`: name, source, whether it works offline here."""
     rows = []
@@ -542,6 +570,9 @@ def describe_backbones() -> list[dict[str, Any]]:
             ok = False
         rows.append({"name": name, "source": "onnx (" + PACKAGED_ONNX[name][0] + ")", "offline": ok,
                      "description": DESCRIPTIONS.get(name, "")})
+    rows.append({"name": SCRATCH, "source": "random init", "offline": True,
+                 "description": "small conv net trained from scratch by featpipe finetune (--width, --depth, "
+                 "--in-channels); finetuned:RUN embeds with a finetune run's backbone"})
     for name in KNOWN_HUB:
         try:
             cfg = _pretrained_cfg(name)

@@ -46,8 +46,86 @@ def pool_features(out: Any) -> torch.Tensor:
     return out.float().flatten(1)
 
 
+class BackboneNet(nn.Module):
+    """The trainable form of a torch backbone: images ``(B, 3, H, W)`` -> pooled features ``(B, D)``.
+
+    ``layer`` cuts the network at any module name or VGG Keras name (``block4_pool`` = that pool's
+    output): the module's output is average-pooled and nothing after it is computed. ``embed`` runs
+    this module frozen, ``finetune`` trains it, so a cut means the same network in both stages.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None, arch: str = "", name: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.cut = resolve_layer(model, layer, arch, name) if layer else None
+        self._captured: torch.Tensor | None = None
+        if self.cut is not None:
+            # the forward stops by raising from the hook: no layer after the cut is computed
+            dict(model.named_modules())[self.cut].register_forward_hook(self._capture)
+
+    def _capture(self, _module: nn.Module, _inp: Any, out: Any) -> None:
+        self._captured = pool_features(out)
+        raise _StopForward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cut is None:
+            return pool_features(self.model(x))
+        self._captured = None
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
+        out, self._captured = self._captured, None
+        if out is None:
+            raise BackboneError(f"layer {self.layer!r} was never reached in the forward pass")
+        return out
+
+    def stages(self) -> list[tuple[str, list[str]]]:
+        """Trainable stages in forward order (``--unfreeze last-N``): ``(name, module names)``."""
+        return backbone_stages(self.model, self.cut)
+
+
+def resolve_layer(model: nn.Module, layer: str, arch: str = "", name: str = "") -> str:
+    """``--layer`` (module name or VGG Keras name) -> module name; one-line error when unknown."""
+    modules = dict(model.named_modules())
+    module = vgg_layer_aliases(model).get(layer, layer)
+    if module not in modules or module == "":
+        hint = ", ".join(list(vgg_layer_aliases(model))[-5:] or list_layer_names(model)[:8])
+        raise BackboneError(
+            f"layer {layer!r} not found in {arch or type(model).__name__}; try one of: {hint} "
+            f"(all: featpipe backbones --layers {name or arch})"
+        )
+    return module
+
+
+MAIN_SEQUENCES = ("blocks", "stages", "layers", "features")
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def backbone_stages(model: nn.Module, cut: str | None = None) -> list[tuple[str, list[str]]]:
+    """Stages of a network in forward order: its top-level children with parameters (a norm layer joins
+    the stage before it), the main block sequence (``blocks``, ``stages``, ``layers``, ``features``)
+    expanded into its elements; stages after a ``cut`` are dropped (they are never run)."""
+    out: list[tuple[str, list[str]]] = []
+    for n, m in model.named_children():
+        if not any(True for _ in m.parameters()):
+            continue
+        if n in MAIN_SEQUENCES and isinstance(m, nn.Sequential):
+            out += [(f"{n}.{k}", [f"{n}.{k}"]) for k, sub in m.named_children()
+                    if any(True for _ in sub.parameters())]
+        elif isinstance(m, _NORMS) and out:
+            out[-1][1].append(n)
+        else:
+            out.append((n, [n]))
+    if cut is not None:  # a stage starting after the cut module (in forward order) is never run
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        out = [(name, mods) for name, mods in out if order[mods[0]] <= order[cut]]
+    return out
+
+
 class TorchBackbone(Backbone):
-    """A frozen timm model run under ``inference_mode`` with channels_last and optional autocast."""
+    """A frozen :class:`BackboneNet` run under ``inference_mode`` with channels_last and optional autocast."""
 
     def __init__(
         self,
@@ -71,48 +149,26 @@ class TorchBackbone(Backbone):
         if channel_order != "RGB":  # recorded only when set, so RGB cache keys stay as they were
             preprocessing["channel_order"] = channel_order
         super().__init__(spec, preprocessing, device)
+        self.data_config = data_config
         # built from the values given (a bundle's recorded ones, or the model's resolved defaults)
         self._transform = create_transform(**data_config, is_training=False)
         self._bgr = channel_order == "BGR"
         self.geometry, self._scale, self._shift = _uint8_split(self._transform, preprocessing, device)
-        model.eval()
-        for p in model.parameters():
+        net = model if isinstance(model, BackboneNet) else BackboneNet(model, spec.layer, spec.arch, spec.name)
+        net.eval()
+        for p in net.parameters():
             p.requires_grad_(False)
-        self.model = model.to(device).to(memory_format=torch.channels_last)
-        self._captured: torch.Tensor | None = None
-        self._hook = None
-        if spec.layer:
-            self._attach_layer(spec.layer)
+        self.net = net.to(device).to(memory_format=torch.channels_last)
+        self.model = self.net.model
         size = preprocessing["input_size"]
         self.feature_dim = int(self.forward(torch.zeros(1, *size)).shape[1])
-
-    def _attach_layer(self, layer: str) -> None:
-        modules = dict(self.model.named_modules())
-        name = vgg_layer_aliases(self.model).get(layer, layer)
-        if name not in modules or name == "":
-            hint = ", ".join(list(vgg_layer_aliases(self.model))[-5:] or list_layer_names(self.model)[:8])
-            raise BackboneError(
-                f"layer {layer!r} not found in {self.spec.arch}; try one of: {hint} "
-                f"(all: featpipe backbones --layers {self.spec.name})"
-            )
-
-        def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
-            self._captured = pool_features(out)
-            raise _StopForward
-
-        self._hook = modules[name].register_forward_hook(hook)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         x = self._transform(img)
         return x.flip(0) if self._bgr else x
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        prec = self.spec.precision
-        if prec == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if prec == "bf16" else torch.float16
-        dev = "cuda" if self.device.startswith("cuda") else "cpu"
-        return torch.autocast(dev, dtype=dtype)
+        return autocast(self.spec.precision, self.device)
 
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """Features of a float (B, C, H, W) batch from :meth:`preprocess`, or of a uint8 (B, H, W, C)
@@ -128,18 +184,17 @@ class TorchBackbone(Backbone):
                 x = x.flip(1)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            if self._hook is None:
-                out = pool_features(self.model(x))
-            else:
-                self._captured = None
-                try:
-                    self.model(x)
-                except _StopForward:
-                    pass
-                if self._captured is None:
-                    raise BackboneError(f"layer {self.spec.layer!r} was never reached in the forward pass")
-                out = self._captured
+            out = self.net(x)
         return out.float().cpu().numpy()
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``fp32`` (none), ``bf16`` or ``fp16`` on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    return torch.autocast(dev, dtype=dtype)
 
 
 def _uint8_split(transform: Any, pre: dict[str, Any], device: str) -> tuple[Any, Any, Any]:

@@ -53,12 +53,13 @@ def _register() -> None:
     from featpipe.cli.demo import demo
     from featpipe.cli.embed import embed
     from featpipe.cli.export import export
+    from featpipe.cli.finetune import finetune
     from featpipe.cli.fit_head import fit_head
     from featpipe.cli.predict import predict
     from featpipe.cli.report import report
     from featpipe.cli.run import run
 
-    for cmd in (embed, backbones, cache, fit_head, predict, report, run, demo, convert_weights):
+    for cmd in (embed, backbones, cache, fit_head, predict, report, run, demo, convert_weights, finetune):
         main.add_command(cmd)
     main.add_command(export)
 

@@ -7,7 +7,9 @@ import click
 
 @click.command()
 @click.option("--layers", "layers_of", default=None, metavar="NAME", help="List the cut points of one backbone.")
-def backbones(layers_of: str | None) -> None:
+@click.option("--stages", "stages_of", default=None, metavar="NAME",
+              help="List the stages of one backbone (featpipe finetune --unfreeze last-N counts them).")
+def backbones(layers_of: str | None, stages_of: str | None) -> None:
     """List registered backbones and mark those usable offline on this machine.
 
     Any timm model name also works (pretrained weights need the hub, or --weights FILE,
@@ -19,8 +21,12 @@ def backbones(layers_of: str | None) -> None:
       featpipe backbones --layers vgg16        # cut points for --layer (block4_pool, features.23, ...)
       featpipe backbones --layers efficientnet_lite0
     """
-    from featpipe.backbones import describe_backbones, list_layers
+    from featpipe.backbones import describe_backbones, list_layers, list_stages
 
+    if stages_of:
+        for name in list_stages(stages_of):
+            click.echo(name)
+        return
     if layers_of:
         for name in list_layers(layers_of):
             click.echo(name)

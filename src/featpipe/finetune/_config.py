@@ -1,0 +1,165 @@
+"""The fine-tune recipe: every knob of a run, validated, with defaults that work untuned."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featpipe.backbones._registry import DEFAULT_BACKBONE
+from featpipe.errors import FinetuneError
+
+RECIPES = ("lp-ft", "ft")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle", "constant")
+AUGMENTS = ("none", "light", "strong")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# augmentation presets: (min crop area, rotation degrees, shift fraction, colour jitter, grayscale prob)
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "none": {"hflip": 0.0, "scale": 1.0, "rotate": 0.0, "shift": 0.0, "color_jitter": 0.0, "grayscale": 0.0},
+    "light": {"hflip": 0.5, "scale": 0.6, "rotate": 0.0, "shift": 0.1, "color_jitter": 0.1, "grayscale": 0.0},
+    "strong": {"hflip": 0.5, "scale": 0.35, "rotate": 15.0, "shift": 0.15, "color_jitter": 0.3,
+               "grayscale": 0.1},
+}
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tune run. ``None`` fields take a default that depends on the backbone or the data
+    (resolved by :meth:`resolved`); the resolved config is recorded in every artifact."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    pretrained: bool = True
+    layer: str | None = None
+    image_size: int | None = None  # None: 128 for small images (<= 64px) on pretrained nets, else the model's
+    recipe: str | None = None  # lp-ft (pretrained) | ft (scratch-cnn, or to skip the linear probe)
+    unfreeze: str = "all"  # head | last-N | all
+    epochs: int | None = None  # 10 pretrained, 30 scratch-cnn
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float | None = None  # head learning rate; 1e-3 pretrained, 3e-3 scratch
+    backbone_lr_mult: float | None = None  # backbone lr = lr * this; 0.25 pretrained, 1 scratch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float | None = None  # 0.05 adamw, 5e-4 sgd (never on biases and norm layers)
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    clip_grad: float | None = 1.0
+    label_smoothing: float = 0.1
+    pos_weight: str = "none"  # multilabel BCE: none | auto (negatives / positives per label)
+    class_weight: str | None = None  # None | balanced
+    metric: str | None = None
+    augment: str = "light"
+    hflip: float | None = None
+    scale: float | None = None  # min area of the random resized crop
+    rotate: float | None = None
+    shift: float | None = None
+    color_jitter: float | None = None
+    grayscale: float | None = None
+    dropout: float | None = None  # before the classifier layer; 0 pretrained, 0.2 scratch
+    bn: str | None = None  # frozen (pretrained: BatchNorm keeps its statistics) | train (random init)
+    width: int = 32
+    depth: int = 3
+    in_channels: int = 3
+    checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
+    patience: int | None = None  # epochs without val improvement: 3 pretrained, 6 scratch (noisier)
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    num_workers: int | None = None
+    cache_dir: str = "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def scratch(self) -> bool:
+        return self.backbone.startswith("scratch-cnn")
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise FinetuneError(msg)
+
+        need(self.recipe in (None, *RECIPES), f"unknown recipe {self.recipe!r}; expected lp-ft or ft")
+        need(not (self.scratch and self.recipe == "lp-ft"), "scratch-cnn has nothing to probe: use --recipe ft")
+        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; expected adamw or sgd")
+        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; expected {', '.join(SCHEDULES)}")
+        need(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; expected none, light or strong")
+        need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}")
+        need(self.pos_weight in ("none", "auto"), "--pos-weight must be none or auto")
+        need(self.bn in (None, "frozen", "train"), "--bn must be frozen or train")
+        need(self.class_weight in (None, "balanced"), "--class-weight must be none or balanced")
+        need(self.unfreeze in ("head", "all") or re.fullmatch(r"last-\d+", self.unfreeze) is not None,
+             f"--unfreeze must be head, all or last-N, got {self.unfreeze!r}")
+        need(not (self.scratch and self.unfreeze != "all"), "scratch-cnn trains from random init: --unfreeze all")
+        need(self.epochs is None or self.epochs >= 1, "--epochs must be >= 1")
+        need(self.batch_size >= 1, "--batch-size must be >= 1")
+        need(self.checkpoint_every >= 0, "--checkpoint-every must be >= 0")
+        need(self.lr is None or self.lr > 0, "--lr must be > 0")
+        need(self.patience is None or self.patience >= 1, "--patience must be >= 1")
+        need(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
+        need(self.image_size is None or self.image_size >= 8, "--image-size must be >= 8")
+        need(self.dropout is None or 0 <= self.dropout < 1, "--dropout must be in [0, 1)")
+        for k in ("hflip", "grayscale"):
+            v = getattr(self, k)
+            need(v is None or 0 <= v <= 1, f"--{k} must be a probability in [0, 1]")
+        need(self.scale is None or 0 < self.scale <= 1, "--scale (min crop area) must be in (0, 1]")
+
+    def resolved(self, native_size: int | None = None, model_size: int | None = None) -> FinetuneConfig:
+        """A copy with every ``None`` default filled in (``native_size``: typical image side of the data,
+        ``model_size``: the backbone's default input side)."""
+        self.validate()
+        c = dataclasses.replace(self)
+        s = c.scratch
+        c.recipe = c.recipe or ("ft" if s or not c.pretrained else "lp-ft")
+        c.epochs = c.epochs or (30 if s else 10)
+        c.patience = c.patience or (6 if s else 3)
+        c.lr = c.lr or (3e-3 if s else 1e-3)
+        c.backbone_lr_mult = c.backbone_lr_mult if c.backbone_lr_mult is not None else (1.0 if s else 0.25)
+        c.weight_decay = c.weight_decay if c.weight_decay is not None else (0.05 if c.optimizer == "adamw" else 5e-4)
+        c.dropout = c.dropout if c.dropout is not None else (0.2 if s else 0.0)
+        # pretrained BatchNorm statistics are kept (as the linear probe saw them): small batches of a new
+        # domain would overwrite them in a few steps and undo the probe's head
+        c.bn = c.bn or ("train" if s or not c.pretrained else "frozen")
+        if c.image_size is None:
+            if s:
+                c.image_size = max(16, int(native_size or 32))
+            elif native_size and native_size <= 64:
+                c.image_size = min(128, model_size or 128)
+            else:
+                c.image_size = model_size
+        preset = AUGMENT_PRESETS[c.augment]
+        for k, v in preset.items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+        if c.precision == "auto":
+            c.precision = auto_precision(c.device)
+        return c
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return torch.backends.mkldnn.is_available() and any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def auto_precision(device: str) -> str:
+    """bf16 autocast on CUDA with bf16 (fp16 otherwise) and on CPUs with native bf16; else fp32."""
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"

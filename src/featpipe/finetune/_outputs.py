@@ -1,0 +1,122 @@
+"""After training: embed every split with the best fine-tuned backbone and write the artifacts fit-head
+writes (metrics.json with the same schema, predictions.npz, model.joblib), so report and predict
+treat a fine-tune run like any other."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+import featpipe
+from featpipe.backbones import load_backbone, resolve_spec
+from featpipe.backbones._finetuned import BEST_CHECKPOINT, FINETUNED, read_checkpoint
+from featpipe.finetune._bundle import FinetunedHead
+from featpipe.metrics import BOOTSTRAP, bootstrap_ci, evaluate, jsonable
+
+
+def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
+    from featpipe.cache import OK
+    from featpipe.embed import run_backbone
+    from featpipe.fit import _add_thresholds
+    from featpipe.model import FeaturepipeModel
+
+    out, manifest, task, classes, cfg = run.out, run.manifest, run.task, run.classes, run.cfg
+    t0 = time.perf_counter()
+    spec = resolve_spec(f"{FINETUNED}{out}", precision="auto", device=run.device, seed=cfg.seed)
+    backbone = load_backbone(spec, run.device)
+    rows = np.concatenate([run.rows[s] for s in ("train", "val", "test")])
+    feats = np.zeros((len(manifest), backbone.feature_dim), dtype=np.float32)
+    ok = np.zeros(len(manifest), dtype=bool)
+    for b in run_backbone(backbone, manifest.paths, rows, array=manifest.array, batch_size=64,
+                          num_workers=run.workers):
+        feats[b.rows] = b.features
+        ok[b.rows] = b.status == OK
+        for r, s, e in zip(b.rows, b.status, b.errors, strict=True):
+            if s != OK:
+                run.failed[int(r)] = e
+    embed_seconds = time.perf_counter() - t0
+    idx = {s: run.rows[s][ok[run.rows[s]]] for s in ("train", "val", "test")}
+    ck = read_checkpoint(out / BEST_CHECKPOINT)
+    head = FinetunedHead(coef=ck["head_state"]["weight"].double().numpy(),
+                         intercept=ck["head_state"]["bias"].double().numpy(), task=task)
+    Y = np.asarray(manifest.labels)
+    X = feats.astype(np.float64)
+    fp = hashlib.sha256(f"{spec.weights_id}\0{manifest.fingerprint()}".encode()).hexdigest()[:16]
+    model = FeaturepipeModel(
+        head_name="finetune", task=task, classes=classes, metric=run.metric, class_weight=cfg.class_weight,
+        preprocess="none", seed=cfg.seed, backbone_spec={**spec.to_dict(), "preprocessing": backbone.preprocessing}, train_fingerprint=fp,
+        head=head,
+    ).fit(X[idx["train"]], Y[idx["train"]], X[idx["val"]], Y[idx["val"]])
+    probas = {s: model.predict_proba(X[idx[s]]) for s in ("train", "val", "test") if len(idx[s])}
+    scores: dict[str, Any] = {}
+    preds: dict[str, np.ndarray] = {}
+    for split, proba in probas.items():
+        preds[split] = model.decide(proba)
+        scores[split] = evaluate(Y[idx[split]], proba, preds[split], task, classes, run.metric)
+        _add_thresholds(scores[split], model)
+    scores["val"]["selection"] = True  # early stopping chose the epoch on these rows: optimistic
+    if "test" in scores:
+        ci = bootstrap_ci(run.metric, task, Y[idx["test"]], probas["test"], preds["test"], seed=cfg.seed)
+        scores["test"]["main_ci"] = list(ci) if ci else None
+    scores.setdefault("test", None)
+    run_name = f"{manifest.name}__{run.spec.tag()}__{out.name}"
+    metrics = {
+        "featpipe_version": featpipe.__version__,
+        "run": run_name,
+        "head": f"finetune-{cfg.recipe}",
+        "head_type": f"fine-tuned end to end ({cfg.recipe})",
+        "out_of_core": False,
+        "task": task,
+        "classes": classes,
+        "metric": run.metric,
+        "seed": cfg.seed,
+        "cache": {
+            "path": None, "key": spec.weights_id, "backbone": spec.to_dict(), "layer": spec.layer,
+            "feature_dim": int(backbone.feature_dim), "embed_seconds": embed_seconds, "dataset": manifest.info(),
+        },
+        "params": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "num_workers", "cache_dir", "checkpoint_every")},
+        "search": [],
+        "refit": "train",
+        "preprocess": "none",
+        "class_weight": cfg.class_weight or "none",
+        "threshold": model.threshold_,
+        "skipped_labels": [],
+        "scores": scores,
+        "val_scores_from": f"best epoch ({history.get('best_epoch')}) on validation, by early stopping",
+        "gap": scores["train"]["main"] - scores["val"]["main"],
+        # probe + epochs + this final pass: the same over an interrupted and resumed run
+        "fit_seconds": float((history.get("linear_probe") or {}).get("seconds", 0.0))
+        + float(history.get("train_seconds", 0.0)) + time.perf_counter() - t0,
+        "train_fingerprint": fp,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": model.versions_,
+        "selection": model.selection_,
+        "bootstrap": {**BOOTSTRAP, "seed": cfg.seed, "interval": "scores.test.main_ci"},
+        "finetune": {
+            "best_epoch": history.get("best_epoch"), "epochs_run": len(history["epochs"]),
+            "stopped_early": history.get("stopped_early", False), "base_backbone": run.spec.to_dict(),
+            "train_seconds": history.get("train_seconds"), "precision": cfg.precision,
+            "device": run.device, "threads": torch.get_num_threads(),
+            "linear_probe": history.get("linear_probe"), "n_unreadable": len(run.failed),
+        },
+    }
+    used = [s for s in ("train", "val", "test") if s in probas]
+    allrows = np.concatenate([idx[s] for s in used])
+    predictions = {
+        "ids": np.asarray(manifest.ids)[allrows].astype(str),
+        "paths": np.asarray(manifest.paths)[allrows].astype(str),
+        "split": np.concatenate([np.full(len(idx[s]), s) for s in used]).astype(str),
+        "y_true": Y[allrows],
+        "proba": np.concatenate([probas[s] for s in used]).astype(np.float32),
+        "pred": np.concatenate([preds[s] for s in used]),
+    }
+    model.save(out / "model.joblib")
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    np.savez_compressed(out / "predictions.npz", **predictions)
+    return metrics
