@@ -19,10 +19,10 @@ from PIL import Image
 
 from featpipe.backbones import load_backbone, resolve_spec
 from featpipe.backbones._registry import file_id
-from featpipe.cache import FeatureCache
+from featpipe.cache import FeatureCache, features_key
 from featpipe.cli import main
 from featpipe.data import Manifest, load_dataset
-from featpipe.embed import embed_dataset, features_key
+from featpipe.embed import embed_dataset
 from featpipe.errors import BackboneError
 from featpipe.finetune import FinetuneConfig, build_transforms, finetune
 from featpipe.model import load_model

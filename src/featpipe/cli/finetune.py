@@ -73,7 +73,8 @@ from featpipe.metrics import METRICS
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def finetune(data, name, split_seed, fractions, pattern, backbone, weights, no_pretrained, layer, image_size, out,
+def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col, unlabeled_empty,
+             backbone, weights, no_pretrained, layer, image_size, out,
              recipe, unfreeze, epochs, batch_size, optimizer, lr, backbone_lr_mult, momentum, nesterov,
              weight_decay, schedule, warmup_epochs, clip_grad, label_smoothing, pos_weight, class_weight, metric,
              augment, hflip, scale, rotate, shift, color_jitter, grayscale, dropout, bn, width, depth, in_channels,
@@ -98,7 +99,9 @@ def finetune(data, name, split_seed, fractions, pattern, backbone, weights, no_p
 
     if threads:
         torch.set_num_threads(threads)
-    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern)
+    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
+                            label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
+                            unlabeled_empty=unlabeled_empty)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
