@@ -236,13 +236,21 @@ def test_unavailable_weights_stop_before_work_unless_skipped(tmp_path: Path):
     assert len(list((tmp_path / "out" / "models").rglob("metrics.json"))) == 1
 
 
-def test_finetune_stage_needs_its_module(tmp_path: Path):
-    pipe = _study(tmp_path, finetune=[{"backbone": "scratch-cnn", "epochs": 2}])
+@pytest.mark.slow
+def test_finetune_stage_lands_in_the_models_folder_and_is_skipped_when_unchanged(tmp_path: Path):
+    tiny = {"backbone": "scratch-cnn", "epochs": 1, "width": 8, "depth": 2, "image_size": 16, "precision": "fp32"}
+    pipe = _study(tmp_path, finetune=[tiny])
     r = _invoke("run", pipe, "-q")
-    assert r.exit_code == 2 and "finetune: finetune stage needs featpipe.finetune" in r.output
-    assert not (tmp_path / "out").exists()
-    r = _invoke("run", pipe, "--dry-run", "--skip-unavailable")
-    assert "finetune scratch-cnn: skipped (needs featpipe.finetune)" in r.output
+    assert r.exit_code == 0, r.output
+    assert "finetune scratch-cnn: training (not fitted yet)" in r.output
+    run = tmp_path / "out" / "models" / "finetune-scratch-cnn"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["head"].startswith("finetune") and metrics["stage"]["fingerprint"]
+    assert (run / "model.joblib").exists() and (run / "history.json").exists()
+    assert "finetune scratch-cnn: up to date" in _invoke("run", pipe, "--dry-run").output
+    r = _invoke("run", pipe, "-q")
+    assert r.exit_code == 0 and "finetune scratch-cnn: up to date" in r.output
+    assert json.loads((run / "metrics.json").read_text())["created"] == metrics["created"]  # not retrained
     with pytest.raises(PipelineError, match=r"finetune\[0\]\.unfreeze"):
         load_pipeline(_study(tmp_path, finetune=[{"backbone": "x", "unfreeze": "some"}]))
 
@@ -288,7 +296,7 @@ def test_predict_stage_and_fused_head(tmp_path: Path):
 
 @pytest.mark.slow
 def test_ready_scenes_pipeline_end_to_end_on_made_data(tmp_path: Path):
-    """pipelines/scenes.yaml as shipped, offline: hub rows and the fine-tune stage are skipped."""
+    """pipelines/scenes.yaml as shipped, offline: hub rows are skipped, the scratch CNN is fine-tuned (made tiny)."""
     root = tmp_path / "scenes"
     for split, n in (("train", 10), ("test", 4)):
         make_class_folders(root / split, {"forest": n, "sea": n, "street": n}, seed=len(split))
@@ -296,12 +304,13 @@ def test_ready_scenes_pipeline_end_to_end_on_made_data(tmp_path: Path):
     (tmp_path / "p" / "x").rename(root / "pred")
     out = tmp_path / "out"
     r = _invoke("run", REPO / "pipelines" / "scenes.yaml", "-q", "--skip-unavailable", "--out", out,
-                "--set", f"data.path={root}", "--set", "backbones[0]={name: efficientnet_lite0, image_size: 64}")
+                "--set", f"data.path={root}", "--set", "backbones[0]={name: efficientnet_lite0, image_size: 64}",
+                "--set", "finetune[0].epochs=1", "--set", "finetune[0].image_size=16", "--set", "finetune[0].width=8")
     assert r.exit_code == 0, r.output
     for hub in ("mobilenetv1_100", "vgg16", "resnet50"):
         assert f"{hub}: skipped" in r.output
-    assert "finetune scratch-cnn: skipped" in r.output
-    assert len(list((out / "models").rglob("metrics.json"))) == 2  # lite0 x (logistic, lgbm)
+    assert "finetune scratch-cnn: training" in r.output
+    assert len(list((out / "models").rglob("metrics.json"))) == 3  # lite0 x (logistic, lgbm) + the fine-tune
     assert len((out / "predictions.csv").read_text().splitlines()) == 4
     assert (out / "report" / "index.html").exists()
 

@@ -3,9 +3,8 @@ rates), or a small CNN from scratch, and leave the same artifacts as fit-head pl
 ``embed`` accepts as ``finetuned:RUN``."""
 
 from featpipe.finetune._bundle import FinetunedHead
-from featpipe.finetune._config import AUGMENT_PRESETS, FinetuneConfig, auto_precision, cpu_has_native_bf16
+from featpipe.finetune._config import AUGMENT_PRESETS, FinetuneConfig
 from featpipe.finetune._data import build_transforms
 from featpipe.finetune._train import FinetuneResult, finetune
 
-__all__ = ["AUGMENT_PRESETS", "FinetuneConfig", "FinetuneResult", "FinetunedHead", "auto_precision",
-           "build_transforms", "cpu_has_native_bf16", "finetune"]
+__all__ = ["AUGMENT_PRESETS", "FinetuneConfig", "FinetuneResult", "FinetunedHead", "build_transforms", "finetune"]

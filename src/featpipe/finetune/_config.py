@@ -5,12 +5,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from featpipe.backbones._registry import DEFAULT_BACKBONE
+from featpipe.backbones._registry import DEFAULT_BACKBONE, auto_precision
 from featpipe.errors import FinetuneError
 
 RECIPES = ("lp-ft", "ft")
@@ -147,19 +144,3 @@ class FinetuneConfig:
         if c.precision == "auto":
             c.precision = auto_precision(c.device)
         return c
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return torch.backends.mkldnn.is_available() and any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def auto_precision(device: str) -> str:
-    """bf16 autocast on CUDA with bf16 (fp16 otherwise) and on CPUs with native bf16; else fp32."""
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,15 +197,6 @@ class Study:
             raise self.loaded.error(("backbones", i, "name"), f"unknown backbone {b.name!r}: not a featpipe "
                                     "backbone, an .onnx file or a timm model (see `featpipe backbones`)")
 
-    def check_wiring(self) -> None:
-        """Stages whose machinery this featpipe lacks stop the run here, before any work."""
-        if self.finetune_missing() and not self.skip_unavailable:
-            raise self.loaded.error(("finetune",), "finetune stage needs featpipe.finetune "
-                                    "(or --skip-unavailable to run the other stages)")
-
-    def finetune_missing(self) -> bool:
-        return bool(self.c.finetune) and importlib.util.find_spec("featpipe.finetune") is None
-
     # ------------------------------------------------------------------------------------ plan
     def _embed_state(self, row: BackboneRow) -> None:
         from featpipe.cache import find_cache, rows_to_embed
@@ -245,7 +235,6 @@ class Study:
         from featpipe.cache import FeatureCache
 
         self.check_names()
-        self.check_wiring()
         steps: list[Step] = []
         rows = self.backbones()
         fps: dict[str, str | None] = {}
@@ -279,10 +268,9 @@ class Study:
                     steps.append(self._head_step(label, Path(fused.path).stem, head, params,
                                                  data_fingerprint(fused), stage="fuse"))
         for ft in self.c.finetune:
-            if self.finetune_missing():
-                steps.append(Step("finetune", ft.id or ft.backbone, SKIPPED, "needs featpipe.finetune"))
-            else:
-                steps.append(Step("finetune", ft.id or ft.backbone, WILL_RUN, "featpipe.finetune resumes its runs"))
+            out, _, inputs = self._finetune_job(ft)
+            why = why_stale(out / "metrics.json", inputs)
+            steps.append(Step("finetune", ft.id or ft.backbone, UP_TO_DATE if why is None else WILL_RUN, why or ""))
         if self.c.predict:
             steps.append(self._predict_step(steps))
         if self.c.report.enabled:
@@ -334,7 +322,6 @@ class Study:
         from featpipe.embed import embed_datasets
 
         self.check_names()
-        self.check_wiring()
         rows = self.backbones()
         err = self.unavailable_error()
         if err:
@@ -352,9 +339,6 @@ class Study:
         for row in rows:  # said up front, before any work
             if row.unavailable:
                 self.echo(f"{row.config.ref}: skipped ({row.unavailable})")
-        if self.finetune_missing():
-            self.echo(f"finetune {', '.join(f.id or f.backbone for f in self.c.finetune)}: skipped "
-                      "(needs featpipe.finetune)")
         self.out.mkdir(parents=True, exist_ok=True)
         counts = ", ".join(f"{k} {v}" for k, v in m.split_counts().items())
         self.echo(f"dataset {m.name}: {len(m)} images ({counts}), {m.task}, {len(m.classes)} classes")
@@ -401,8 +385,10 @@ class Study:
             if fused.n_dropped:
                 self.echo(f"fuse {'+'.join(group)}: {fused.n_dropped} rows not embedded by every backbone left out")
             fitted += self._fit_all(fused, "+".join(group), res)
-        for ft in [] if self.finetune_missing() else self.c.finetune:
-            self._run_finetune(ft)
+        for ft in self.c.finetune:
+            out, metrics = self._run_finetune(ft)
+            res.models.append(str(out))
+            fitted.append({"dir": out, "metrics": metrics})
         if fitted:
             from featpipe.metrics import format_table
 
@@ -449,11 +435,45 @@ class Study:
                 done.append({"dir": d, "metrics": run.metrics})
         return done
 
-    def _run_finetune(self, ft: Any) -> None:
-        # Wiring point for featpipe.finetune (its own issue): check_wiring() already stopped the run when
-        # the module is absent; the call below is what the merge connects.
-        raise self.loaded.error(("finetune",), "finetune stage needs featpipe.finetune wired into "
-                                "featpipe.pipeline (Study._run_finetune)")
+    def _finetune_job(self, ft: Any) -> tuple[Path, Any, dict[str, Any]]:
+        """(run folder in the models folder, FinetuneConfig, stage inputs) of one ``finetune:`` entry."""
+        from featpipe.cache import slug
+        from featpipe.finetune import FinetuneConfig
+        from featpipe.versions import library_versions
+
+        keys = ("layer", "image_size", "unfreeze", "epochs", "patience", "batch_size", "lr", "optimizer",
+                "schedule", "weight_decay", "label_smoothing", "augment", "class_weight", "precision",
+                "in_channels", "width", "depth", "dropout")
+        opts = {k: getattr(ft, k) for k in keys if getattr(ft, k) is not None}
+        cfg = FinetuneConfig(backbone=ft.backbone, weights=self.path(ft.weights) if ft.weights else None,
+                             metric=self.c.fit.metric, seed=self.c.seed, device=self.c.device,
+                             cache_dir=str(self.cache_dir), **opts)
+        out = self.models_dir / f"finetune-{slug(ft.id or ft.backbone)}"
+        inputs = {"dataset": self.manifest().fingerprint(), "config": cfg.to_dict(), "versions": library_versions()}
+        return out, cfg, inputs
+
+    def _run_finetune(self, ft: Any) -> tuple[Path, dict[str, Any]]:
+        """Run (or resume) one fine-tune entry; skipped when its metrics.json holds the same inputs."""
+        from featpipe.finetune import finetune
+        from featpipe.metrics import jsonable
+
+        out, cfg, inputs = self._finetune_job(ft)
+        name = ft.id or ft.backbone
+        why = why_stale(out / "metrics.json", inputs)
+        if why is None:
+            self.echo(f"finetune {name}: up to date -> {out}")
+            return out, json.loads((out / "metrics.json").read_text())
+        self.echo(f"finetune {name}: training ({why}) -> {out}")
+        resume = (out / "last.pt").exists() and why_stale(out / "stage.json", inputs) is None
+        (out).mkdir(parents=True, exist_ok=True)
+        (out / "stage.json").write_text(json.dumps({"stage": {"fingerprint": fingerprint(inputs),
+                                                              "inputs": inputs}}, default=str))
+        result = finetune(self.manifest(), cfg, out, resume=resume, force=not resume, progress=self.progress,
+                          log=self.echo)
+        metrics = dict(result.metrics)
+        metrics["stage"] = {"fingerprint": fingerprint(inputs), "inputs": inputs}
+        (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
+        return out, metrics
 
     # --------------------------------------------------------------------------------- predict
     def _predict_files(self) -> list[str]:
