@@ -170,6 +170,8 @@ def auto_precision(device: str) -> str:
 
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.startswith("cuda"):  # asked for a GPU that is not here: say what it would run
+            return "bf16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
