@@ -27,7 +27,7 @@ from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FeaturepipeError, ImageError
 from featpipe.hardware import available_cpus
-from featpipe.images import image_from_array, load_image, read_source
+from featpipe.images import failure_reason, image_from_array, load_image, read_source
 from featpipe.versions import library_versions
 
 FEATURE_DTYPES = ("float32", "float16")
@@ -132,10 +132,8 @@ class _Decoder:
                         raise ImageError(f"preprocessing gave shape {tuple(x.shape)}, expected {cut.shape}")
                     inputs[key][i] = x
                 continue
-            except ImageError as e:
-                errors[i] = str(e)
-            except Exception as e:  # a decoder bug on one image must not end a long run
-                errors[i] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:190]
+            except Exception as e:  # a bad image (or a decoder bug on one) is a failed row, never the end of a run
+                errors[i] = failure_reason(e)
             status[i] = fcache.FAILED
             for arr in inputs.values():
                 arr[i] = 0

@@ -22,9 +22,9 @@ import numpy as np
 from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
-from featpipe.errors import FeaturepipeError, ImageError
+from featpipe.errors import FeaturepipeError
 from featpipe.hardware import available_cpus
-from featpipe.images import image_from_array, load_image, read_source
+from featpipe.images import failure_reason, image_from_array, load_image, read_source
 
 INSTALL_HINT = "the Ray engine needs Ray Data: pip install featpipe[ray]"
 DECODE_BATCH = 32  # rows per decode task call: big enough to amortise Ray's per-call overhead
@@ -101,10 +101,8 @@ def decode_rows(batch: dict[str, np.ndarray], spec_json: str, array_ref: Any = N
             img = image_from_array(data) if isinstance(data, np.ndarray) else load_image(data, target_size=draft)
             pixels.append(backbone.preprocess(img))
             continue
-        except ImageError as e:
-            errors[k] = str(e)
-        except Exception as e:  # a decoder bug on one image must not end a long run
-            errors[k] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:190]
+        except Exception as e:  # a bad image (or a decoder bug on one) is a failed row, never the end of a run
+            errors[k] = failure_reason(e)
         status[k] = fcache.FAILED
         pixels.append(torch.zeros(shape))
     return {

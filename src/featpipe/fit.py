@@ -205,18 +205,24 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": model.versions_,
         }
-        used = [s for s in ("train", "val", "test") if s in probas]
-        idx = np.concatenate([rows[s] for s in used])
-        predictions = {
-            "ids": np.asarray(cache.ids)[idx].astype(str),
-            "paths": np.asarray(cache.paths)[idx].astype(str),
-            "split": np.concatenate([np.full(len(rows[s]), s) for s in used]).astype(str),
-            "y_true": Y[idx],
-            "proba": np.concatenate([probas[s] for s in used]).astype(np.float32),
-            "pred": np.concatenate([preds[s] for s in used]),
-        }
+        predictions = predictions_record(cache.ids, cache.paths, Y, rows, probas, preds)
         out.append(HeadRun(run_name, name, model, metrics, predictions))
     return out
+
+
+def predictions_record(ids: Any, paths: Any, Y: np.ndarray, rows: dict[str, np.ndarray],
+                       probas: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of predictions.npz: per scored split, its rows' ids, paths, labels, probabilities, decisions."""
+    used = [s for s in ("train", "val", "test") if s in probas]
+    idx = np.concatenate([rows[s] for s in used])
+    return {
+        "ids": np.asarray(ids)[idx].astype(str),
+        "paths": np.asarray(paths)[idx].astype(str),
+        "split": np.concatenate([np.full(len(rows[s]), s) for s in used]).astype(str),
+        "y_true": Y[idx],
+        "proba": np.concatenate([probas[s] for s in used]).astype(np.float32),
+        "pred": np.concatenate([preds[s] for s in used]),
+    }
 
 
 def _proba(model: FeaturepipeModel, X: Any) -> np.ndarray:

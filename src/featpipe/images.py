@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from featpipe.errors import ImageError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "load_image", "read_source", "read_bytes_and_hash", "image_from_array", "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS", "failure_reason", "load_image", "read_source", "read_bytes_and_hash", "image_from_array", "DEFAULT_MAX_PIXELS",
 ]
 
 # file suffixes treated as images, everywhere (dataset scans, predict folders)
@@ -224,6 +224,14 @@ def image_from_array(arr: np.ndarray) -> Image.Image:
     if a.shape[2] == 4:
         return _composite_on_white(Image.fromarray(a))
     return Image.fromarray(a)
+
+
+def failure_reason(e: Exception) -> str:
+    """The reason recorded for a row that could not be decoded: an ImageError's own line, else the
+    exception's type and first line (a decoder bug on one image must not end a long run)."""
+    if isinstance(e, ImageError):
+        return str(e)
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:190]
 
 
 def read_source(path: str, array: np.ndarray | None) -> tuple[bytes | np.ndarray, str, int, int]:

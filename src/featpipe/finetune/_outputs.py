@@ -23,7 +23,7 @@ from featpipe.metrics import BOOTSTRAP, bootstrap_ci, evaluate, jsonable
 def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
     from featpipe.cache import OK
     from featpipe.embed import run_backbone
-    from featpipe.fit import _add_thresholds
+    from featpipe.fit import _add_thresholds, predictions_record
     from featpipe.model import FeaturepipeModel
 
     out, manifest, task, classes, cfg = run.out, run.manifest, run.task, run.classes, run.cfg
@@ -106,16 +106,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
             "linear_probe": history.get("linear_probe"), "n_unreadable": len(run.failed),
         },
     }
-    used = [s for s in ("train", "val", "test") if s in probas]
-    allrows = np.concatenate([idx[s] for s in used])
-    predictions = {
-        "ids": np.asarray(manifest.ids)[allrows].astype(str),
-        "paths": np.asarray(manifest.paths)[allrows].astype(str),
-        "split": np.concatenate([np.full(len(idx[s]), s) for s in used]).astype(str),
-        "y_true": Y[allrows],
-        "proba": np.concatenate([probas[s] for s in used]).astype(np.float32),
-        "pred": np.concatenate([preds[s] for s in used]),
-    }
+    predictions = predictions_record(manifest.ids, manifest.paths, Y, idx, probas, preds)
     model.save(out / "model.joblib")
     (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
     np.savez_compressed(out / "predictions.npz", **predictions)
