@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,9 @@ def test_bundle_round_trips_in_a_fresh_process_and_predict(folder, tmp_path):
     res = CliRunner().invoke(main, ["predict", "--model", str(out / "model.joblib"), *test[:3]])
     assert res.exit_code == 0, res.output
     assert len(res.output.strip().splitlines()) == 3
+    # the run folder moved elsewhere: the bundle finds best.pt next to itself by name and hash
+    moved = shutil.move(str(out), str(tmp_path / "elsewhere"))
+    np.testing.assert_allclose(load_model(Path(moved) / "model.joblib").predict_proba(test), want, atol=1e-4)
 
 
 def test_finetuned_backbone_embeds_and_heads_refit(folder, tmp_path):

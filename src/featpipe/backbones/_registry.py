@@ -460,7 +460,7 @@ def weights_record(spec: dict[str, Any]) -> dict[str, Any] | None:
         pw = PACKAGED[name]
         rec = {"source": "package", "package": pw.package, "module": pw.module,
                "file": Path(path).name if path else None}
-    elif spec.get("weights") == "file" or spec.get("kind") == "onnx":
+    elif spec.get("weights") in ("file", "finetuned") or spec.get("kind") == "onnx":
         rec = {"source": "file", "file": Path(path or spec.get("arch", "")).name}
     else:
         return None
@@ -495,7 +495,7 @@ def locate_weights(spec: dict[str, Any], record: dict[str, Any] | None = None,
     """
     spec = dict(spec)
     onnx = spec.get("kind") == "onnx"
-    if not onnx and spec.get("weights") not in ("file", "package"):
+    if not onnx and spec.get("weights") not in ("file", "package", "finetuned"):
         return spec  # hub / random: nothing on disk to find
     want = spec["weights_id"]
     rec = record or weights_record({**spec, "weights_path": None})
