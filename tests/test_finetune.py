@@ -239,7 +239,8 @@ def test_stages_listing_and_partial_unfreeze(folder, tmp_path):
     # a cut drops the stages after it, also at a module without parameters (VGG's block2_pool)
     from featpipe.backbones._torch import BackboneNet
 
-    net = load_backbone(resolve_spec(TINY, pretrained=False, layer="blocks.1.0", image_size=32)).net
+    net = load_backbone(resolve_spec(TINY, pretrained=False, layer="blocks.1.0", image_size=32),
+                        trainable=True).net
     assert [n for n, _ in net.stages()] == ["conv_stem", "blocks.0", "blocks.1"]
     seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 4, 3))
     vgg_like = torch.nn.Module()

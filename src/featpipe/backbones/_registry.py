@@ -398,11 +398,12 @@ def _timm_data_config(
 
 
 def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
-                  preprocessing: dict[str, Any] | None = None) -> Backbone:
+                  preprocessing: dict[str, Any] | None = None, *, trainable: bool = False) -> Backbone:
     """Build the frozen feature extractor a spec describes.
 
     ``preprocessing`` (as a cache or bundle recorded it) replaces the backbone's current defaults, so a
-    later change of those defaults never changes the features under an existing model.
+    later change of those defaults never changes the features under an existing model. ``trainable``
+    keeps a torch backbone's ``net`` as built (no BatchNorm folding), for the fine-tune stage.
     """
     from featpipe.backbones._onnx import IMAGENET_MEAN, IMAGENET_STD, OnnxBackbone
     from featpipe.backbones._torch import TorchBackbone
@@ -424,7 +425,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
 
         model, data_config = load_finetune_stage_model(spec)
         return with_spec_options(TorchBackbone(spec, model, dict(preprocessing) if preprocessing else data_config,
-                                               device))
+                                               device, fold=not trainable))
     model = _create_timm(spec)
     recorded = None
     if spec.weights in ("file", "package"):
@@ -437,7 +438,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
         recorded = _load_weights(model, spec)
     # a bundle's recorded preprocessing wins; else the weights file's own, else the model's defaults
     data_config = dict(preprocessing) if preprocessing else _timm_data_config(model, spec.image_size, recorded)
-    return with_spec_options(TorchBackbone(spec, model, data_config, device))
+    return with_spec_options(TorchBackbone(spec, model, data_config, device, fold=not trainable))
 
 
 # ------------------------------------------------------------- portable bundles: weights and preprocessing
@@ -555,7 +556,7 @@ def list_stages(name: str) -> list[str]:
     if name in PACKAGED_ONNX or _is_onnx(name):
         raise BackboneError("ONNX backbones cannot be fine-tuned: they have no stages")
     spec = resolve_spec(name, pretrained=name.startswith(FINETUNED))
-    net = load_backbone(spec).net  # type: ignore[attr-defined]
+    net = load_backbone(spec, trainable=True).net  # type: ignore[attr-defined]
     return [stage for stage, _ in net.stages()]
 
 

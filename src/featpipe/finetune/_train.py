@@ -156,7 +156,7 @@ class _Run:
     def build(self) -> None:
         c = self.cfg
         _seed_all(c.seed)
-        backbone = load_backbone(self.spec, self.device)
+        backbone = load_backbone(self.spec, self.device, trainable=True)
         self.data_config = dict(backbone.data_config)  # type: ignore[attr-defined]
         self.transforms = build_transforms(c, self.data_config)
         crop = float(self.data_config.get("crop_pct", 1.0)) or 1.0
