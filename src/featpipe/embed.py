@@ -48,12 +48,15 @@ def default_batch_size(device: str) -> int:
 
 
 def default_workers(device: str) -> int:
-    """Decode threads. On CPU one thread decodes the next batch while the forward pass runs (decoding
-    is a small share of the work); a GPU is fed by as many threads as there are cores, up to 8."""
+    """Decode threads: on CPU one per core, decoding each batch between forward passes; a GPU is fed
+    by as many threads as there are cores, up to 8, decoding ahead of it (see :func:`_decoded_batches`)."""
     cores = available_cpus()
-    if device.startswith("cuda"):
-        return min(8, cores)
-    return 1
+    return min(8, cores) if device.startswith("cuda") else cores
+
+
+def decode_ahead(device: str) -> bool:
+    """Whether decoding overlaps the forward pass: only when the forward does not run on the CPU."""
+    return not device.startswith("cpu")
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -112,48 +115,69 @@ class _Decoder:
             self.cuts.setdefault(key, cut)
             self.keys.append(key)
 
-    def decode(self, rows: np.ndarray) -> Batch:
+    def decode(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None) -> Batch:
+        """One batch; with ``pool``, its rows are decoded in as many slices as the pool has threads."""
         n = len(rows)
         inputs = {k: np.zeros((n, *c.shape), np.uint8) if c.uint8 else torch.zeros((n, *c.shape))
                   for k, c in self.cuts.items()}
         status = np.full(n, fcache.OK, dtype=np.int8)
         hashes, errors = [""] * n, [""] * n
         sizes, mtimes = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        for i, row in enumerate(rows):
-            try:
-                data, hashes[i], sizes[i], mtimes[i] = read_source(self.paths[int(row)], self.array)
-                decoded: dict[int, Any] = {}
-                for key, cut in self.cuts.items():
-                    size = -1 if isinstance(data, np.ndarray) else cut.draft
-                    if size not in decoded:
-                        decoded[size] = image_from_array(data) if size < 0 else load_image(data, target_size=size)
-                    x = cut.fn(decoded[size])
-                    if tuple(x.shape) != cut.shape:
-                        raise ImageError(f"preprocessing gave shape {tuple(x.shape)}, expected {cut.shape}")
-                    inputs[key][i] = x
-                continue
-            except Exception as e:  # a bad image (or a decoder bug on one) is a failed row, never the end of a run
-                errors[i] = failure_reason(e)
-            status[i] = fcache.FAILED
-            for arr in inputs.values():
-                arr[i] = 0
+
+        def fill(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                try:
+                    data, hashes[i], sizes[i], mtimes[i] = read_source(self.paths[int(rows[i])], self.array)
+                    decoded: dict[int, Any] = {}
+                    for key, cut in self.cuts.items():
+                        size = -1 if isinstance(data, np.ndarray) else cut.draft
+                        if size not in decoded:
+                            decoded[size] = image_from_array(data) if size < 0 else load_image(data, target_size=size)
+                        x = cut.fn(decoded[size])
+                        if tuple(x.shape) != cut.shape:
+                            raise ImageError(f"preprocessing gave shape {tuple(x.shape)}, expected {cut.shape}")
+                        inputs[key][i] = x
+                    continue
+                except Exception as e:  # a bad image (or a decoder bug on one) is a failed row, never the end of a run
+                    errors[i] = failure_reason(e)
+                status[i] = fcache.FAILED
+                for arr in inputs.values():
+                    arr[i] = 0
+
+        k = min(n, pool._max_workers) if pool is not None else 1
+        if k > 1:
+            bounds = np.linspace(0, n, k + 1).astype(int)
+            list(pool.map(fill, bounds[:-1], bounds[1:]))  # type: ignore[union-attr]
+        else:
+            fill(0, n)
         tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
         if self.pin:
             tensors = {k: v.pin_memory() for k, v in tensors.items()}
         return Batch(np.asarray(rows, dtype=np.int64), status, hashes, sizes, mtimes, errors, tensors)
 
 
-def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, threads: int) -> Iterator[Batch]:
-    """Batches in order. With ``threads`` > 0 they are decoded ahead in threads (PIL, hashlib and
-    torch release the GIL, so this overlaps the forward pass without processes); at most
-    ``threads + 1`` batches wait, so memory does not grow with the dataset."""
+def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, threads: int,
+                     ahead: bool) -> Iterator[Batch]:
+    """Batches in order, decoded by ``threads`` threads (PIL, hashlib and torch release the GIL).
+
+    ``ahead`` (a GPU computes the forward): the threads decode the next batches while the current
+    one is consumed; at most ``threads + 1`` batches wait, so memory does not grow with the dataset.
+    Otherwise (a CPU forward that uses every core itself): each batch is decoded in ``threads``
+    slices at once and handed over before the next one starts. Decoding during a CPU forward would
+    pre-empt one of its threads and stall the rest of them at the next synchronisation (measured on
+    2 cores: 293 img/s overlapped vs 308 inline vs 342 in slices, lite0 bf16).
+    """
     starts = range(0, len(rows), batch_size)
-    if threads <= 0:
+    if threads <= 0 or (threads == 1 and not ahead):
         for lo in starts:
             yield decoder.decode(rows[lo:lo + batch_size])
         return
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featpipe-decode")
     try:
+        if not ahead:
+            for lo in starts:
+                yield decoder.decode(rows[lo:lo + batch_size], pool)
+            return
         it = iter(starts)
         pending: deque[Future[Batch]] = deque(pool.submit(decoder.decode, rows[lo:lo + batch_size])
                                               for lo in itertools.islice(it, threads + 1))
@@ -191,7 +215,7 @@ def run_backbone(
     bs = batch_size or default_batch_size(backbone.device)
     workers = default_workers(backbone.device) if num_workers is None else num_workers
     decoder = _Decoder([backbone], paths, array)
-    for batch in _decoded_batches(decoder, np.asarray(rows), bs, workers if len(rows) > bs else 0):
+    for batch in _decoded_batches(decoder, np.asarray(rows), bs, workers, decode_ahead(backbone.device)):
         batch.features = _forward(backbone, batch.inputs[decoder.keys[0]], batch.status == fcache.OK)
         batch.inputs = {}
         yield batch
@@ -457,7 +481,7 @@ def _embed_rows(
         pending, n_pending, last_write = [[] for _ in backbones], 0, time.monotonic()
 
     try:
-        for batch in _decoded_batches(decoder, rows, bs, threads if len(rows) > bs else 0):
+        for batch in _decoded_batches(decoder, rows, bs, threads, decode_ahead(dev)):
             ok = batch.status == fcache.OK
             for j, backbone in enumerate(backbones):
                 need = wanted[j][batch.rows]

@@ -149,7 +149,9 @@ class _Run:
         self.cfg = cfg.resolved(native, _model_default_size(probe) if probe else None)
         self.metric = self.cfg.metric or DEFAULT_METRIC[self.task]
         main_metric_key(self.metric, self.task)  # an unknown metric fails before any training
-        self.workers = default_workers(self.device) if self.cfg.num_workers is None else self.cfg.num_workers
+        # DataLoader worker processes: on CPU one, augmenting beside the training step; a GPU gets embed's count
+        auto_workers = default_workers(self.device) if self.device.startswith("cuda") else 1
+        self.workers = auto_workers if self.cfg.num_workers is None else self.cfg.num_workers
         self.spec = _base_spec(self.cfg, self.cfg.image_size)
 
     # ------------------------------------------------------------------------------- building
