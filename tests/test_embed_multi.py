@@ -104,8 +104,8 @@ def test_cli_starts_without_torch_timm_or_sklearn():
     assert r.exit_code == 2 and "logistic" in r.output
 
 
-@pytest.mark.parametrize("threads,ahead", [(2, False), (3, True), (1, True)])
-def test_decode_modes_give_the_inline_batches(image_folder, threads, ahead):
+@pytest.mark.parametrize("workers,mode", [(2, "slices"), (3, "processes"), (1, "processes")])
+def test_decode_modes_give_the_inline_batches(image_folder, workers, mode):
     from featpipe.embed import _decoded_batches, _Decoder
 
     (image_folder / "cat" / "broken.png").write_bytes(b"not an image")
@@ -113,8 +113,8 @@ def test_decode_modes_give_the_inline_batches(image_folder, threads, ahead):
     decoder = _Decoder([load_backbone(resolve_spec(TINY, pretrained=False, image_size=TINY_SIZE))],
                        manifest.paths, manifest.array)
     rows = np.arange(len(manifest))[::-1].copy()
-    inline = list(_decoded_batches(decoder, rows, 5, 0, False))
-    other = list(_decoded_batches(decoder, rows, 5, threads, ahead))
+    inline = list(_decoded_batches(decoder, rows, 5, 0, "slices"))
+    other = list(_decoded_batches(decoder, rows, 5, workers, mode))
     assert [list(b.rows) for b in other] == [list(b.rows) for b in inline]
     for a, b in zip(inline, other, strict=True):
         assert list(a.status) == list(b.status) and a.errors == b.errors and a.hashes == b.hashes
