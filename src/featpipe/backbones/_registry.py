@@ -234,7 +234,7 @@ def resolve_spec(
         )
 
     arch = PACKAGED[name].arch if name in PACKAGED else name
-    if not _timm_has(arch):
+    if name not in PACKAGED and not _timm_has(arch):  # timm's model list costs a 2 s import of timm
         raise BackboneError(
             f"unknown backbone {name!r}: not a featpipe backbone, an .onnx file or a timm model "
             "(see `featpipe backbones`)"
@@ -545,7 +545,7 @@ def list_layers(name: str) -> list[str]:
     import timm
 
     arch = PACKAGED[name].arch if name in PACKAGED else name
-    if not _timm_has(arch):
+    if name not in PACKAGED and not _timm_has(arch):  # timm's model list costs a 2 s import of timm
         raise BackboneError(f"unknown backbone {name!r}")
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     return list(vgg_layer_aliases(model)) + list_layer_names(model)
