@@ -114,8 +114,9 @@ class _Decoder:
             self.cuts.setdefault(key, cut)
             self.keys.append(key)
 
-    def decode(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None, pin: bool | None = None) -> Batch:
-        """One batch; with ``pool``, its rows are decoded in as many slices as the pool has threads.
+    def decode(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None, parts: int = 1,
+               pin: bool | None = None) -> Batch:
+        """One batch; with ``pool``, its rows are decoded there in ``parts`` slices at once.
         ``pin`` (default: when a backbone is on a GPU) page-locks the inputs."""
         n = len(rows)
         inputs = {k: np.zeros((n, *c.shape), np.uint8) if c.uint8 else torch.zeros((n, *c.shape))
@@ -144,7 +145,7 @@ class _Decoder:
                 for arr in inputs.values():
                     arr[i] = 0
 
-        k = min(n, pool._max_workers) if pool is not None else 1
+        k = min(n, parts) if pool is not None else 1
         if k > 1:
             bounds = np.linspace(0, n, k + 1).astype(int)
             list(pool.map(fill, bounds[:-1], bounds[1:]))  # type: ignore[union-attr]
@@ -199,7 +200,8 @@ def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, worke
         return
     if mode == "processes" and sys.platform.startswith("linux"):  # elsewhere fork is unsafe: slices
         loader = torch.utils.data.DataLoader(
-            _BatchRows(decoder, rows, batch_size), batch_size=None, num_workers=workers, pin_memory=decoder.pin,
+            _BatchRows(decoder, rows, batch_size), batch_size=None, num_workers=min(workers, len(starts)),
+            pin_memory=decoder.pin,
             prefetch_factor=2, multiprocessing_context="fork",  # workers inherit the decoder, nothing pickled
         )
         yield from loader
@@ -207,7 +209,7 @@ def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, worke
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featpipe-decode")
     try:
         for lo in starts:
-            yield decoder.decode(rows[lo:lo + batch_size], pool)
+            yield decoder.decode(rows[lo:lo + batch_size], pool, workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
