@@ -34,6 +34,10 @@ def test_budget_decides_in_memory_or_on_disk(tmp_path):
     assert open_cache(path, "1GB").in_memory
     small = open_cache(path, "1KB")
     assert not small.in_memory and isinstance(small.features, H5Rows)
+    dim = small.features.shape[1]
+    # slabs follow the budget (a sixteenth, 1-32 MB), so a small budget means small reads
+    assert small.features.slab_rows == max(64, (1 << 20) // (4 * dim))
+    assert small.features.subset(np.arange(10)).slab_rows == small.features.slab_rows
     assert parse_memory("1.5k") == 1536 and parse_memory("2GiB") == 2 << 30 and parse_memory(7) == 7
     with pytest.raises(HeadError, match="cannot read memory size"):
         parse_memory("lots")

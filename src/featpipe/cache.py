@@ -270,9 +270,10 @@ class FeatureCache:
         self.in_memory: bool = isinstance(self.features, np.ndarray)
 
     @classmethod
-    def open(cls, path: str | Path, *, allow_incomplete: bool = False, in_memory: bool = True) -> FeatureCache:
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False, in_memory: bool = True,
+             slab_bytes: int | None = None) -> FeatureCache:
         """Open a cache; ``in_memory=False`` leaves the features on disk (``features`` is then an
-        :class:`H5Rows` over every row, read in chunks), for caches larger than RAM."""
+        :class:`H5Rows` over every row, read in slabs of about ``slab_bytes``), for caches larger than RAM."""
         path = Path(path)
         if not path.exists():
             raise CacheError(f"cache file not found: {path}")
@@ -296,7 +297,8 @@ class FeatureCache:
             if in_memory:
                 data["features"] = f["features"][...].astype(np.float32, copy=False)
         if not in_memory:
-            data["features"] = H5Rows(path, np.arange(len(data["ids"])))
+            rows = np.arange(len(data["ids"]))
+            data["features"] = H5Rows(path, rows, H5Rows.rows_for(path, slab_bytes) if slab_bytes else None)
         return cls(path, attrs, data)
 
     def __len__(self) -> int:
@@ -326,6 +328,9 @@ class FeatureCache:
         }
 
 
+SLAB_BYTES = 32 << 20  # default slab of an out-of-core read: sequential I/O, bounded memory
+
+
 class H5Rows:
     """Some rows of a cache's feature matrix, read from disk on demand (heads on caches larger than RAM).
 
@@ -338,8 +343,15 @@ class H5Rows:
         self.rows = np.sort(np.asarray(rows, dtype=np.int64))
         with _open_h5(self.path, "r") as f:
             self.n_features = int(f["features"].shape[1])
-        # ~32 MB of float32 per slab
-        self.slab_rows = int(slab_rows or max(64, (32 << 20) // (4 * max(1, self.n_features))))
+        self.slab_rows = int(slab_rows or self.rows_for(self.path, SLAB_BYTES, self.n_features))
+
+    @staticmethod
+    def rows_for(path: str | Path, slab_bytes: int, n_features: int | None = None) -> int:
+        """Rows of a slab of about ``slab_bytes`` of float32 features (at least 64)."""
+        if n_features is None:
+            with _open_h5(Path(path), "r") as f:
+                n_features = int(f["features"].shape[1])
+        return max(64, int(slab_bytes) // (4 * max(1, n_features)))
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -88,11 +88,14 @@ def fits_in_memory(n_rows: int, dim: int, max_memory: str | int | None = None) -
 
 def open_cache(path: str | Path, max_memory: str | int | None = None) -> FeatureCache:
     """Open a cache for fitting: features in memory when they fit the budget, else left on disk."""
-    from featpipe.cache import _open_h5
+    from featpipe.cache import SLAB_BYTES, _open_h5
 
     with _open_h5(Path(path), "r") as f:
         n, dim = f["features"].shape
-    return FeatureCache.open(path, in_memory=fits_in_memory(int(n), int(dim), max_memory))
+    budget = parse_memory(max_memory) if max_memory is not None else default_memory_budget()
+    # out of core, a fit holds a few float64 copies of one slab: a sixteenth of the budget, 1-32 MB
+    slab = SLAB_BYTES if budget is None else int(min(SLAB_BYTES, max(1 << 20, budget // 16)))
+    return FeatureCache.open(path, in_memory=fits_in_memory(int(n), int(dim), max_memory), slab_bytes=slab)
 
 
 def _rows(cache: Any, split: str) -> np.ndarray:
