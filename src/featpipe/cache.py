@@ -297,8 +297,7 @@ class FeatureCache:
             if in_memory:
                 data["features"] = f["features"][...].astype(np.float32, copy=False)
         if not in_memory:
-            rows = np.arange(len(data["ids"]))
-            data["features"] = H5Rows(path, rows, H5Rows.rows_for(path, slab_bytes) if slab_bytes else None)
+            data["features"] = H5Rows(path, np.arange(len(data["ids"])), slab_bytes=slab_bytes or SLAB_BYTES)
         return cls(path, attrs, data)
 
     def __len__(self) -> int:
@@ -338,20 +337,14 @@ class H5Rows:
     so memory stays bounded whatever the cache size. Row order is the file's order.
     """
 
-    def __init__(self, path: str | Path, rows: np.ndarray, slab_rows: int | None = None) -> None:
+    def __init__(self, path: str | Path, rows: np.ndarray, slab_rows: int | None = None, *,
+                 slab_bytes: int = SLAB_BYTES) -> None:
         self.path = Path(path)
         self.rows = np.sort(np.asarray(rows, dtype=np.int64))
         with _open_h5(self.path, "r") as f:
             self.n_features = int(f["features"].shape[1])
-        self.slab_rows = int(slab_rows or self.rows_for(self.path, SLAB_BYTES, self.n_features))
-
-    @staticmethod
-    def rows_for(path: str | Path, slab_bytes: int, n_features: int | None = None) -> int:
-        """Rows of a slab of about ``slab_bytes`` of float32 features (at least 64)."""
-        if n_features is None:
-            with _open_h5(Path(path), "r") as f:
-                n_features = int(f["features"].shape[1])
-        return max(64, int(slab_bytes) // (4 * max(1, n_features)))
+        # ``slab_rows`` rows, else about ``slab_bytes`` of float32 features (at least 64 rows)
+        self.slab_rows = int(slab_rows or max(64, int(slab_bytes) // (4 * max(1, self.n_features))))
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -311,32 +311,11 @@ def _keep_freed_memory() -> None:
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
-def embed_dataset(
-    manifest: Manifest,
-    spec: BackboneSpec,
-    *,
-    cache_dir: str | Path = "cache",
-    cache_file: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    feature_dtype: str = "float32",
-    force: bool = False,
-    progress: bool = True,
-    write_every: int = 256,
-    seed: int = 0,
-    retry_failed: bool = False,
-    engine: str = "local",
-    ray_address: str | None = None,
-    ray_actors: int | None = None,
-) -> EmbedResult:
-    """Embed every image of ``manifest`` not yet in its cache; return what was done (see :func:`embed_datasets`)."""
-    (res,) = embed_datasets(
-        manifest, [spec], cache_dir=cache_dir, cache_files=[cache_file] if cache_file else None, device=device,
-        batch_size=batch_size, num_workers=num_workers, feature_dtype=feature_dtype, force=force,
-        progress=progress, write_every=write_every, seed=seed, retry_failed=retry_failed, engine=engine,
-        ray_address=ray_address, ray_actors=ray_actors,
-    )
+def embed_dataset(manifest: Manifest, spec: BackboneSpec, *, cache_file: str | Path | None = None,
+                  **options: Any) -> EmbedResult:
+    """Embed every image of ``manifest`` not yet in its cache; return what was done. ``options`` are
+    :func:`embed_datasets`' keywords (``cache_dir``, ``device``, ``batch_size``, ...)."""
+    (res,) = embed_datasets(manifest, [spec], cache_files=[cache_file] if cache_file else None, **options)
     return res
 
 

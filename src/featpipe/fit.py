@@ -95,7 +95,7 @@ def open_cache(path: str | Path, max_memory: str | int | None = None) -> Feature
     budget = parse_memory(max_memory) if max_memory is not None else default_memory_budget()
     # out of core, a fit holds a few float64 copies of one slab: a sixteenth of the budget, 1-32 MB
     slab = SLAB_BYTES if budget is None else int(min(SLAB_BYTES, max(1 << 20, budget // 16)))
-    return FeatureCache.open(path, in_memory=fits_in_memory(int(n), int(dim), max_memory), slab_bytes=slab)
+    return FeatureCache.open(path, in_memory=fits_in_memory(int(n), int(dim), budget), slab_bytes=slab)
 
 
 def _rows(cache: Any, split: str) -> np.ndarray:

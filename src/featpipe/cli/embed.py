@@ -17,8 +17,8 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 256 on GPU.")
 @click.option("--workers", type=int, default=None,
-              help="Decode threads (default: one per core on CPU, decoding each batch between forward passes; "
-              "up to 8 on GPU, decoding ahead of it; 0 decodes inline).")
+              help="Decoders (default: a thread per core on CPU, decoding each batch between forward passes; "
+              "on GPU a process per core but one, up to 16, decoding ahead of it; 0 decodes inline).")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
 @click.option("--tta", type=click.Choice(["hflip"]), default=None,
