@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from featpipe.errors import HeadError
+from featpipe.hardware import available_cpus
 from featpipe.heads import HEADS, LGBMHead, LogisticHead, balanced_weights, head_names, make_head
 
 from _digits import task_data, write_cache
@@ -85,6 +86,41 @@ def test_refit_train_val_keeps_chosen_config_and_lgbm_iterations():
     assert b.preprocessor_.mean_ == pytest.approx(np.vstack([Xtr, Xva]).mean(0))
     np.testing.assert_array_equal(a.val_proba_, b.val_proba_)  # val scores stay held-out
     assert not np.array_equal(a.predict_proba(Xte), b.predict_proba(Xte))
+
+
+class _OneAtATimeLGBM(LGBMHead):
+    """The LightGBM head with its configurations and folds fitted one after another."""
+
+    def _parallel_fits(self, X):
+        return 1
+
+
+@pytest.mark.parametrize(("task", "kw"), [("multiclass", {"refit": "train+val"}), ("multilabel", {"cv": 3})])
+def test_lgbm_fits_side_by_side_equal_fits_one_at_a_time(task, kw):
+    ((Xtr, ytr), (Xva, yva), (Xte, _)), _ = _split(task)
+    side = LGBMHead(task=task, **kw, **FAST["lgbm"])
+    assert side._parallel_fits(Xtr) == available_cpus()
+    a = side.fit(Xtr, ytr, Xva, yva)
+    b = _OneAtATimeLGBM(task=task, **kw, **FAST["lgbm"]).fit(Xtr, ytr, Xva, yva)
+    assert a.search_ == b.search_ and a.params_ == b.params_
+    np.testing.assert_array_equal(a.oof_proba_, b.oof_proba_)
+    np.testing.assert_array_equal(a.predict_proba(Xte), b.predict_proba(Xte))
+
+
+def test_head_fits_run_with_single_threaded_blas():
+    """scipy's L-BFGS-B is several times slower with threaded OpenBLAS: fits limit BLAS to one thread."""
+    from threadpoolctl import threadpool_info
+
+    seen = []
+
+    class Probe(LogisticHead):
+        def _fit_one(self, *args, **kw):
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return super()._fit_one(*args, **kw)
+
+    ((Xtr, ytr), (Xva, yva), _), _ = _split("binary")
+    Probe(task="binary", C_grid=(1e-2,), refine_steps=0).fit(Xtr, ytr, Xva, yva)
+    assert seen and set(seen) == {1}
 
 
 def test_balanced_class_weight():

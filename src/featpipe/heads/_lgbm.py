@@ -27,7 +27,8 @@ class LGBMHead(BaseHead):
     iteration count. Features are reduced to their top ``pca`` principal components first (fitted on
     the fit rows; ``pca=None`` keeps every dimension): on 1280-d CNN features this made a fit about 8x
     faster at a similar validation score. ``max_bin`` 63 histograms are another ~2x. ``n_jobs``
-    defaults to 1 for small matrices (threads only add overhead there) and every core for large ones.
+    defaults to 1 for small matrices (threads only add overhead there), whose configurations then train
+    side by side, one per core, and to every core for large ones.
     """
 
     name = "lgbm"
@@ -55,6 +56,10 @@ class LGBMHead(BaseHead):
 
     def _grid(self) -> list[dict[str, Any]]:
         return [dict(g) for g in self.grid]
+
+    def _parallel_fits(self, X):
+        # single-threaded fits (small matrices) run side by side, one per core: ~1.5x on 2 cores at 785 rows
+        return available_cpus() if (self.n_jobs or _default_jobs(X)) == 1 else 1
 
     def _record_params(self, params, model):
         return {**params, "n_estimators": int(model.best_iteration_ or model.n_estimators)}
