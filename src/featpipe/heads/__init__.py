@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from featpipe.errors import HeadError
-from featpipe.heads._base import BaseHead, ConstantProba, Preprocessor, balanced_weights
+from featpipe.heads._base import BaseHead, ConstantProba, Preprocessor, balanced_weights, one_blas_thread
 from featpipe.heads._lgbm import LGBMHead
 from featpipe.heads._logistic import LogisticHead
 from featpipe.heads._mlp import MLPHead
@@ -46,4 +46,4 @@ def make_head(name: str, **params: Any) -> BaseHead:
 
 
 __all__ = ["BaseHead", "ConstantProba", "HEADS", "HEAD_CHOICES", "LGBMHead", "LogisticHead", "MLPHead",
-           "Preprocessor", "balanced_weights", "head_names", "make_head"]
+           "Preprocessor", "balanced_weights", "head_names", "make_head", "one_blas_thread"]

@@ -68,14 +68,17 @@ def _oof_proba(X: np.ndarray, y: np.ndarray, n_classes: int, seed: int, folds: i
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
+    from featpipe.heads import one_blas_thread
+
     out = np.zeros((len(y), n_classes))
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for tr, te in skf.split(X, y):
-        clf = LogisticRegression(C=1.0, max_iter=300)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(X[tr], y[tr])
-        out[np.ix_(te, clf.classes_)] = clf.predict_proba(X[te])
+    with one_blas_thread():  # L-BFGS, as in the logistic head
+        for tr, te in skf.split(X, y):
+            clf = LogisticRegression(C=1.0, max_iter=300)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf.fit(X[tr], y[tr])
+            out[np.ix_(te, clf.classes_)] = clf.predict_proba(X[te])
     return out
 
 
