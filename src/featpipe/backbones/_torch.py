@@ -190,7 +190,8 @@ class TorchBackbone(Backbone):
                 raise BackboneError(f"{self.spec.tag()} takes float batches only (its preprocessing is not "
                                     "resize/crop + normalise)")
             # (B, H, W, C) permuted is already channels_last; one fused multiply-add normalises it
-            x = torch.addcmul(self._shift, x.permute(0, 3, 1, 2), self._scale)
+            # (the uint8 -> float conversion first: mixed-dtype addcmul is 2.6x slower on CPU, same values)
+            x = torch.addcmul(self._shift, x.permute(0, 3, 1, 2).float(), self._scale)
             if self._bgr:  # as preprocess(): normalised in RGB order, then the channels flipped
                 x = x.flip(1)
         x = x.contiguous(memory_format=torch.channels_last)
