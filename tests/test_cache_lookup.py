@@ -147,3 +147,23 @@ def test_cache_named_before_split_identity_is_taken_over(image_folder, tmp_path)
     path.rename(legacy)
     again, out = _embed(image_folder, tmp_path / "cache", "--no-pretrained")
     assert again == path and not legacy.exists() and "embedded 0 images" in out
+
+
+def test_fit_head_data_with_a_sklearn_head_never_imports_torch(tmp_path):
+    """`fit-head --data` resolves `--precision auto` (torch, to look for a GPU) only when several caches
+    differ by precision; a logistic head on the one cache starts without torch or timm."""
+    import subprocess
+    import sys
+
+    data = make_class_folders(tmp_path / "imgs", {"a": 6, "b": 6})
+    cache_dir = tmp_path / "cache"
+    r = CliRunner().invoke(main, ["embed", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size",
+                                  "64", "--cache-dir", str(cache_dir), "-q"])
+    assert r.exit_code == 0, r.output
+    args = ["fit-head", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64",
+            "--cache-dir", str(cache_dir), "--head", "logistic", "--out", str(tmp_path / "m")]
+    code = ("import sys\nfrom featpipe.cli import main\nmain(%r, standalone_mode=False)\n"
+            "heavy = [m for m in ('torch', 'timm') if m in sys.modules]\nassert not heavy, heavy\n" % args)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert list((tmp_path / "m").glob("*/logistic/model.joblib"))

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -608,13 +608,15 @@ def backbone_identity(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_cache(
-    cache_dir: str | Path, manifest: Manifest, spec: BackboneSpec, *, precision: str = "auto"
+    cache_dir: str | Path, manifest: Manifest, spec: BackboneSpec, *, precision: str = "auto",
+    auto_precision: Callable[[], str] | None = None,
 ) -> Path | None:
     """The cache in ``cache_dir`` for this dataset (source, split seed and fractions) and backbone identity.
 
-    One such cache is used whatever precision made it; among several, the one with ``spec.precision``
-    (what ``precision="auto"`` resolved to on this machine). An explicit ``precision`` only accepts that
-    one. Several left: :class:`CacheError` listing them. No model is built.
+    One such cache is used whatever precision made it; among several, the one with the precision
+    ``precision="auto"`` means on this machine: ``auto_precision()`` when given (called only then: it
+    may import torch), else ``spec.precision``. An explicit ``precision`` only accepts that one. Several
+    left: :class:`CacheError` listing them. No model is built.
     """
     want = backbone_identity(spec.to_dict())
     split = manifest.split_identity() or {}
@@ -633,7 +635,8 @@ def find_cache(
     if precision != "auto":
         found = [(p, prec) for p, prec in found if prec == spec.precision]
     if len(found) > 1:
-        found = [(p, prec) for p, prec in found if prec == spec.precision] or found
+        prefer = auto_precision() if precision == "auto" and auto_precision else spec.precision
+        found = [(p, prec) for p, prec in found if prec == prefer] or found
     if len(found) > 1:
         raise CacheError(
             f"several caches of this dataset and backbone in {cache_dir}: "

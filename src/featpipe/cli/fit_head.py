@@ -12,18 +12,25 @@ from featpipe.metrics import METRICS
 
 def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
                     image_size, precision, seed, cache_dir) -> Path:
-    from featpipe.backbones import resolve_spec
+    from featpipe.backbones import auto_precision, resolve_spec
     from featpipe.cache import find_cache
     from featpipe.cli._common import open_dataset
-    from featpipe.embed import resolve_device
     from featpipe.errors import CacheError
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
                             **csv_opts)
-    spec = resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
-                        image_size=image_size, precision=precision, seed=seed, device=resolve_device("auto"))
-    path = find_cache(cache_dir, manifest, spec, precision=precision)
+
+    def spec_at(prec: str):
+        return resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
+                            image_size=image_size, precision=prec, seed=seed, device="auto")
+
+    # the identity of a cache leaves precision out, so `auto` is resolved (which imports torch to look
+    # for a GPU) only when several caches differ by it: heads that need no torch start without it
+    spec = spec_at("fp32" if precision == "auto" else precision)
+    path = find_cache(cache_dir, manifest, spec, precision=precision,
+                      auto_precision=lambda: auto_precision("auto"))
     if path is None:
+        spec = spec_at(precision)
         split = manifest.split_identity()
         how = (f" (split seed {split['split_seed']}, fractions {','.join(f'{x:g}' for x in split['split_fractions'])})"
                if split else "")
