@@ -1,4 +1,5 @@
-"""BatchNorm folding of frozen backbones: same features, fewer modules, trainable nets untouched."""
+"""BatchNorm folding and conv + activation fusion of frozen backbones: same features, fewer modules,
+trainable nets untouched."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from featpipe.backbones import load_backbone, resolve_spec
-from featpipe.backbones._fold import fold_batchnorm
+from featpipe.backbones._fold import ConvAct, _pointwise_op, fold_batchnorm, fuse_conv_activation
 
 from conftest import TINY, TINY_SIZE
 
@@ -51,6 +52,16 @@ def test_fold_leaves_shared_outputs_hooks_and_training_models_alone():
             return self.bn(y) + y
 
     assert fold_batchnorm(_randomised_bn(TwoUses())) == 0
+
+    class CalledTwice(nn.Module):  # one BatchNorm module after two convs: folding into one breaks the other
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.bn = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(self.a(x)) + self.bn(self.b(x))
+
+    assert fold_batchnorm(_randomised_bn(CalledTwice())) == 0
     seq = _randomised_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)))
     seq[1].register_forward_hook(lambda *a: None)  # a layer cut reads this BatchNorm's output
     assert fold_batchnorm(seq) == 1 and isinstance(seq[1], nn.BatchNorm2d) and isinstance(seq[3], nn.Identity)
@@ -61,7 +72,8 @@ def test_fold_leaves_shared_outputs_hooks_and_training_models_alone():
 def test_frozen_backbone_folds_and_a_trainable_one_does_not():
     spec = resolve_spec(TINY, pretrained=False, image_size=TINY_SIZE)
     frozen, trainable = load_backbone(spec), load_backbone(spec, trainable=True)
-    assert frozen.folded_bn > 0 and trainable.folded_bn == 0
+    assert frozen.folded_bn > 0 and trainable.folded_bn == 0 and trainable.fused_act == 0
+    assert frozen.fused_act == 0  # its activations are SiLU: fusing would change the bf16 rounding
     assert any(isinstance(m, nn.BatchNorm2d) for m in trainable.net.modules())
     x = torch.randint(0, 256, (3, TINY_SIZE, TINY_SIZE, 3), dtype=torch.uint8)
     a, b = frozen.forward(x), trainable.forward(x)
@@ -71,3 +83,62 @@ def test_frozen_backbone_folds_and_a_trainable_one_does_not():
     fc, tc = load_backbone(cut), load_backbone(cut, trainable=True)
     assert isinstance(fc.net.model.get_submodule("blocks.1.0.bn1"), nn.BatchNorm2d)
     assert abs(fc.forward(x) - tc.forward(x)).max() <= 1e-4 * max(1.0, abs(tc.forward(x)).max())
+
+
+needs_onednn = pytest.mark.skipif(_pointwise_op() is None, reason="this torch has no oneDNN fused convolution")
+
+
+def _bf16(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(x)
+
+
+@needs_onednn
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "resnet18", "mobilenetv3_small_050"])
+def test_fused_conv_activation_gives_the_same_bits(arch):
+    model = _randomised_bn(timm.create_model(arch, pretrained=False, num_classes=0))
+    fold_batchnorm(model)
+    fused = copy.deepcopy(model)
+    n = fuse_conv_activation(fused)
+    assert n == sum(isinstance(m, ConvAct) for m in fused.modules()) > 0
+    x = torch.randn(2, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_bf16(fused, x), _bf16(model, x))  # bf16: one oneDNN conv with the clamp as post-op
+    with torch.inference_mode():
+        assert torch.equal(fused(x), model(x))  # fp32 runs the two modules as before
+
+
+@needs_onednn
+def test_fusion_leaves_shared_activations_other_activations_and_hooks_alone():
+    class SharedReLU(nn.Module):  # torchvision-style: one ReLU module after the conv and after the sum
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.relu(self.conv(x)) + x)
+
+    m = SharedReLU().eval()
+    x = torch.randn(1, 3, 8, 8)
+    ref = _bf16(m, x)
+    assert fuse_conv_activation(m) == 0 and torch.equal(_bf16(m, x), ref)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3),
+                        nn.Identity(), nn.ReLU()).eval()
+    seq[6].register_forward_hook(lambda *a: None)  # a layer cut reads this activation's output
+    ref = _bf16(seq, x)
+    assert fuse_conv_activation(seq) == 1 and isinstance(seq[0], ConvAct) and isinstance(seq[1], nn.Identity)
+    assert isinstance(seq[3], nn.SiLU) and isinstance(seq[6], nn.ReLU)  # SiLU's rounding would differ
+    assert torch.equal(_bf16(seq, x), ref)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_conv_activation(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).train())
+
+
+@needs_onednn
+def test_frozen_lite0_on_cpu_runs_fused_convolutions():
+    lite0 = load_backbone(resolve_spec("efficientnet_lite0", image_size=64, precision="bf16"))
+    assert lite0.fused_act == 33  # every conv + ReLU6 pair, the TF "same"-padding ones included
+    x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    unfused = copy.deepcopy(lite0)
+    for m in list(unfused.net.modules()):
+        if isinstance(m, ConvAct):  # back to the conv alone, its activation where the Identity went
+            m.forward = lambda x, m=m: m.act(m.conv(x))
+    assert (lite0.forward(x) == unfused.forward(x)).all()

@@ -8,10 +8,19 @@ and ~2x while the allocator still hands activation memory back to the OS. torch'
 ``GraphModule``; timm's ``BatchNormAct2d`` (BatchNorm + activation in one module) and the module
 names that layer cuts hook into need this small pass over the fx graph instead. The weight
 arithmetic is torch's ``fuse_conv_bn_eval``.
+
+Then, for CPU bf16 inference, a convolution and the ReLU / ReLU6 after it run as one oneDNN
+convolution with the activation as a post-op (:class:`ConvAct`), the fusion torch's own inductor
+emits. Rounding to bf16 commutes with clamping at bounds bf16 holds exactly, so the features are the
+same bit for bit; Lite0 on the AMX CPU went from ~375-390 to ~415-445 img/s in bf16 (fp32 is not
+faster fused, so it keeps the two modules).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
+import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -48,15 +57,8 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, module)
 
 
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every eval-mode ``Conv2d -> BatchNorm2d`` pair of ``model`` in place; returns how many.
-
-    A pair is folded only when the convolution's output goes to the BatchNorm alone, neither module
-    carries hooks (a layer cut reads its output), and the BatchNorm tracks running statistics. A model
-    fx cannot trace is left as it is (it stays correct, only not faster).
-    """
-    if model.training:
-        raise ValueError("fold_batchnorm needs a model in eval mode")
+def _trace(model: nn.Module) -> fx.Graph | None:
+    """The fx graph of ``model`` with BatchNorms and timm's no-trace modules as leaves (None: untraceable)."""
     leaves: list[type] = [nn.modules.batchnorm._BatchNorm]
     try:  # modules timm itself keeps opaque when it traces
         from timm.models._features_fx import get_notrace_modules
@@ -65,10 +67,25 @@ def fold_batchnorm(model: nn.Module) -> int:
     except Exception:  # an older timm: the BatchNorm leaves are enough
         pass
     try:
-        graph = _Tracer(tuple(leaves)).trace(model)
-    except Exception:  # dynamic control flow fx cannot follow: no folding
+        return _Tracer(tuple(leaves)).trace(model)
+    except Exception:  # dynamic control flow fx cannot follow
+        return None
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every eval-mode ``Conv2d -> BatchNorm2d`` pair of ``model`` in place; returns how many.
+
+    A pair is folded only when the convolution's output goes to the BatchNorm alone, each module is
+    called once, neither carries hooks (a layer cut reads its output), and the BatchNorm tracks
+    running statistics. A model fx cannot trace is left as it is (it stays correct, only not faster).
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    graph = _trace(model)
+    if graph is None:
         return 0
     modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")  # a module called twice stays
     folded = 0
     for node in graph.nodes:
         if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
@@ -76,6 +93,8 @@ def fold_batchnorm(model: nn.Module) -> int:
         prev = node.args[0]
         bn, conv = modules.get(node.target), modules.get(prev.target) if prev.op == "call_module" else None
         if not isinstance(bn, nn.BatchNorm2d) or not _plain_conv(conv) or len(prev.users) != 1:
+            continue
+        if calls[node.target] != 1 or calls[prev.target] != 1:
             continue
         if len(node.args) != 1 or node.kwargs or not bn.track_running_stats or bn.running_var is None:
             continue
@@ -88,3 +107,93 @@ def fold_batchnorm(model: nn.Module) -> int:
         _set_module(model, node.target, rest)
         folded += 1
     return folded
+
+
+def _pointwise_op() -> object | None:
+    """oneDNN's convolution with a post-op (what inductor lowers conv + activation to), if this build has it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+def _clamp_bounds(act: nn.Module) -> tuple[str, list[float]] | None:
+    """oneDNN post-op of a ReLU / ReLU6 / Hardtanh whose bounds bf16 holds exactly (else None)."""
+    if type(act) is nn.ReLU:
+        return "relu", []
+    if type(act) in (nn.ReLU6, nn.Hardtanh):
+        lo, hi = float(act.min_val), float(act.max_val)
+        if all(torch.tensor(v, dtype=torch.bfloat16).item() == v for v in (lo, hi)):
+            return "hardtanh", [lo, hi]
+    return None
+
+
+class ConvAct(nn.Module):
+    """``act(conv(x))``, run as one oneDNN convolution with ``act`` as its post-op under CPU bf16 autocast
+    in inference (else the two modules as they were: GPUs, fp32, gradients)."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.act = conv, act
+        self._post = _clamp_bounds(act)
+        self._same = type(conv).__name__ == "Conv2dSame"  # timm's TF "same" padding, computed per input
+        self._bf16: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the weights autocast would cast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = _pointwise_op()
+        if (op is None or self._post is None or x.device.type != "cpu" or x.dim() != 4
+                or x.dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled()
+                or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16):
+            return self.act(self.conv(x))  # what autocast would not cast to bf16 (fp64, ...) included
+        c = self.conv
+        if self._same:
+            from timm.layers.padding import pad_same
+
+            x, padding = pad_same(x, c.weight.shape[-2:], c.stride, c.dilation), [0, 0]
+        else:
+            padding = list(c.padding)
+        if self._bf16 is None:  # frozen weights: cast once (autocast casts them on every call)
+            self._bf16 = (c.weight.detach().to(torch.bfloat16),
+                          None if c.bias is None else c.bias.detach().to(torch.bfloat16))
+        w, b = self._bf16
+        return op(x.to(torch.bfloat16), w, b, padding, list(c.stride), list(c.dilation), c.groups, self._post[0],
+                  self._post[1], "")
+
+
+def fuse_conv_activation(model: nn.Module) -> int:
+    """Replace each ``conv -> [Identity ...] -> ReLU/ReLU6`` chain of eval-mode ``model`` by a
+    :class:`ConvAct` (and the activation by ``Identity``), in place; returns how many.
+
+    Only where the convolution's output goes through the chain alone, no module of it carries hooks
+    (layer cuts), the convolution zero-pads by numbers (or is timm's TF "same" one) and this torch has
+    oneDNN's fused convolution. Run after :func:`fold_batchnorm` (which leaves ``conv -> Identity -> act``).
+    """
+    if model.training:
+        raise ValueError("fuse_conv_activation needs a model in eval mode")
+    if _pointwise_op() is None:
+        return 0
+    graph = _trace(model)
+    if graph is None:
+        return 0
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")  # a module called twice stays
+    fused = 0
+    for node in graph.nodes:
+        act = modules.get(node.target) if node.op == "call_module" and calls[node.target] == 1 else None
+        if act is None or _clamp_bounds(act) is None or len(node.args) != 1 or node.kwargs:
+            continue
+        chain, prev = [act], node.args[0]
+        while (isinstance(prev, fx.Node) and prev.op == "call_module" and type(modules.get(prev.target)) is nn.Identity
+               and len(prev.users) == 1 and len(prev.args) == 1):
+            chain.append(modules[prev.target])
+            prev = prev.args[0]
+        conv = modules.get(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
+        if not _plain_conv(conv) or len(prev.users) != 1 or calls[prev.target] != 1 or conv.padding_mode != "zeros":
+            continue
+        if not (type(conv).__name__ == "Conv2dSame" or isinstance(conv.padding, tuple)):
+            continue  # padding="same" / "valid" strings
+        if any(m._forward_hooks or m._forward_pre_hooks for m in (conv, *chain)):
+            continue
+        _set_module(model, prev.target, ConvAct(conv, act))
+        _set_module(model, node.target, nn.Identity())
+        fused += 1
+    return fused
