@@ -7,8 +7,9 @@
    allocator setting featpipe uses (without it a CPU forward page-faults its activations and runs
    up to 1.7x slower, which would flatter featpipe). Two models:
    - ``timm``: the model as timm builds it, what a hand-written loop runs (the issue's reference);
-   - ``folded``: the same model with its BatchNorms folded, which is what featpipe runs, so the
-     ratio against it is the share of the compute limit the whole command reaches.
+   - ``featpipe``: the model as featpipe runs it (BatchNorms folded; on CPU each conv + ReLU/ReLU6
+     one oneDNN convolution), so the ratio against it is the share of the compute limit the whole
+     command reaches.
 3. Rounds (--rounds): raw forward of each model's best configuration, then the `featpipe embed`
    command on the folder (a fresh process: start-up, model load, hashing, decoding, HDF5 writes
    included), then the raw forward again. Each round's ratio divides by the better of the raw rates
@@ -171,7 +172,7 @@ def main() -> None:
         spec = resolve_spec(args.backbone, precision=args.precision, device=args.device)  # as the command will
         shape = tuple(load_backbone(spec, args.device).preprocessing["input_size"])
         models = {"timm": load_backbone(spec, args.device, trainable=True).model,  # as timm builds it
-                  "folded": load_backbone(spec, args.device).model}  # BatchNorms folded, as featpipe runs it
+                  "featpipe": load_backbone(spec, args.device).model}  # folded and fused, as featpipe runs it
         sweeps = {name: sweep(m, shape, spec.precision, args.device, batches, args.raw_images)
                   for name, m in models.items()}
         best = {name: max(r, key=r.get) for name, r in sweeps.items()}
@@ -198,12 +199,12 @@ def main() -> None:
                 raise SystemExit(f"the cache records precision {precision}, expected {spec.precision}")
             line = next((ln for ln in out.splitlines() if ln.startswith("embedded")), "").strip()
             rounds.append((before, after, n / wall, wall, line))
-            print(f"round {k + 1}: raw timm {before['timm']:.0f} -> {after['timm']:.0f}, folded "
-                  f"{before['folded']:.0f} -> {after['folded']:.0f}; featpipe embed {n} images in {wall:.1f} s "
+            print(f"round {k + 1}: raw timm {before['timm']:.0f} -> {after['timm']:.0f}, featpipe's model "
+                  f"{before['featpipe']:.0f} -> {after['featpipe']:.0f}; featpipe embed {n} images in {wall:.1f} s "
                   f"= {n / wall:.1f} img/s [{line}]", flush=True)
     print(f"\nbackbone {args.backbone}, precision {precision} (as the cache records), device {args.device}")
     for name, label in (("timm", "the model as timm builds it (the issue's reference)"),
-                        ("folded", "the folded model featpipe runs (the compute limit)")):
+                        ("featpipe", "the model featpipe runs (the compute limit)")):
         ratios = [rate / max(b[name], a[name]) for b, a, rate, _, _ in rounds]
         print(f"ratio featpipe embed / best raw forward of {label}: "
               + ", ".join(f"{r:.2f}" for r in ratios) + f"  (median {statistics.median(ratios):.2f}; goal >= 0.85)")

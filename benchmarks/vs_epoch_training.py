@@ -7,8 +7,8 @@ included; the epoch with the best validation accuracy is kept, then scored once 
 - ``plain``: as the studies ran it, the timm model as timm builds it, fp32, default (NCHW) memory
   format, batch --batch-size: the issue's reference for the 8x goal;
 - ``matched``: the same loop given featpipe's forward (its precision, channels_last, BatchNorms
-  folded), so the ratio measures the structure alone (one pass + cheap heads vs one pass per
-  epoch), not the forward's tuning.
+  folded, conv + ReLU fused on CPU), so the ratio measures the structure alone (one pass + cheap
+  heads vs one pass per epoch), not the forward's tuning.
 
 featpipe's way: the `featpipe embed` and `featpipe fit-head --head all` commands (fresh processes,
 start-up included); its test accuracy is that of the head with the best validation score. It runs
@@ -232,7 +232,7 @@ def main() -> None:
               f"({fp_head})")
     for form, (wall, ep) in studies.items():
         how = ("fp32, NCHW, the model as timm builds it" if form == "plain" else
-               f"{precision}, channels_last, folded BatchNorms: featpipe's forward")
+               f"{precision}, channels_last, folded BatchNorms and fused conv + ReLU: featpipe's forward")
         print(f"studies' way ({form}: {how}), {args.epochs} epochs re-running the backbone: {wall:7.1f} s   "
               f"test accuracy {ep['test']:.3f} (best val at epoch {ep['best_epoch']})")
         for refit, (fp_wall, _, _, _, fp_right) in fp.items():
