@@ -162,8 +162,8 @@ def test_fit_head_data_with_a_sklearn_head_never_imports_torch(tmp_path):
     assert r.exit_code == 0, r.output
     args = ["fit-head", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64",
             "--cache-dir", str(cache_dir), "--head", "logistic", "--out", str(tmp_path / "m")]
-    code = ("import sys\nfrom featpipe.cli import main\nmain(%r, standalone_mode=False)\n"
-            "heavy = [m for m in ('torch', 'timm') if m in sys.modules]\nassert not heavy, heavy\n" % args)
+    code = (f"import sys\nfrom featpipe.cli import main\nmain({args!r}, standalone_mode=False)\n"
+            "heavy = [m for m in ('torch', 'timm') if m in sys.modules]\nassert not heavy, heavy\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert list((tmp_path / "m").glob("*/logistic/model.joblib"))
