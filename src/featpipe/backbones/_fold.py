@@ -72,6 +72,17 @@ def _trace(model: nn.Module) -> fx.Graph | None:
         return None
 
 
+def _eval_graph(model: nn.Module, what: str) -> tuple[fx.Graph, dict[str, nn.Module], Counter] | None:
+    """The fx graph of eval-mode ``model``, its modules by name, and how many times each is called
+    (a module called twice is never rewritten); None when fx cannot trace it."""
+    if model.training:
+        raise ValueError(f"{what} needs a model in eval mode")
+    graph = _trace(model)
+    if graph is None:
+        return None
+    return graph, dict(model.named_modules()), Counter(n.target for n in graph.nodes if n.op == "call_module")
+
+
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold every eval-mode ``Conv2d -> BatchNorm2d`` pair of ``model`` in place; returns how many.
 
@@ -79,13 +90,10 @@ def fold_batchnorm(model: nn.Module) -> int:
     called once, neither carries hooks (a layer cut reads its output), and the BatchNorm tracks
     running statistics. A model fx cannot trace is left as it is (it stays correct, only not faster).
     """
-    if model.training:
-        raise ValueError("fold_batchnorm needs a model in eval mode")
-    graph = _trace(model)
-    if graph is None:
+    traced = _eval_graph(model, "fold_batchnorm")
+    if traced is None:
         return 0
-    modules = dict(model.named_modules())
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")  # a module called twice stays
+    graph, modules, calls = traced
     folded = 0
     for node in graph.nodes:
         if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
@@ -167,15 +175,10 @@ def fuse_conv_activation(model: nn.Module) -> int:
     (layer cuts), the convolution zero-pads by numbers (or is timm's TF "same" one) and this torch has
     oneDNN's fused convolution. Run after :func:`fold_batchnorm` (which leaves ``conv -> Identity -> act``).
     """
-    if model.training:
-        raise ValueError("fuse_conv_activation needs a model in eval mode")
-    if _pointwise_op() is None:
+    traced = _eval_graph(model, "fuse_conv_activation")
+    if traced is None or _pointwise_op() is None:
         return 0
-    graph = _trace(model)
-    if graph is None:
-        return 0
-    modules = dict(model.named_modules())
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")  # a module called twice stays
+    graph, modules, calls = traced
     fused = 0
     for node in graph.nodes:
         act = modules.get(node.target) if node.op == "call_module" and calls[node.target] == 1 else None
