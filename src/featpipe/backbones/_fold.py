@@ -20,6 +20,7 @@ modules.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import torch
@@ -119,6 +120,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+@functools.cache
 def _pointwise_op() -> object | None:
     """oneDNN's convolution with a post-op (what inductor lowers conv + activation to), if this build has it."""
     if not torch.backends.mkldnn.is_available():
@@ -143,22 +145,26 @@ class ConvAct(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
         super().__init__()
-        self.conv, self.act = conv, act
-        self._post = _clamp_bounds(act)
-        self._same = type(conv).__name__ == "Conv2dSame"  # timm's TF "same" padding, computed per input
+        post = _clamp_bounds(act)
+        if post is None:
+            raise ValueError(f"{type(act).__name__} has no exact oneDNN post-op")
+        self.conv, self.act, self._post = conv, act, post
+        self._pad_same = None  # timm's TF "same" padding, computed per input
+        if type(conv).__name__ == "Conv2dSame":
+            from timm.layers.padding import pad_same
+
+            self._pad_same = pad_same
         self._bf16: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the weights autocast would cast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = _pointwise_op()
-        if (op is None or self._post is None or x.device.type != "cpu" or x.dim() != 4
+        if (op is None or x.device.type != "cpu" or x.dim() != 4
                 or x.dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled()
                 or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16):
             return self.act(self.conv(x))  # what autocast would not cast to bf16 (fp64, ...) included
         c = self.conv
-        if self._same:
-            from timm.layers.padding import pad_same
-
-            x, padding = pad_same(x, c.weight.shape[-2:], c.stride, c.dilation), [0, 0]
+        if self._pad_same is not None:
+            x, padding = self._pad_same(x, c.weight.shape[-2:], c.stride, c.dilation), [0, 0]
         else:
             padding = list(c.padding)
         if self._bf16 is None:  # frozen weights: cast once (autocast casts them on every call)
