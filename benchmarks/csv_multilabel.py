@@ -94,8 +94,9 @@ def _one_split(csv_path: Path, labels: list[str], args: argparse.Namespace, spli
     from featpipe.backbones import resolve_spec
     from featpipe.cache import FeatureCache
     from featpipe.data import load_dataset
-    from featpipe.embed import embed_dataset, resolve_device
+    from featpipe.embed import embed_dataset
     from featpipe.fit import fit_cache
+    from featpipe.hardware import resolve_device
 
     manifest = load_dataset(csv_path, seed=split_seed)  # no label option: ';' must be detected
     assert manifest.task == "multilabel" and manifest.classes == labels, (manifest.task, manifest.classes)

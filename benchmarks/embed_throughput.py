@@ -159,6 +159,9 @@ def main() -> None:
 
     gpu = args.device.startswith("cuda")
     batches = [int(b) for b in (args.raw_batches or ("64,128,256,512" if gpu else "8,16,32,64")).split(",")]
+    from featpipe.hardware import describe_line
+
+    print(describe_line(), flush=True)  # figures from machines of other kinds are not comparable
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="featpipe-bench-") as tmp:
         tmp = Path(tmp)

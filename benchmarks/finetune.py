@@ -84,9 +84,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
     print(f"start {time.strftime('%H:%M:%S')} {load()}, {os.cpu_count()} CPUs", flush=True)
-    from featpipe.backbones import cpu_has_native_bf16
+    from featpipe.hardware import describe_line
 
-    print(f"native bf16 on this CPU: {cpu_has_native_bf16()}", flush=True)
+    print(describe_line(), flush=True)
     summary: dict[str, object] = {}
 
     run = out / "lite0-lpft"

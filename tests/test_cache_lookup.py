@@ -12,7 +12,7 @@ from PIL import Image
 from featpipe.backbones import resolve_spec
 from featpipe.cache import FeatureCache
 from featpipe.cli import main
-from featpipe.embed import resolve_device
+from featpipe.hardware import resolve_device
 
 from conftest import TINY, TINY_SIZE, make_class_folders
 

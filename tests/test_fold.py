@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import timm
 import torch
 from torch import nn
 
+from featpipe import hardware
 from featpipe.backbones import load_backbone, resolve_spec
 from featpipe.backbones._fold import ConvAct, _pointwise_op, fold_batchnorm, fuse_conv_activation
 
@@ -85,7 +87,10 @@ def test_frozen_backbone_folds_and_a_trainable_one_does_not():
     assert abs(fc.forward(x) - tc.forward(x)).max() <= 1e-4 * max(1.0, abs(tc.forward(x)).max())
 
 
-needs_onednn = pytest.mark.skipif(_pointwise_op() is None, reason="this torch has no oneDNN fused convolution")
+needs_onednn = pytest.mark.skipif(
+    _pointwise_op() is None,
+    reason="oneDNN cannot run bf16 convolutions on this CPU (or this torch has no fused op); "
+    "test_bf16_without_onednn_bf16_runs_the_plain_modules covers the fallback")
 
 
 def _bf16(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -142,3 +147,43 @@ def test_frozen_lite0_on_cpu_runs_fused_convolutions():
         if isinstance(m, ConvAct):  # back to the conv alone, its activation where the Identity went
             m.forward = lambda x, m=m: m.act(m.conv(x))
     assert (lite0.forward(x) == unfused.forward(x)).all()
+
+
+@pytest.fixture
+def no_onednn_bf16(monkeypatch):
+    """This process answers as a CPU whose oneDNN cannot run bf16 (AVX2 only), whatever CPU it is on."""
+    monkeypatch.setenv(hardware.ONEDNN_BF16_ENV, "0")
+    assert not hardware.onednn_bf16()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", TINY])
+def test_bf16_without_onednn_bf16_runs_the_plain_modules(no_onednn_bf16, name):
+    spec = resolve_spec(name, pretrained=name != TINY, image_size=64, precision="bf16")
+    backbone = load_backbone(spec)
+    assert backbone.fused_act == 0 and not any(isinstance(m, ConvAct) for m in backbone.net.modules())
+    plain = load_backbone(spec, trainable=True)  # unfolded, unfused: the net as built
+    x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    out, ref = backbone.forward(x), plain.forward(x)
+    assert np.isfinite(out).all()
+    # folding moves bf16 rounding around, so the two agree to bf16's precision, not bit for bit
+    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.99, cos
+
+
+def test_a_convact_built_without_onednn_bf16_runs_its_two_modules(no_onednn_bf16):
+    m = ConvAct(nn.Conv2d(3, 4, 3), nn.ReLU6()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(_bf16(m, x), _bf16(nn.Sequential(m.conv, m.act), x))
+
+
+def test_embed_bf16_on_a_cpu_without_onednn_bf16_says_so_and_embeds(no_onednn_bf16, image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from featpipe.cli import main
+
+    r = CliRunner().invoke(main, ["embed", "--data", str(image_folder), "--backbone", TINY, "--no-pretrained",
+                                  "--image-size", str(TINY_SIZE), "--precision", "bf16",
+                                  "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "plain autocast" in r.output and "slower than fp32" in r.output
+    assert "embedded 36 images" in r.output and "Traceback" not in r.output

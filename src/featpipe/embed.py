@@ -24,20 +24,12 @@ from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FeaturepipeError, ImageError
-from featpipe.hardware import available_cpus
+from featpipe.hardware import available_cpus, resolve_device
 from featpipe.images import failure_reason, image_from_array, load_image, read_source
 from featpipe.versions import library_versions
 
 FEATURE_DTYPES = ("float32", "float16")
 ENGINES = ("local", "ray")
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeaturepipeError("--device cuda was asked for but no CUDA GPU is available")
-    return device
 
 
 def default_batch_size(device: str) -> int:

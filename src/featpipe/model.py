@@ -281,7 +281,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
 
     def backbone(self) -> Any:
         """The loaded backbone: weights found on this machine by hash, preprocessing as recorded."""
-        from featpipe.embed import resolve_device
+        from featpipe.hardware import resolve_device
 
         self._check_fitted()
         spec = self.resolved_backbone_spec()

@@ -7,8 +7,6 @@ record, so the exact same backbone can be rebuilt later.
 
 from featpipe.backbones._base import Backbone, BackboneSpec
 from featpipe.backbones._registry import (
-    auto_precision,
-    cpu_has_native_bf16,
     describe_backbones,
     list_layers,
     list_stages,
@@ -20,8 +18,6 @@ from featpipe.backbones._registry import (
 __all__ = [
     "Backbone",
     "BackboneSpec",
-    "auto_precision",
-    "cpu_has_native_bf16",
     "describe_backbones",
     "list_layers",
     "list_stages",

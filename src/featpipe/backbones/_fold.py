@@ -27,6 +27,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from featpipe.hardware import onednn_bf16
+
 
 class _Tracer(fx.Tracer):
     """Keeps every BatchNorm (and timm's no-trace modules) a leaf, so its node names the module."""
@@ -121,11 +123,16 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 @functools.cache
-def _pointwise_op() -> object | None:
-    """oneDNN's convolution with a post-op (what inductor lowers conv + activation to), if this build has it."""
+def _pointwise_op_in_build() -> object | None:
     if not torch.backends.mkldnn.is_available():
         return None
     return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+def _pointwise_op() -> object | None:
+    """oneDNN's bf16 convolution with a post-op (what inductor lowers conv + activation to), where this torch
+    has it and this CPU can run oneDNN bf16 (the op skips ATen's own check, so asking is ours to do)."""
+    return _pointwise_op_in_build() if onednn_bf16() else None
 
 
 def _clamp_bounds(act: nn.Module) -> tuple[str, list[float]] | None:
@@ -141,7 +148,7 @@ def _clamp_bounds(act: nn.Module) -> tuple[str, list[float]] | None:
 
 class ConvAct(nn.Module):
     """``act(conv(x))``, run as one oneDNN convolution with ``act`` as its post-op under CPU bf16 autocast
-    in inference (else the two modules as they were: GPUs, fp32, gradients)."""
+    in inference (else the two modules as they were: GPUs, fp32, gradients, CPUs without oneDNN bf16)."""
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
         super().__init__()
@@ -155,9 +162,10 @@ class ConvAct(nn.Module):
 
             self._pad_same = pad_same
         self._bf16: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the weights autocast would cast
+        self._fused = _pointwise_op() is not None  # else the two modules under plain autocast (no oneDNN bf16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = _pointwise_op()
+        op = _pointwise_op_in_build() if self._fused else None
         if (op is None or x.device.type != "cpu" or x.dim() != 4
                 or x.dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled()
                 or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16):

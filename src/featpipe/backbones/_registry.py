@@ -24,6 +24,7 @@ from featpipe.backbones._base import (
     with_spec_options,
 )
 from featpipe.errors import BackboneError
+from featpipe.hardware import auto_precision
 
 if TYPE_CHECKING:  # torch is imported where a model is built, so the CLI starts fast
     import torch
@@ -141,38 +142,6 @@ def split_layer(text: str) -> tuple[str, str | None]:
     if not name or not layer:
         raise BackboneError(f"backbone {text!r}: expected NAME@LAYER, e.g. vgg16@block4_pool")
     return name, layer
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); ``FEATPIPE_CPU_BF16=0|1`` overrides."""
-    env = os.environ.get("FEATPIPE_CPU_BF16")
-    if env in ("0", "1"):
-        return env == "1"
-    return _cpuinfo_has_bf16()
-
-
-@functools.lru_cache(maxsize=1)
-def _cpuinfo_has_bf16() -> bool:
-    try:  # torch's get_cpu_capability() says AVX512 with or without bf16 units; the kernel's flags tell
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
-
-
-def auto_precision(device: str) -> str:
-    """What ``--precision auto`` runs (embed and finetune): bf16 autocast on CUDA (fp16 where the GPU has
-    no bf16) and on CPUs with native bf16 (measured 1.3-1.6x faster there, logistic-head test scores
-    within 0.005 of fp32), fp32 elsewhere."""
-    if device.startswith("cuda") or device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.startswith("cuda"):  # asked for a GPU that is not here: say what it would run
-            return "bf16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def resolve_spec(

@@ -59,8 +59,9 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
       featpipe embed --data /shared/photos --engine ray --address auto
       featpipe embed --data faces/ --backbone sface --align faces --tta hflip
     """
-    from featpipe.backbones import auto_precision, resolve_spec, split_layer
-    from featpipe.embed import embed_datasets, resolve_device
+    from featpipe.backbones import resolve_spec, split_layer
+    from featpipe.embed import embed_datasets
+    from featpipe.hardware import precision_note, resolve_device
 
     if len(backbone) > 1 and cache_file:
         raise click.UsageError("--cache-file names one cache; with several backbones use --cache-dir")
@@ -89,9 +90,9 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     if manifest.skipped:
         click.echo(f"  skipped {len(manifest.skipped)} listed entries (e.g. {manifest.skipped[0][0]}: "
                    f"{manifest.skipped[0][1]})", err=True)
-    if precision == "auto" and auto_precision(dev) == "bf16" and not dev.startswith("cuda") and engine == "local":
-        click.echo("precision: bf16 (auto: this CPU computes bf16 natively; --precision fp32 for fp32 features)",
-                   err=True)
+    note = precision_note(specs[0].precision, dev, precision) if engine == "local" else None
+    if note:
+        click.echo(note, err=True)
     results = embed_datasets(manifest, specs, cache_dir=cache_dir, cache_files=[cache_file] if cache_file else None,
                              device=device, batch_size=batch_size, num_workers=workers,
                              feature_dtype=feature_dtype, force=force, retry_failed=retry_failed,

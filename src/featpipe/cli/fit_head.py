@@ -12,10 +12,11 @@ from featpipe.metrics import METRICS
 
 def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
                     image_size, precision, seed, cache_dir) -> Path:
-    from featpipe.backbones import auto_precision, resolve_spec
+    from featpipe.backbones import resolve_spec
     from featpipe.cache import find_cache
     from featpipe.cli._common import open_dataset
     from featpipe.errors import CacheError
+    from featpipe.hardware import auto_precision
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
                             **csv_opts)

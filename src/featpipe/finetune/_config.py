@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from featpipe.backbones._registry import DEFAULT_BACKBONE, auto_precision
+from featpipe.backbones._registry import DEFAULT_BACKBONE
 from featpipe.errors import FinetuneError
+from featpipe.hardware import auto_precision
 
 RECIPES = ("lp-ft", "ft")
 OPTIMIZERS = ("adamw", "sgd")

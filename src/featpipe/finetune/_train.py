@@ -133,7 +133,8 @@ class _Run:
 
     def __init__(self, manifest: Manifest, cfg: FinetuneConfig, out: Path, log: Callable[[str], None],
                  progress: bool) -> None:
-        from featpipe.embed import default_workers, resolve_device
+        from featpipe.embed import default_workers
+        from featpipe.hardware import precision_note, resolve_device
 
         self.manifest, self.out, self.log, self.progress = manifest, out, log, progress
         self.task, self.classes = manifest.task, list(manifest.classes)
@@ -147,6 +148,9 @@ class _Run:
         probe = _base_spec(cfg, None) if cfg.image_size is None else None
         native = native_size(manifest, self.rows["train"]) if cfg.image_size is None else None
         self.cfg = cfg.resolved(native, _model_default_size(probe) if probe else None)
+        note = precision_note(self.cfg.precision, self.device, cfg.precision)
+        if note:
+            self.log(note)
         self.metric = self.cfg.metric or DEFAULT_METRIC[self.task]
         main_metric_key(self.metric, self.task)  # an unknown metric fails before any training
         # DataLoader worker processes: on CPU one, augmenting beside the training step; a GPU gets embed's count

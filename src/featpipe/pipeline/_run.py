@@ -159,7 +159,7 @@ class Study:
             return self._rows
         from featpipe.backbones import resolve_spec, split_layer
         from featpipe.backbones._registry import weights_unavailable
-        from featpipe.embed import resolve_device
+        from featpipe.hardware import resolve_device
 
         rows = []
         device = resolve_device(self.c.device)

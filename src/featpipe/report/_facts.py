@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import featpipe
-from featpipe.hardware import available_cpus
+from featpipe.hardware import available_cpus, cpu_model, device_name
 from featpipe.report import _data
 from featpipe.report._common import (
     _fmt,
@@ -35,16 +35,7 @@ def _run_facts(caches: list[Any], runs: list[_data.ModelRun]) -> dict[str, Any]:
             libs[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    device = "cpu"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda ({torch.cuda.get_device_name(0)})"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            device = "mps"
-    except Exception:  # noqa: BLE001 - hardware facts are best effort
-        pass
+    device = device_name()
     cache_rows = []
     for c in caches:
         t = c.attrs.get("timings") or {}
@@ -71,7 +62,7 @@ def _run_facts(caches: list[Any], runs: list[_data.ModelRun]) -> dict[str, Any]:
         "featpipe": featpipe.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "machine": platform.machine(),
+        "machine": f"{platform.machine()} ({cpu_model()})",
         "cpus": available_cpus(),
         "torch_device": device,
         "libs": libs,
