@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from featpipe.checksum import sha256_file
 from featpipe.errors import ModelError
-from featpipe.model import FeaturepipeModel, _sha256, load_model
+from featpipe.model import FeaturepipeModel, load_model
 
 EXPORT_FORMATS = ("joblib", "skops", "onnx")
 
@@ -37,7 +38,7 @@ SKOPS_TRUSTED = frozenset({
 
 
 def _write_sidecar(path: Path) -> None:
-    Path(str(path) + ".sha256").write_text(_sha256(path) + "\n")
+    Path(str(path) + ".sha256").write_text(sha256_file(path) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ skops

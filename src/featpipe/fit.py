@@ -11,7 +11,6 @@ numbers describe one model.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ import featpipe
 from featpipe.cache import FeatureCache
 from featpipe.errors import HeadError
 from featpipe.heads import STREAMING_SUFFIX, head_names
-from featpipe.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate, jsonable
+from featpipe.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate
 from featpipe.model import FeaturepipeModel
+from featpipe.runs import write_run_files
 
 
 @dataclass
@@ -249,11 +249,12 @@ def _add_thresholds(scores: dict[str, Any], model: Any) -> None:
 
 
 def write_run(run: HeadRun, out_dir: str | Path) -> Path:
-    """Write ``out_dir/<run>/<head>/{model.joblib, model.joblib.sha256, metrics.json, predictions.npz}``."""
-    d = Path(out_dir) / run.run / run.head
-    d.mkdir(parents=True, exist_ok=True)
-    run.model.save(d / "model.joblib")
-    text = json.dumps(jsonable(run.metrics), indent=2, allow_nan=False)
-    (d / "metrics.json").write_text(text + "\n")
-    np.savez_compressed(d / "predictions.npz", **run.predictions)
-    return d
+    """Write ``out_dir/<run>/<head>/{model.joblib, model.joblib.sha256, predictions.npz}`` and, last, the
+    run record ``metrics.json`` naming their hashes (:mod:`featpipe.runs.record`)."""
+    return write_run_files(Path(out_dir) / run.run / run.head, run.metrics, run_files(run.model, run.predictions))
+
+
+def run_files(model: FeaturepipeModel, predictions: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The writers of a run's files besides its record (fit-head and finetune write the same set)."""
+    return {"model.joblib": model.save,
+            "predictions.npz": lambda p: np.savez_compressed(p, **predictions)}

@@ -11,7 +11,6 @@ when library versions changed.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
@@ -26,6 +25,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from featpipe.checksum import sha256_file
 from featpipe.errors import HeadError, ModelError
 from featpipe.heads import make_head
 from featpipe.images import IMAGE_EXTENSIONS
@@ -406,7 +406,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         joblib.dump(self, tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
         Path(str(path) + ".sha256").write_text(digest + "\n")
         return path
@@ -452,14 +452,6 @@ def _cached_backbone(spec_json: str, preprocessing_json: str, device: str) -> An
     return load_backbone(json.loads(spec_json), device, preprocessing=json.loads(preprocessing_json))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel:
     """Load a saved bundle; with ``verify`` the ``.sha256`` sidecar must exist and match.
 
@@ -473,8 +465,9 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel
         if not side.is_file():
             raise ModelError(f"checksum file {side.name} is missing next to {path}; pass --no-verify to skip the check")
         want = (side.read_text().split() or [""])[0].lower()
-        if want != _sha256(path):
+        if want != sha256_file(path):
             raise ModelError(f"checksum mismatch for {path}: the file changed since it was saved (or is corrupt)")
+        _check_against_run_record(path)
     if path.suffix == ".skops":
         from featpipe.export import load_skops
 
@@ -492,3 +485,20 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel
         raise ModelError(f"{path} does not hold a featpipe model (found {type(model).__name__})")
     model.bundle_dir_ = str(path.resolve().parent)
     return model
+
+
+def _check_against_run_record(path: Path) -> None:
+    """A bundle inside a run folder must be the one its run record names (not a file from another run);
+    a bundle copied out on its own has no record beside it and is checked by its sidecar alone."""
+    from featpipe.runs import RECORD_FILE, RunRecordError, read_record
+
+    if not (path.parent / RECORD_FILE).is_file():
+        return
+    try:
+        listed = (read_record(path.parent, verify=False).get("record") or {}).get("files") or {}
+    except RunRecordError:
+        return  # a metrics.json that is no run record: nothing to compare with
+    want = listed.get(path.name)
+    if want is not None and want != sha256_file(path):
+        raise ModelError(f"{path} is not the model its run record ({RECORD_FILE} beside it) describes: copied in "
+                         "from another run? Re-run the fit, or load it with --no-verify")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import os
 import socket
@@ -23,6 +22,7 @@ from featpipe.backbones._base import (
     BackboneSpec,
     with_spec_options,
 )
+from featpipe.checksum import sha256_file
 from featpipe.errors import BackboneError
 from featpipe.hardware import auto_precision
 
@@ -95,11 +95,7 @@ DESCRIPTIONS = {
 
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)  # cached per (path, mtime, size): weights files are hashed once per process
 
 
 def file_id(path: str | Path) -> str:

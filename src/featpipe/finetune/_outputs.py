@@ -5,7 +5,6 @@ treat a fine-tune run like any other."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -17,13 +16,14 @@ import featpipe
 from featpipe.backbones import load_backbone, resolve_spec
 from featpipe.backbones._finetuned import BEST_CHECKPOINT, FINETUNED, read_checkpoint
 from featpipe.finetune._bundle import FinetunedHead
-from featpipe.metrics import BOOTSTRAP, bootstrap_ci, evaluate, jsonable
+from featpipe.metrics import BOOTSTRAP, bootstrap_ci, evaluate
+from featpipe.runs import read_record, write_run_files
 
 
 def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
     from featpipe.cache import OK
     from featpipe.embed import run_backbone
-    from featpipe.fit import _add_thresholds, predictions_record
+    from featpipe.fit import _add_thresholds, predictions_record, run_files
     from featpipe.model import FeaturepipeModel
 
     out, manifest, task, classes, cfg = run.out, run.manifest, run.task, run.classes, run.cfg
@@ -107,7 +107,4 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
         },
     }
     predictions = predictions_record(manifest.ids, manifest.paths, Y, idx, probas, preds)
-    model.save(out / "model.joblib")
-    (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
-    np.savez_compressed(out / "predictions.npz", **predictions)
-    return metrics
+    return read_record(write_run_files(out, metrics, run_files(model, predictions)))

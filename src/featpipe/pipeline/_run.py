@@ -12,6 +12,7 @@ from typing import Any
 from featpipe.errors import BackboneError, FeaturepipeError, PipelineError
 from featpipe.pipeline._load import LoadedPipeline
 from featpipe.pipeline._schema import BackboneConfig
+from featpipe.runs import RunRecordError, read_record
 
 UP_TO_DATE, WILL_RUN, SKIPPED = "up to date", "will run", "skipped"
 
@@ -77,13 +78,14 @@ def fingerprint(inputs: dict[str, Any]) -> str:
 
 
 def why_stale(metrics_file: Path, inputs: dict[str, Any]) -> str | None:
-    """None when ``metrics_file`` was written from the same inputs, else what changed."""
+    """None when ``metrics_file`` was written from the same inputs (and its run's files are the ones it
+    names), else what changed."""
     if not metrics_file.is_file():
         return "not fitted yet"
     try:
-        old = json.loads(metrics_file.read_text()).get("stage") or {}
-    except (OSError, ValueError):
-        return "its metrics.json is unreadable"
+        old = read_record(metrics_file.parent).get("stage") or {}
+    except RunRecordError as e:
+        return str(e)
     if old.get("fingerprint") == fingerprint(inputs):
         return None
     before = old.get("inputs") or {}
@@ -283,7 +285,7 @@ class Study:
         heads = [s for s in steps if s.stage in ("head", "fuse") and s.status != SKIPPED]
         if any(s.status != UP_TO_DATE for s in heads) or self.c.finetune:
             return Step("predict", p.out, WILL_RUN, "after the models it chooses from")
-        fitted = [{"dir": s.model_dir, "metrics": json.loads((s.model_dir / "metrics.json").read_text())}
+        fitted = [{"dir": s.model_dir, "metrics": read_record(s.model_dir)}
                   for s in heads if s.model_dir is not None]
         try:
             stale = self._predict_stale(self._predict_files(), self.best_model(fitted))
@@ -425,7 +427,7 @@ class Study:
             if why is None:
                 res.skipped_heads.append(str(d))
                 self.echo(f"{ref}/{head}: up to date")
-                done.append({"dir": d, "metrics": json.loads((d / "metrics.json").read_text())})
+                done.append({"dir": d, "metrics": read_record(d)})
                 continue
             self.echo(f"{ref}/{head}: fitting ({why})")
             for run in fit_cache(cache, head, seed=self.c.seed, head_params={head: params} if params else None,
@@ -506,9 +508,9 @@ class Study:
     def _predict_fingerprint(files: list[str], model_path: Path) -> str:
         import os
 
-        from featpipe.model import _sha256
+        from featpipe.checksum import sha256_file
 
-        return fingerprint({"model": _sha256(model_path),
+        return fingerprint({"model": sha256_file(model_path),
                             "files": [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]})
 
     def _predict_stale(self, files: list[str], model_path: Path) -> str | None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from featpipe.cache import FeatureCache, slug
 from featpipe.errors import CacheError, FeaturepipeError
+from featpipe.runs import run_problem
 
 
 @dataclass
@@ -113,6 +114,10 @@ def find_model_runs(models_dir: str | Path | None) -> tuple[list[ModelRun], list
                 raise ValueError("not a fit-head metrics file")
         except (OSError, ValueError) as e:
             bad.append((str(rel), f"unreadable metrics.json ({str(e)[:100]})"))
+            continue
+        problem = run_problem(mp.parent, m)
+        if problem:  # a partial or mixed run is never reported as one
+            bad.append((str(rel), problem))
             continue
         head = str(m.get("head") or mp.parent.name)
         run = str(m.get("run") or mp.parent.parent.name)

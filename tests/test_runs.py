@@ -1,0 +1,107 @@
+"""The run record: one writer, one reader; a kill or a swapped file never yields a mixed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from featpipe.checksum import sha256_file
+from featpipe.cli import main
+from featpipe.report._data import find_model_runs
+from featpipe.runs import read_record, run_problem
+
+from conftest import TINY, TINY_SIZE, make_class_folders
+
+ENV = {**os.environ, "FEATPIPE_OFFLINE": "1", "FEATPIPE_CPU_BF16": "0"}
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _pipeline(tmp_path: Path) -> Path:
+    make_class_folders(tmp_path / "data", {"red": 10, "green": 10, "blue": 10})
+    pipe = tmp_path / "study.yaml"
+    pipe.write_text(yaml.safe_dump({
+        "name": "colours", "data": "data", "seed": 1, "out": str(tmp_path / "out"), "heads": ["logistic"],
+        "backbones": [{"name": TINY, "pretrained": False, "image_size": TINY_SIZE}],
+    }))
+    return pipe
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    return next((tmp_path / "out" / "models").rglob("metrics.json")).parent
+
+
+def test_the_record_names_every_file_of_the_run_by_hash(tmp_path):
+    assert _invoke("run", _pipeline(tmp_path), "-q").exit_code == 0
+    d = _run_dir(tmp_path)
+    rec = read_record(d)
+    assert rec["record"]["schema"] == 2
+    assert rec["record"]["files"] == {n: sha256_file(d / n) for n in ("model.joblib", "predictions.npz")}
+
+
+def test_a_truncated_file_is_refitted_by_run_and_left_out_by_report(tmp_path):
+    pipe = _pipeline(tmp_path)
+    assert _invoke("run", pipe, "-q").exit_code == 0
+    d = _run_dir(tmp_path)
+    (d / "predictions.npz").write_bytes(b"")  # what a kill during the write left
+    assert "predictions.npz does not match its run record" in run_problem(d)
+    r = _invoke("report", "--models", tmp_path / "out" / "models", "--out", tmp_path / "rep")
+    assert r.exit_code == 2 and "predictions.npz does not match its run record" in r.output  # not "Aborted!"
+    r = _invoke("report", "--models", tmp_path / "out" / "models", "--cache-dir", tmp_path / "out" / "cache",
+                "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    assert "does not match its run record" in (tmp_path / "rep" / "index.html").read_text()
+    r = _invoke("run", pipe, "--dry-run")
+    assert "will run" in r.output and "predictions.npz does not match" in r.output, r.output
+    r = _invoke("run", pipe, "-q")
+    assert r.exit_code == 0, r.output
+    assert run_problem(d) is None
+
+
+def test_a_model_swapped_in_from_another_run_is_refused(tmp_path):
+    pipe = _pipeline(tmp_path)
+    assert _invoke("run", pipe, "-q").exit_code == 0
+    d = _run_dir(tmp_path)
+    other = tmp_path / "other"
+    assert _invoke("run", pipe, "-q", "--set", "seed=2", "--set", f"out={other}").exit_code == 0
+    od = next((other / "models").rglob("metrics.json")).parent
+    for name in ("model.joblib", "model.joblib.sha256"):  # a self-consistent bundle, another run's
+        shutil.copy(od / name, d / name)
+    img = next((tmp_path / "data" / "red").iterdir())
+    r = _invoke("predict", "--model", d / "model.joblib", img)
+    assert r.exit_code == 2 and "is not the model its run record" in r.output and "Traceback" not in r.output
+    shutil.copy(od / "model.joblib", tmp_path / "alone.joblib")  # loaded alone: its sidecar is the check
+    shutil.copy(od / "model.joblib.sha256", tmp_path / "alone.joblib.sha256")
+    assert _invoke("predict", "--model", tmp_path / "alone.joblib", img).exit_code == 0
+
+
+def test_kill_between_the_files_leaves_no_run_and_the_rerun_finishes(tmp_path):
+    pipe = _pipeline(tmp_path)
+    assert _invoke("run", pipe, "-q").exit_code == 0
+    d = _run_dir(tmp_path)
+    before = json.loads((d / "metrics.json").read_text())
+    # kill -9 once model.joblib of the new fit is written, before predictions.npz
+    code = ("import os, signal, sys, numpy; "
+            "numpy.savez_compressed = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+            "from featpipe.cli import main; sys.argv = ['featpipe'] + sys.argv[1:]; main()")
+    p = subprocess.run([sys.executable, "-c", code, "run", str(pipe), "-q", "--set", "fit.preprocess=l2"],
+                       env=ENV, capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr
+    assert not (d / "metrics.json").exists()  # the old record went first: no mix of old and new files
+    assert sha256_file(d / "model.joblib") != before["record"]["files"]["model.joblib"]
+    r = _invoke("report", "--models", tmp_path / "out" / "models", "--cache-dir", tmp_path / "out" / "cache",
+                "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    assert find_model_runs(tmp_path / "out" / "models") == ([], [])  # a folder without a record is no run
+    r = _invoke("run", pipe, "-q", "--set", "fit.preprocess=l2")
+    assert r.exit_code == 0, r.output
+    assert run_problem(d) is None and read_record(d)["preprocess"] == "l2"
