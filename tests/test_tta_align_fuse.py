@@ -14,9 +14,10 @@ from featpipe.cache import FeatureCache
 from featpipe.cli import main
 from featpipe.data import load_dataset
 from featpipe.embed import embed_dataset, embed_paths
+from featpipe.model import load_model
 from featpipe.errors import BackboneError, CacheError
 from featpipe.fit import fit_cache
-from featpipe.fuse import FusedCache, embed_fused_paths
+from featpipe.fuse import FusedCache
 
 from conftest import TINY, TINY_SIZE
 
@@ -123,7 +124,7 @@ def test_fused_cache_matches_rows_by_image_id(image_folder: Path, tmp_path: Path
     # a head on the fused cache gives a bundle that embeds images with both backbones
     (run,) = fit_cache(fused, "logistic", seed=0)
     paths = [str(p) for p in sorted(image_folder.rglob("*.png"))[:4]]
-    feats, ok, _ = embed_fused_paths(run.model.backbone_spec, paths)
+    feats, ok, _ = embed_paths(run.model.backbone_spec, paths)
     assert ok.all() and feats.shape[1] == a.feature_dim + b.feature_dim
     assert len(run.model.predict(paths)) == 4
     assert np.allclose(run.model.predict_proba(paths), run.model.predict_proba(feats), atol=1e-6)
@@ -139,3 +140,43 @@ def test_fusing_other_splits_is_refused(image_folder: Path, tmp_path: Path):
         FusedCache([a, b])
     with pytest.raises(CacheError, match="at least two"):
         FusedCache([a])
+
+
+def test_a_fused_bundle_embeds_each_part_with_its_recorded_preprocessing(image_folder: Path, tmp_path: Path):
+    m = load_dataset(image_folder)
+    caches = [FeatureCache.open(embed_dataset(m, resolve_spec(TINY, pretrained=False, image_size=TINY_SIZE, seed=s),
+                                              cache_dir=tmp_path, progress=False).path) for s in (0, 1)]
+    (run,) = fit_cache(FusedCache(caches), "logistic", seed=0)
+    parts = run.model.backbone_spec["parts"]
+    assert [p["preprocessing"] for p in parts] == [c.config["preprocessing"] for c in caches]
+    paths = [str(p) for p in sorted(image_folder.rglob("*.png"))[:3]]
+    rows = [list(caches[0].paths).index(p) for p in paths]
+    feats, ok, _ = embed_paths(run.model.backbone_spec, paths)
+    assert ok.all() and np.allclose(feats, np.concatenate([c.features[rows] for c in caches], 1), atol=1e-5)
+    # the recorded values are the ones used (not the backbone's current defaults): change one part's mean
+    run.model.save(tmp_path / "b" / "model.joblib")
+    bundle = load_model(tmp_path / "b" / "model.joblib")
+    bundle.backbone_spec["parts"][1]["preprocessing"]["mean"] = [0.0, 0.0, 0.0]
+    moved, _, _ = bundle._embed(paths)
+    d = caches[0].feature_dim
+    assert np.allclose(moved[:, :d], feats[:, :d], atol=1e-5) and not np.allclose(moved[:, d:], feats[:, d:])
+
+
+def test_a_saved_bundle_holds_no_path_of_the_machine_that_made_it(tmp_path: Path):
+    import pickle
+
+    from featpipe.backbones import load_backbone
+    from featpipe.model import FeaturepipeModel
+
+    spec = resolve_spec("efficientnet_lite0", image_size=32)
+    assert spec.weights_path and Path(spec.weights_path).is_absolute()
+    X, y = np.random.default_rng(0).normal(size=(30, 4)), np.repeat(["a", "b", "c"], 10)
+    pre = load_backbone(spec).preprocessing
+    m = FeaturepipeModel(head_params={"C_grid": (1.0,), "refine_steps": 0}, backbone_spec={**spec.to_dict(), "preprocessing": pre}).fit(X, y)
+    m.save(tmp_path / "model.joblib")
+    raw = (tmp_path / "model.joblib").read_bytes()
+    assert spec.weights_path.encode() not in raw and b"site-packages" not in raw
+    back = load_model(tmp_path / "model.joblib")
+    assert "weights_path" not in back.backbone_spec and back.weights_["package"] and back.weights_["sha256"]
+    assert back.resolved_backbone_spec()["weights_path"] == spec.weights_path  # found again through the package
+    assert pickle.loads(pickle.dumps(m)).backbone_spec.get("weights_path") is None

@@ -515,8 +515,9 @@ def _write_parts(writer: fcache.CacheWriter, parts: list[tuple]) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_backbone(spec_json: str, device: str) -> Backbone:
-    return load_backbone(BackboneSpec.from_dict(json.loads(spec_json)), device)
+def _cached_backbone(spec_json: str, preprocessing_json: str, device: str) -> Backbone:
+    return load_backbone(BackboneSpec.from_dict(json.loads(spec_json)), device,
+                         preprocessing=json.loads(preprocessing_json))
 
 
 def embed_paths(
@@ -527,13 +528,22 @@ def embed_paths(
     num_workers: int | None = 0,
     device: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """Features for loose image files (no cache): ``(features, ok, errors)``."""
-    spec_dict = spec.to_dict() if isinstance(spec, BackboneSpec) else dict(spec)
-    if spec_dict.get("kind") == "fused":  # several backbones (featpipe.fuse)
-        from featpipe.fuse import embed_fused_paths
+    """Features for loose image files (no cache): ``(features, ok, errors)``. The one predict-time path.
 
-        return embed_fused_paths(spec_dict, paths, batch_size=batch_size, num_workers=num_workers, device=device)
-    backbone = _cached_backbone(json.dumps(spec_dict, sort_keys=True), resolve_device(device))
+    A spec dict's ``preprocessing`` (as a cache or bundle recorded it) replaces the backbone's current
+    defaults. A fused spec (:mod:`featpipe.fuse`) embeds with each part, each with its own recorded
+    preprocessing, and concatenates; an image is ok only if every part embedded it.
+    """
+    spec_dict = spec.to_dict() if isinstance(spec, BackboneSpec) else dict(spec)
+    if spec_dict.get("kind") == "fused":
+        feats, oks, errs = zip(*(embed_paths(part, paths, batch_size=batch_size, num_workers=num_workers,
+                                             device=device) for part in spec_dict["parts"]), strict=True)
+        ok = np.logical_and.reduce(oks)
+        errors = [None if ok[i] else next((e[i] for e in errs if e[i]), "unreadable") for i in range(len(ok))]
+        return np.concatenate(feats, axis=1), ok, errors
+    pre = spec_dict.pop("preprocessing", None)
+    backbone = _cached_backbone(json.dumps(spec_dict, sort_keys=True), json.dumps(pre, sort_keys=True),
+                                resolve_device(device))
     str_paths = [str(p) for p in paths]
     feats = np.zeros((len(str_paths), backbone.feature_dim), dtype=np.float32)
     ok = np.zeros(len(str_paths), dtype=bool)

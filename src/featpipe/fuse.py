@@ -2,7 +2,8 @@
 image id), and the matching extractor for loose images (each part's backbone, concatenated).
 
 A head fitted on a :class:`FusedCache` records a ``kind: "fused"`` backbone spec listing every part's
-spec, so its bundle embeds new images with every backbone it needs (see :func:`embed_fused_paths`).
+spec (with its recorded preprocessing), so its bundle embeds new images with every backbone it needs
+(:func:`featpipe.embed.embed_paths`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class FusedCache:
         self.in_memory = True
         self.feature_dim = int(self.features.shape[1])
         self.task, self.classes, self.dataset = first.task, list(first.classes), first.dataset
-        self.backbone = fused_spec([c.backbone for c in caches])
+        # each part with the preprocessing its cache was embedded with, so a bundle embeds new images alike
+        self.backbone = fused_spec([{**c.backbone, "preprocessing": c.config.get("preprocessing")} for c in caches])
         self.key = hashlib.sha256("|".join(c.key for c in caches).encode()).hexdigest()
         self.config = {"fused": [c.config for c in caches]}
         self.embed_seconds = float(sum(c.embed_seconds for c in caches))
@@ -79,22 +81,3 @@ class FusedCache:
 
     def split_indices(self, split: str) -> np.ndarray:
         return np.flatnonzero((self.splits == split) & self.labeled)
-
-
-def embed_fused_paths(spec: dict[str, Any], paths: Sequence[str | Path], **kwargs: Any
-                      ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """Features of loose images under a fused spec: every part's features, concatenated.
-
-    An image is ok only if every part embedded it; the first part's error names the reason.
-    """
-    from featpipe.embed import embed_paths
-
-    feats, oks, errs = [], [], []
-    for part in spec["parts"]:
-        f, ok, e = embed_paths(part, paths, **kwargs)
-        feats.append(f)
-        oks.append(ok)
-        errs.append(e)
-    ok = np.logical_and.reduce(oks)
-    errors = [None if ok[i] else next((e[i] for e in errs if e[i]), "unreadable") for i in range(len(ok))]
-    return np.concatenate(feats, axis=1), ok, errors

@@ -10,7 +10,6 @@ when library versions changed.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import os
@@ -281,51 +280,36 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
 
     def backbone(self) -> Any:
         """The loaded backbone: weights found on this machine by hash, preprocessing as recorded."""
+        from featpipe.embed import _cached_backbone
         from featpipe.hardware import resolve_device
 
         self._check_fitted()
         spec = self.resolved_backbone_spec()
-        pre = getattr(self, "preprocessing_", None)
+        pre = spec.pop("preprocessing", None)
         return _cached_backbone(json.dumps(spec, sort_keys=True), json.dumps(pre, sort_keys=True),
                                 resolve_device(self.embed_device))
 
     def resolved_backbone_spec(self) -> dict[str, Any]:
-        """The recorded backbone spec with its weights located on this machine (see README: portability)."""
+        """The recorded backbone spec, its weights located on this machine (see README: portability) and its
+        recorded preprocessing under ``preprocessing``; a fused spec gets the same for each part."""
         from featpipe.backbones._registry import locate_weights
 
-        spec = {k: v for k, v in (self.backbone_spec or {}).items() if k != "preprocessing"}
         bundle = getattr(self, "bundle_dir_", None)
-        dirs = [Path(bundle), Path(bundle) / "weights"] if bundle else []
-        return locate_weights(spec, getattr(self, "weights_", None), dirs)
+        dirs = [Path(bundle), Path(bundle) / "weights", *_recorded_weight_dirs(Path(bundle))] if bundle else []
+        spec = dict(self.backbone_spec or {})
+        if spec.get("kind") == "fused":  # several backbones, features concatenated
+            records = (getattr(self, "weights_", None) or {}).get("parts") or [None] * len(spec["parts"])
+            spec["parts"] = [locate_weights(part, rec, dirs) for part, rec in zip(spec["parts"], records, strict=True)]
+            return spec
+        spec.pop("preprocessing", None)
+        return {**locate_weights(spec, getattr(self, "weights_", None), dirs),
+                "preprocessing": getattr(self, "preprocessing_", None)}
 
     def _embed(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        from featpipe.cache import OK
-        from featpipe.embed import run_backbone
+        from featpipe.embed import embed_paths
 
-        if (self.backbone_spec or {}).get("kind") == "fused":  # several backbones, features concatenated
-            return self._embed_fused(paths)
-        backbone = self.backbone()
-        feats = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)
-        ok = np.zeros(len(paths), dtype=bool)
-        errors: list[str | None] = [None] * len(paths)
-        for b in run_backbone(backbone, paths, np.arange(len(paths)), batch_size=self.embed_batch_size,
-                              num_workers=0):
-            feats[b.rows] = b.features
-            for r, s, e in zip(b.rows, b.status, b.errors, strict=True):
-                ok[r] = s == OK
-                errors[r] = None if s == OK else e
-        return feats, ok, errors
-
-    def _embed_fused(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        from featpipe.backbones._registry import locate_weights
-        from featpipe.fuse import embed_fused_paths
-
-        bundle = getattr(self, "bundle_dir_", None)
-        dirs = [Path(bundle), Path(bundle) / "weights"] if bundle else []
-        spec = dict(self.backbone_spec)
-        spec["parts"] = [locate_weights(part, None, dirs) for part in spec["parts"]]
-        return embed_fused_paths(spec, paths, batch_size=self.embed_batch_size, num_workers=0,
-                                 device=self.embed_device)
+        return embed_paths(self.resolved_backbone_spec(), paths, batch_size=self.embed_batch_size, num_workers=0,
+                           device=self.embed_device)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``(n, C)`` probabilities (binary: ``[neg, pos]``); rows of unreadable images are nan."""
@@ -414,6 +398,8 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: the base class may hand out the live __dict__
         state.pop("bundle_dir_", None)  # where the file lay is set again by load_model
+        # a bundle names its weights by package / file name / hash (weights_), never by this machine's paths
+        state["backbone_spec"] = _without_local_paths(state.get("backbone_spec"))
         state["bundle_format"] = BUNDLE_FORMAT
         return state
 
@@ -436,20 +422,44 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
 
 
 def _record_backbone(spec: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(preprocessing, weights record) to store in a bundle, from a spec as the cache recorded it."""
+    """(preprocessing, weights record) to store in a bundle, from a spec as the cache recorded it; a fused
+    spec records each part's weights under ``parts`` (its parts carry their own preprocessing)."""
     if not spec:
         return None, None
     from featpipe.backbones._registry import recorded_preprocessing, weights_record
 
+    if spec.get("kind") == "fused":
+        return None, {"parts": [weights_record(p) for p in spec["parts"]]}
     pre = spec.get("preprocessing")
     return (recorded_preprocessing(pre, spec.get("kind", "timm")) if pre else None), weights_record(spec)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_backbone(spec_json: str, preprocessing_json: str, device: str) -> Any:
-    from featpipe.backbones import load_backbone
+def _without_local_paths(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``spec`` with no path of the machine that made it: no ``weights_path``, an ONNX file by its name."""
+    if not spec:
+        return spec
+    out = {k: v for k, v in spec.items() if k != "weights_path"}
+    if out.get("kind") == "onnx" and out.get("arch"):
+        out["arch"] = Path(out["arch"]).name
+    if out.get("kind") == "fused":
+        out["parts"] = [_without_local_paths(p) for p in out["parts"]]
+    return out
 
-    return load_backbone(json.loads(spec_json), device, preprocessing=json.loads(preprocessing_json))
+
+def _recorded_weight_dirs(bundle_dir: Path) -> list[Path]:
+    """Where the weights lay when the run beside the bundle was fitted (its run record, a local file),
+    so a bundle in its run folder finds a --weights file that lies elsewhere on the same machine."""
+    from featpipe.runs import RECORD_FILE, RunRecordError, read_record
+
+    if not (bundle_dir / RECORD_FILE).is_file():
+        return []
+    try:
+        spec = ((read_record(bundle_dir, verify=False).get("cache") or {}).get("backbone")) or {}
+    except RunRecordError:
+        return []
+    parts = spec.get("parts") or [spec]
+    paths = [p.get("weights_path") or (p.get("arch") if p.get("kind") == "onnx" else None) for p in parts]
+    return [Path(p).parent for p in paths if p and Path(p).is_absolute()]
 
 
 def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel:
