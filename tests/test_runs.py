@@ -105,3 +105,14 @@ def test_kill_between_the_files_leaves_no_run_and_the_rerun_finishes(tmp_path):
     r = _invoke("run", pipe, "-q", "--set", "fit.preprocess=l2")
     assert r.exit_code == 0, r.output
     assert run_problem(d) is None and read_record(d)["preprocess"] == "l2"
+
+
+def test_fit_head_fits_every_head_it_is_given(image_folder, tmp_path):
+    r = _invoke("embed", "--data", image_folder, "--backbone", TINY, "--no-pretrained", "--image-size", TINY_SIZE,
+                "--cache-dir", tmp_path / "c", "-q")
+    assert r.exit_code == 0, r.output
+    (cache,) = (tmp_path / "c").glob("*.h5")
+    r = _invoke("fit-head", "--cache", cache, "--head", "logistic", "--head", "lgbm", "--head", "logistic",
+                "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.parent.name for p in (tmp_path / "m").rglob("metrics.json")) == ["lgbm", "logistic"]

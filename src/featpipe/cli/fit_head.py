@@ -53,8 +53,8 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
 @backbone_options
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Folder searched for the cache with --data.")
-@click.option("--head", "head", type=LazyChoice("featpipe.heads:HEAD_CHOICES"), default="logistic", show_default=True,
-              help="Head to fit; 'all' fits every head.")
+@click.option("--head", "heads", type=LazyChoice("featpipe.heads:HEAD_CHOICES"), multiple=True,
+              default=["logistic"], show_default=True, help="Head to fit (repeat for several); 'all' fits every head.")
 @click.option("--metric", type=click.Choice(METRICS), default=None,
               help="The metric that selects hyper-parameters, early-stops (mlp, lgbm), tunes thresholds and "
               "ranks runs. Default: f1 (binary), accuracy (multiclass), micro_f1 (multilabel).")
@@ -83,7 +83,7 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
 def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
-             unlabeled_empty, backbone, weights, no_pretrained, layer, image_size, precision, cache_dir, head,
+             unlabeled_empty, backbone, weights, no_pretrained, layer, image_size, precision, cache_dir, heads,
              metric, class_weight, refit, cv, n_bootstrap, preprocess, min_positives, threshold_mode, seed,
              max_memory, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
@@ -101,6 +101,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     """
     from featpipe.errors import FeaturepipeError
     from featpipe.fit import fit_cache, open_cache, write_run
+    from featpipe.heads import head_names
     from featpipe.metrics import format_table
 
     paths = [Path(c) for c in caches]
@@ -118,10 +119,12 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
             n, dim = cache.features.shape
             click.echo(f"{p.name}: {n} x {dim} features exceed the memory budget: fitting out of core "
                        "(features read from disk in slabs)", err=True)
+        names = list(dict.fromkeys(n for h in heads for n in head_names(h)))  # in order, each once
         try:
-            runs = fit_cache(cache, head, metric=metric, class_weight=None if class_weight == "none" else class_weight,
-                             refit=refit, preprocess=preprocess, seed=seed, min_positives=min_positives,
-                             threshold_mode=threshold_mode, cv=cv, n_bootstrap=n_bootstrap)
+            runs = [r for h in names for r in fit_cache(
+                cache, h, metric=metric, class_weight=None if class_weight == "none" else class_weight, refit=refit,
+                preprocess=preprocess, seed=seed, min_positives=min_positives, threshold_mode=threshold_mode, cv=cv,
+                n_bootstrap=n_bootstrap)]
         except FeaturepipeError as e:
             raise type(e)(f"{p.name}: {e}") from None
         for r in runs:
