@@ -14,10 +14,10 @@ from featpipe.cache import FeatureCache
 from featpipe.cli import main
 from featpipe.data import load_dataset
 from featpipe.embed import embed_dataset, embed_paths
-from featpipe.model import load_model
 from featpipe.errors import BackboneError, CacheError
 from featpipe.fit import fit_cache
 from featpipe.fuse import FusedCache
+from featpipe.model import load_model
 
 from conftest import TINY, TINY_SIZE
 
