@@ -241,3 +241,26 @@ def test_cli_fit_head_incomplete_cache(tmp_path):
         f["status"][:10] = 0
     r = _cli(["fit-head", "--cache", str(p)])
     assert r.exit_code == 2 and "incomplete" in r.output
+
+
+def test_both_mlp_heads_stop_by_one_rule():
+    """The metric decides, NaN counts as worst, a lower loss breaks ties; the best epoch's weights are kept."""
+    import torch
+
+    from featpipe.heads import _mlp, _streaming
+    from featpipe.heads._mlp import EarlyStopping
+
+    assert _streaming.EarlyStopping is EarlyStopping  # the out-of-core MLP uses the same rule
+    net = torch.nn.Linear(2, 2)
+    stop = EarlyStopping(patience=2)
+    history = [(1, float("nan"), 0.9), (2, 0.5, 1.0), (3, 0.5, 0.8), (4, 0.5, 0.8 - 1e-9), (5, 0.4, 0.1)]
+    stopped = []
+    for epoch, score, loss in history:
+        with torch.no_grad():
+            net.weight.fill_(epoch)
+        stopped.append(stop.update(epoch, net, score, loss))
+    assert stopped == [False, False, False, False, True] and stop.best_epoch == 3
+    stop.restore(net)
+    assert torch.all(net.weight == 3)
+    assert _mlp.validation_pass(net, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
+                                torch.nn.CrossEntropyLoss(reduction="none"))[0].dtype == np.float64

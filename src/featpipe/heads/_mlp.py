@@ -47,6 +47,45 @@ def mlp_optimizer(net: Any, lr: float, weight_decay: float) -> Any:
     return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
+class EarlyStopping:
+    """The one stopping rule of both MLP heads: after each epoch, the run's metric on validation decides
+    (NaN counts as worst), a validation loss lower by more than 1e-6 breaks a tie; training stops after
+    ``patience`` epochs without improvement and the best epoch's weights are kept."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best: tuple[float, float] = (-np.inf, -np.inf)
+        self.best_epoch = 0
+        self.bad = 0
+        self._state: dict[str, Any] | None = None
+
+    def update(self, epoch: int, net: Any, score: float, val_loss: float) -> bool:
+        """Record an epoch's validation results; True when training should stop."""
+        key = (-np.inf if score != score else round(float(score), 12), -float(val_loss))
+        if key[0] > self.best[0] or (key[0] == self.best[0] and key[1] > self.best[1] + 1e-6):
+            self.best, self.best_epoch, self.bad = key, epoch, 0
+            self._state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, net: Any) -> None:
+        """Load the best epoch's weights into ``net``."""
+        if self._state is not None:
+            net.load_state_dict(self._state)
+
+
+def validation_pass(net: Any, X: Any, y: Any, loss_fn: Any) -> tuple[np.ndarray, float]:
+    """(softmax probabilities as float64, mean loss) of ``net`` in eval mode on validation tensors."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        logits = net(X)
+        loss = float(loss_fn(logits, y).mean())
+        return torch.softmax(logits, 1).numpy().astype(np.float64), loss
+
+
 def mlp_weights(net: Any, best_epoch: int) -> MLPWeights:
     """The trained network's linear layers as float64 numpy arrays."""
     from torch import nn
@@ -116,7 +155,7 @@ class MLPHead(BaseHead):
             Xv = torch.as_tensor(X_val, dtype=torch.float32)
             yv = torch.as_tensor(y_val, dtype=torch.long)
         n_epochs = int(fixed_epochs) if fixed_epochs is not None else self.max_epochs
-        best, best_epoch, best_state, bad = (-np.inf, -np.inf), n_epochs, None, 0
+        stopper = EarlyStopping(self.patience)
         bs = self.batch_size or int(min(128, max(16, len(y) // 10)))
         for epoch in range(1, n_epochs + 1):
             net.train()
@@ -129,23 +168,13 @@ class MLPHead(BaseHead):
                 opt.step()
             if not early:
                 continue
-            net.eval()
-            with torch.no_grad():
-                logits = net(Xv)
-                vloss = float(loss_fn(logits, yv).mean())
-                proba = torch.softmax(logits, 1).numpy().astype(np.float64)
-            s = self._score_fn(y_val, proba)  # the run's metric first, validation loss breaks ties
-            key = (-np.inf if s != s else round(s, 12), -vloss)
-            if key[0] > best[0] or (key[0] == best[0] and key[1] > best[1] + 1e-6):
-                best, best_epoch, bad = key, epoch, 0
-                best_state = [t.detach().clone() for t in net.state_dict().values()]
-            else:
-                bad += 1
-                if bad >= self.patience:
-                    break
-        if best_state is not None:
-            net.load_state_dict(dict(zip(net.state_dict().keys(), best_state, strict=True)))
-        return mlp_weights(net, best_epoch)
+            proba, vloss = validation_pass(net, Xv, yv, loss_fn)
+            if stopper.update(epoch, net, self._score_fn(y_val, proba), vloss):
+                break
+        if not early:
+            return mlp_weights(net, n_epochs)
+        stopper.restore(net)
+        return mlp_weights(net, stopper.best_epoch)
 
     def _proba_one(self, model, X):
         return model.forward(X)

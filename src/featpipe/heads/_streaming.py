@@ -30,7 +30,7 @@ from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
 from featpipe.heads._base import PREPROCESS, REFIT, ConstantProba, _log_loss, balanced_weights
 from featpipe.heads._lgbm import DEFAULT_GRID as LGBM_GRID
-from featpipe.heads._mlp import mlp_network, mlp_optimizer, mlp_weights
+from featpipe.heads._mlp import EarlyStopping, mlp_network, mlp_optimizer, mlp_weights, validation_pass
 from featpipe.metrics import DEFAULT_METRIC, get_metric, selection_score
 
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-6, -1, 6))
@@ -295,7 +295,7 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
         opt = mlp_optimizer(net, self.lr, params["weight_decay"])
         loss_fn = nn.CrossEntropyLoss(reduction="none")
         xv, tv = torch.as_tensor(Xv, dtype=torch.float32), torch.as_tensor(yv, dtype=torch.long)
-        best, best_epoch, best_state, bad = None, 0, None, 0
+        stopper = EarlyStopping(self.patience)
         for epoch in range(1, self.max_epochs + 1):
             net.train()
             for pos, block in rows.iter_blocks(rng):
@@ -308,22 +308,11 @@ class StreamingHead(ClassifierMixin, BaseEstimator):
                     loss = (loss_fn(net(xb[sl]), yb[sl]) * wb[sl]).sum() / wb[sl].sum()
                     loss.backward()
                     opt.step()
-            net.eval()
-            with torch.no_grad():
-                logits = net(xv)
-                vloss = float(loss_fn(logits, tv).mean())
-                primary = selection_score(*self._select, yv, torch.softmax(logits, 1).numpy())
-            key = (primary if primary == primary else -vloss, -vloss)  # the metric, then the loss
-            if best is None or key > best:
-                best, best_epoch, bad = key, epoch, 0
-                best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= self.patience:
-                    break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        return mlp_weights(net, best_epoch), {**params, "epochs": best_epoch}
+            proba, vloss = validation_pass(net, xv, tv, loss_fn)
+            if stopper.update(epoch, net, selection_score(*self._select, yv, proba), vloss):
+                break
+        stopper.restore(net)
+        return mlp_weights(net, stopper.best_epoch), {**params, "epochs": stopper.best_epoch}
 
     # ------------------------------------------------------------------------------------- predict
     def _proba_model(self, model: Any, Xt: np.ndarray, C: int) -> np.ndarray:
