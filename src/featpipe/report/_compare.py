@@ -147,7 +147,7 @@ def side_by_side(rows: list[dict[str, Any]], runs: dict[str, _data.ModelRun], me
         best = max((v for v in vals if v is not None), default=None)
         support = next(((p.get(c) or {}).get("support") for p in per if p.get(c)), None)
         table.append({"cls": c, "support": support, "cells": [
-            {"v": v, "best": v is not None and best is not None and v >= best - 1e-12 and len(top) > 1} for v in vals]})
+            {"v": v, "best": v is not None and best is not None and v >= best - 1e-12} for v in vals]})
     return {"key": key, "label": label, "runs": top, "table": table}
 
 
