@@ -97,6 +97,7 @@ def _one_split(csv_path: Path, labels: list[str], args: argparse.Namespace, spli
     from featpipe.embed import embed_dataset
     from featpipe.fit import fit_cache
     from featpipe.hardware import resolve_device
+    from featpipe.metrics import paired_bootstrap
 
     manifest = load_dataset(csv_path, seed=split_seed)  # no label option: ';' must be detected
     assert manifest.task == "multilabel" and manifest.classes == labels, (manifest.task, manifest.classes)
@@ -115,23 +116,22 @@ def _one_split(csv_path: Path, labels: list[str], args: argparse.Namespace, spli
     tr, te = cache.split_indices("train"), cache.split_indices("test")
     ref = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=2000)))
     ref.fit(X[tr], Y[tr])
-    plain_pred = (ref.predict_proba(X[te]) >= 0.5).astype(int)
+    plain_proba = ref.predict_proba(X[te])
+    plain_pred = (plain_proba >= 0.5).astype(int)
     plain = f1_score(Y[te], plain_pred, average="micro")
 
-    rng = np.random.default_rng(args.seed)
-    boot = rng.integers(0, len(te), (1000, len(te)))
     print(f"test rows: {len(te)} ({int((Y[te].sum(axis=1) == 0).sum())} with no label), train rows: {len(tr)}")
     print(f"{'model':52s} {'val':>7s} {'test':>7s} {'diff':>8s}  paired 95% bootstrap of diff")
     print(f"{'OvR LogisticRegression, standardized, threshold 0.5':52s} {'':>7s} {plain:7.4f}")
     out = {}
     for refit in ("train", "train+val"):
         run = fit_cache(cache, "logistic", seed=args.seed, refit=refit)[0]
-        pred = np.asarray(run.model.decide(run.model.predict_proba(X[te])))
+        proba = run.model.predict_proba(X[te])
+        pred = np.asarray(run.model.decide(proba))
         tuned = f1_score(Y[te], pred, average="micro")
         assert abs(tuned - run.metrics["scores"]["test"]["main"]) < 1e-9  # metrics.json says the same
-        d = [f1_score(Y[te][b], pred[b], average="micro") - f1_score(Y[te][b], plain_pred[b], average="micro")
-             for b in boot]
-        lo, hi = np.percentile(d, [2.5, 97.5])
+        d = paired_bootstrap("micro_f1", "multilabel", Y[te], (proba, pred), (plain_proba, plain_pred), seed=args.seed)
+        lo, hi = d["ci"]
         name = f"featpipe logistic bundle, refit={refit}"
         print(f"{name:52s} {run.metrics['scores']['val']['main']:7.4f} {tuned:7.4f} {tuned - plain:+8.4f}  "
               f"[{lo:+.4f}, {hi:+.4f}]")

@@ -80,14 +80,20 @@ def featpipe_way(data: Path, work: Path, backbone: str, precision: str,
 
 
 def paired_difference(a: dict[str, bool], b: dict[str, bool], seed: int, n: int = 2000) -> tuple[float, float, float]:
-    """Accuracy of ``a`` minus ``b`` on the same test images, with a paired bootstrap 95% interval."""
+    """Accuracy of ``a`` minus ``b`` on the same test images, with featpipe's paired bootstrap 95% interval."""
+    from featpipe.metrics import paired_bootstrap
+
     keys = sorted(a)
     if sorted(b) != keys:
         raise SystemExit("the two ways scored different test images")
-    d = np.array([a[k] for k in keys], float) - np.array([b[k] for k in keys], float)
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (n, len(d)))].mean(1)
-    return float(d.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+    def way(right: dict[str, bool]) -> tuple[np.ndarray, np.ndarray]:
+        pred = np.array([right[k] for k in keys], dtype=int)
+        return np.eye(2)[pred], pred
+
+    # correctness as a binary task: every truth is 1 and a way predicts 1 where it was right
+    d = paired_bootstrap("accuracy", "binary", np.ones(len(keys), dtype=int), way(a), way(b), n_resamples=n, seed=seed)
+    return d["diff"], d["ci"][0], d["ci"][1]
 
 
 def epoch_way(data: Path, backbone_name: str, precision: str, epochs: int, batch_size: int, seed: int,

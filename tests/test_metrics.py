@@ -211,3 +211,140 @@ def test_format_table_shows_the_test_interval():
     rows = [{"run": "r", "head": "logistic", "metric": "f1", "gap": 0.0, "fit_seconds": 1.0,
              "scores": {"train": {"main": 1.0}, "val": {"main": 0.9}, "test": {"main": 0.8, "main_ci": [0.71, 0.88]}}}]
     assert "0.710-0.880" in format_table(rows)
+
+
+# --------------------------------------------------------------------------- chance, paired, small, calibration
+
+def _all_constants(task, n, C):
+    """Every constant prediction a decision metric can see: each class, or each label subset."""
+    if task == "multilabel":
+        import itertools
+
+        return [np.tile(np.array(S, np.uint8), (n, 1)) for S in itertools.product([0, 1], repeat=C)]
+    return [np.full(n, k) for k in range(C)]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_best_constant_is_the_best_of_every_constant_prediction(task):
+    """The chance level is the best any constant predictor scores on these rows, for every metric."""
+    from featpipe.metrics import best_constant
+
+    rng = np.random.default_rng(4)
+    n, C = 70, (2 if task == "binary" else 5 if task == "multiclass" else 5)
+    if task == "multilabel":
+        y = (rng.random((n, C)) < [0.55, 0.4, 0.2, 0.08, 0.0]).astype(np.uint8)
+    else:
+        y = rng.choice(C, n, p=[0.3, 0.7] if C == 2 else [0.1, 0.3, 0.15, 0.25, 0.2])
+    classes = [f"c{k}" for k in range(C)]
+    flat = np.full((n, C), 1 / C)
+    for name, metric in METRIC_TABLE.items():
+        if task not in metric.keys:
+            continue
+        key = metric.keys[task]
+        got = best_constant(name, task, y, classes)
+        if metric.needs_proba:
+            want = 0.5 if key == "roc_auc" else (np.mean(y[:, :4].mean(0)) if task == "multilabel" else
+                                                  (y == 1).mean() if task == "binary" else 1 / C)
+        else:
+            want = np.nanmax([sklearn_score(key, task, y, flat, p) for p in _all_constants(task, n, C)])
+        assert got["value"] == pytest.approx(want), (name, got)
+        assert got["rule"]
+    # ten balanced classes: accuracy's chance level is 1/K, and a uniform guess is stated beside it
+    y10 = np.repeat(np.arange(10), 7)
+    acc = best_constant("accuracy", "multiclass", y10, [str(k) for k in range(10)])
+    assert acc["value"] == pytest.approx(0.1) and acc["uniform"] == pytest.approx(0.1)
+    # micro-F1 of a multilabel task: the best constant label set is named
+    Y = np.array([[1, 1, 0]] * 6 + [[1, 0, 1]] * 3 + [[1, 0, 0]])
+    ml = best_constant("micro_f1", "multilabel", Y, ["a", "b", "c"])
+    assert ml["rule"] == "always {'a', 'b'}" and ml["value"] == pytest.approx(2 * 16 / (2 * 16 + 4 + 3))
+
+
+def _accuracy_pair(n=300, extra=8, seed=0):
+    """Two models on the same rows: ``b`` makes every mistake ``a`` makes and ``extra`` more."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    pa = y.copy()
+    wrong = rng.choice(n, 30, replace=False)
+    pa[wrong] = (y[wrong] + 1) % 3
+    pb = pa.copy()
+    more = rng.choice(np.setdiff1d(np.arange(n), wrong), extra, replace=False)
+    pb[more] = (y[more] + 2) % 3
+    return y, (np.eye(3)[pa] * 0.8 + 0.2 / 3, pa), (np.eye(3)[pb] * 0.8 + 0.2 / 3, pb)
+
+
+def test_paired_bootstrap_separates_what_overlapping_intervals_do_not():
+    from featpipe.metrics import paired_bootstrap
+
+    y, a, b = _accuracy_pair()
+    ia, ib = bootstrap_ci("accuracy", "multiclass", y, *a), bootstrap_ci("accuracy", "multiclass", y, *b)
+    acc_a, acc_b = (a[1] == y).mean(), (b[1] == y).mean()
+    assert ia[0] <= acc_b <= ia[1] and ib[0] <= acc_a <= ib[1]  # each lies in the other's interval
+    d = paired_bootstrap("accuracy", "multiclass", y, b, a, seed=0)
+    assert d["diff"] == pytest.approx(acc_b - acc_a) and d["n"] == len(y)
+    lo, hi = d["ci"]
+    assert lo <= d["diff"] <= hi < 0  # the same rows: b is worse, and the test set says so
+    assert d == paired_bootstrap("accuracy", "multiclass", y, b, a, seed=0)
+    same = paired_bootstrap("accuracy", "multiclass", y, a, a)
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0]
+    # every metric of the table: the point difference is sklearn's difference
+    for name, metric in METRIC_TABLE.items():
+        if "multiclass" not in metric.keys:
+            continue
+        key = metric.keys["multiclass"]
+        want = sklearn_score(key, "multiclass", y, *a) - sklearn_score(key, "multiclass", y, *b)
+        got = paired_bootstrap(name, "multiclass", y, a, b, n_resamples=200)
+        assert got["diff"] == pytest.approx(want), name
+        assert got["ci"][0] <= got["diff"] <= got["ci"][1], name
+    with pytest.raises(HeadError, match="same rows"):
+        paired_bootstrap("accuracy", "multiclass", y, a, (b[0][:-1], b[1][:-1]))
+
+
+def test_small_test_sets_are_named_and_the_cli_table_warns():
+    from featpipe.metrics import small_sample
+
+    tiny = evaluate(np.array([0, 1, 1]), np.eye(2)[[0, 1, 1]], np.array([0, 1, 1]), "binary", ["n", "p"])
+    assert small_sample(tiny, "binary") == "3 test rows (fewer than 30); 2 classes have fewer than 5 test rows " \
+                                           "(fewest: 'n', 1)"
+    y = np.array([0] * 40 + [1] * 2)
+    one = evaluate(y, np.eye(2)[y], y, "binary", ["n", "p"])
+    assert small_sample(one, "binary") == "class 'p' has 2 test rows (fewer than 5)"
+    big = evaluate(np.arange(60) % 2, np.eye(2)[np.arange(60) % 2], np.arange(60) % 2, "binary", ["n", "p"])
+    assert small_sample(big, "binary") is None
+    rows = [{"run": "r", "head": "logistic", "metric": "accuracy", "task": "binary", "gap": 0.0, "fit_seconds": 1.0,
+             "scores": {"train": {"main": 1.0}, "val": {"main": 1.0}, "test": {**tiny, "main_ci": [1.0, 1.0]}}},
+            {"run": "big", "head": "logistic", "metric": "accuracy", "task": "binary", "gap": 0.0, "fit_seconds": 1.0,
+             "scores": {"train": {"main": 1.0}, "val": {"main": 1.0}, "test": {**big, "main_ci": [0.9, 1.0]}}}]
+    text = format_table(rows)
+    assert "1.000-1.000 !" in text and "0.900-1.000 !" not in text
+    assert "! r: small test set: 3 test rows (fewer than 30)" in text and "! big" not in text
+
+
+def test_calibration_bins_and_expected_calibration_error():
+    from sklearn.calibration import calibration_curve
+
+    from featpipe.metrics import calibration
+
+    rng = np.random.default_rng(0)
+    p = rng.random(20000)
+    y = (rng.random(20000) < p).astype(int)  # calibrated by construction
+    cal = calibration("binary", y, np.stack([1 - p, p], 1))
+    assert cal["kind"] == "P(positive)" and cal["ece"] < 0.02 and cal["n"] == 20000
+    true, pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    np.testing.assert_allclose([b["frequency"] for b in cal["bins"]], true, atol=1e-12)
+    np.testing.assert_allclose([b["confidence"] for b in cal["bins"]], pred, atol=1e-12)
+    # over-confident multiclass: 0.95 top-label confidence, right 60% of the time -> ECE 0.35
+    n, C = 1000, 4
+    yc = rng.integers(0, C, n)
+    pred_c = np.where(np.arange(n) < 600, yc, (yc + 1) % C)
+    P = np.full((n, C), 0.05 / (C - 1))
+    P[np.arange(n), pred_c] = 0.95
+    top = calibration("multiclass", yc, P)
+    assert top["kind"] == "top-label confidence" and top["ece"] == pytest.approx(0.35)
+    assert sum(b["count"] for b in top["bins"]) == n
+    # multilabel: every (row, label) probability is one pooled prediction; nan rows are left out
+    Y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    PL = np.array([[0.9, 0.1], [0.2, 0.7], [0.8, 0.6], [np.nan, np.nan]])
+    ml = calibration("multilabel", Y, PL)
+    assert ml["n"] == 6 and ml["kind"] == "per-label probability, pooled"
+    want = np.mean(np.abs(PL[:3].ravel() - Y[:3].ravel()))  # here every bin holds one prediction
+    assert ml["ece"] == pytest.approx(want)

@@ -61,6 +61,7 @@ def study(tmp_path_factory):
         main, ["fit-head", "--cache", str(res.path), "--head", "logistic", "--out", str(root / "models")]
     )
     assert r.exit_code == 0, r.output
+    fit_output = r.output
     ft = root / "models" / "finetune-tiny"
     ft.mkdir()
     (ft / "history.json").write_text(
@@ -95,7 +96,28 @@ def study(tmp_path_factory):
         ],
     )
     assert r.exit_code == 0, r.output
-    return {"root": root, "cache": res.path, "out": out, "models": root / "models"}
+    return {"root": root, "cache": res.path, "out": out, "models": root / "models", "fit_output": fit_output}
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory):
+    """Digits (600 rows, pixel features) with logistic and LightGBM heads; class '0' sits almost only in train,
+    so the train-majority class is the rarest on test."""
+    from _digits import digits, write_cache
+
+    root = tmp_path_factory.mktemp("digits")
+    _, y, split = digits(600)
+    zeros = np.flatnonzero(y == 0)
+    split[zeros] = "train"
+    split[zeros[:5]] = "test"
+    (root / "cache").mkdir()
+    cache = write_cache(root / "cache" / "digits.h5", "multiclass", n=600, split=split)
+    for head in ("logistic", "lgbm"):
+        for run in fit_cache(FeatureCache.open(cache), head, head_params=FAST):
+            write_run(run, root / "models")
+    out = root / "report"
+    build_report(cache_dir=root / "cache", models_dir=root / "models", out=out, analyses=False)
+    return {"root": root, "cache": cache, "out": out, "models": root / "models", "y": y, "split": split}
 
 
 def _dump_dom(html: Path, tmp: Path) -> tuple[str, str]:
@@ -120,21 +142,34 @@ def _dump_dom(html: Path, tmp: Path) -> tuple[str, str]:
     return p.stdout, p.stderr
 
 
-def test_report_page_loads_in_headless_chromium(study, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    dom, log = _dump_dom(study["out"] / "index.html", tmp_path)
+def _page_checks(dom: str, log: str, min_images: int) -> None:
     console = [ln for ln in log.splitlines() if ":CONSOLE" in ln]  # anything the page wrote to the console
     assert not console, console
     body = re.search(r"<body([^>]*)>", dom).group(1)
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
     assert attrs.get("checked") == "1", "the page's self-check script did not run"
     ok, total = map(int, attrs["images-ok"].split("/"))
-    assert total > 20 and ok == total, f"broken images: {attrs.get('broken-images')}"
+    assert total > min_images and ok == total, f"broken images: {attrs.get('broken-images')}"
     assert attrs["js-errors"] == "0", re.search(r'<pre id="js-errors"[^>]*>(.*?)</pre>', dom, re.S).group(1)
     assert 'data-testid="leaderboard"' in dom and 'id="datasets"' in dom
+
+
+def test_report_page_loads_in_headless_chromium(study, digits_report, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    dom, log = _dump_dom(study["out"] / "index.html", tmp_path)
+    _page_checks(dom, log, 20)
     assert re.search(r'<img[^>]+data-kind="confusion-matrix"', dom)
     assert "cat/broken" not in dom or "not an image" in dom
+    assert 'data-testid="small-sample"' in dom and 'data-testid="chance"' in dom
+    # the sections beside the leaderboard: paired differences, calibration, search curve, per-class scores
+    dom, log = _dump_dom(digits_report["out"] / "index.html", tmp_path)
+    _page_checks(dom, log, 5)
+    assert re.search(r'<img[^>]+src="plots/[^"]+-cal-[^"]+"[^>]+data-kind="reliability"', dom)
+    assert re.search(r'<img[^>]+data-kind="search-curve"', dom)
+    assert len(re.findall(r'data-testid="paired-diff"', dom)) == 2 and "top run" in dom
+    assert re.search(r'data-testid="per-class-side-by-side"', dom) and 'class="n best"' in dom
+    assert 'data-testid="small-sample"' not in dom  # 150 test rows, every class at least 5
 
 
 def test_report_folder_contents(study):
@@ -342,16 +377,127 @@ def test_leaderboard_chart_identity_covers_every_run():
     assert _leaderboard_fingerprint(runs("aaaaaaaaaa"), 0.1, 0.9) != base
 
 
-def test_leaderboard_says_which_top_runs_the_test_set_cannot_separate():
-    from featpipe.report._leaderboard import within_intervals
+def test_paired_difference_separates_runs_whose_intervals_overlap():
+    """Two runs on the same test rows, the second wrong on every row the first is wrong on and 8 more: each
+    score lies in the other's 95% interval (the old overlap rule said "not separated"), but the paired
+    interval of the difference excludes 0; a run that differs on few rows both ways is not separated."""
+    from featpipe.metrics import bootstrap_ci
+    from featpipe.report._compare import not_separated, paired_vs_top
     from featpipe.report._outputs import within_sentence
 
-    def row(name, test, lo, hi):
-        return {"backbone": name, "head": "logistic", "test": test, "test_ci_lo": lo, "test_ci_hi": hi}
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 3, n)
+    ids = np.array([f"r{i}" for i in range(n)])
 
-    rows = [row("a", 0.90, 0.85, 0.94), row("b", 0.88, 0.83, 0.92), row("c", 0.70, 0.62, 0.78),
-            row("d", 0.84, 0.80, 0.86)]  # d's interval misses a's score: separated
-    assert within_intervals(rows) == {0, 1}
-    assert "a + logistic, b + logistic" in within_sentence([rows[i] for i in (0, 1)])
-    assert within_intervals([rows[0], rows[2]]) == set()
-    assert within_intervals([row("x", 0.9, None, None), rows[1]]) == set()  # runs without an interval
+    def run(pred):
+        return {"ids": ids, "y": y, "proba": np.eye(3)[pred] * 0.8 + 0.2 / 3, "pred": pred}
+
+    top = y.copy()
+    top[:30] = (y[:30] + 1) % 3
+    worse = top.copy()
+    worse[30:38] = (y[30:38] + 1) % 3
+    swapped = top.copy()
+    swapped[:2], swapped[30:32] = y[:2], (y[30:32] + 1) % 3  # right on 2 rows top misses, wrong on 2 others
+    tests = {"a": run(top), "b": run(worse), "c": run(swapped)}
+    ci = {k: bootstrap_ci("accuracy", "multiclass", y, t["proba"], t["pred"]) for k, t in tests.items()}
+    acc = {k: (t["pred"] == y).mean() for k, t in tests.items()}
+    assert ci["a"][0] <= acc["b"] <= ci["a"][1] and ci["b"][0] <= acc["a"] <= ci["b"][1]
+    rows = [{"slug": k, "backbone": k, "head": "logistic"} for k in "abc"]
+    paired_vs_top(rows, tests, "accuracy", "multiclass")
+    assert rows[0]["vs_top"] is None
+    assert rows[1]["separated"] is True and rows[1]["vs_top_hi"] < 0
+    assert rows[1]["vs_top"] == pytest.approx(acc["b"] - acc["a"])
+    assert rows[2]["separated"] is False and rows[2]["vs_top"] == 0
+    assert not_separated(rows) == [rows[0], rows[2]]
+    assert within_sentence(not_separated(rows), "accuracy").startswith(
+        "The test set does not separate c + logistic from the top run a + logistic: the paired bootstrap")
+    # rows are matched by image id, not by position; another test set gets no difference
+    perm = rng.permutation(n)
+    shuffled = {k: v[perm] for k, v in tests["b"].items()}
+    rows2 = [dict(r) for r in rows[:2]]
+    paired_vs_top(rows2, {"a": tests["a"], "b": shuffled}, "accuracy", "multiclass")
+    assert rows2[1]["vs_top"] == pytest.approx(rows[1]["vs_top"]) and rows2[1]["vs_top_lo"] < 0
+    other = {**tests["b"], "ids": np.array([f"x{i}" for i in range(n)])}
+    paired_vs_top(rows2, {"a": tests["a"], "b": other}, "accuracy", "multiclass")
+    assert rows2[1]["vs_top"] is None and "other test images" in rows2[1]["vs_top_note"]
+
+
+def _csv(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((out / "leaderboard.csv").open()))
+
+
+def test_chance_level_is_the_best_constant_predictor_on_test(digits_report):
+    """Class '0' is the train majority but has 5 of the test rows: chance is the best constant on test."""
+    y, split = digits_report["y"], digits_report["split"]
+    yt = y[split == "test"]
+    best = np.bincount(yt, minlength=10)
+    rows = _csv(digits_report["out"])
+    assert [float(r["chance"]) for r in rows] == [pytest.approx(best.max() / len(yt))] * 2
+    summary = (digits_report["out"] / "summary.md").read_text()
+    assert (f"the best constant predictor's accuracy on the {len(yt)} test rows (always '{best.argmax()}')"
+            in summary)
+    assert "a uniform random guess scores 0.1000" in summary
+    html = (digits_report["out"] / "index.html").read_text()
+    assert 'data-testid="chance"' in html and "a uniform random guess among 10 classes scores 0.100" in html
+
+
+def test_leaderboard_gives_each_run_its_paired_difference_to_the_top(digits_report, tmp_path):
+    from featpipe.metrics import calibration
+
+    rows = _csv(digits_report["out"])
+    assert len(rows) == 2 and rows[0]["vs_top"] == ""
+    top, other = rows
+    d, lo, hi = (float(other[k]) for k in ("vs_top", "vs_top_lo", "vs_top_hi"))
+    assert d == pytest.approx(float(other["test"]) - float(top["test"]), abs=1e-5) and lo <= d <= hi
+    html = (digits_report["out"] / "index.html").read_text()
+    assert "vs #1 (paired 95%)" in html and html.count('data-testid="paired-diff"') == 2
+    # ECE per run, from its test predictions
+    for r in rows:
+        with np.load(Path(r["dir"]) / "predictions.npz") as z:
+            t = z["split"] == "test"
+            want = calibration("multiclass", z["y_true"][t], z["proba"][t].astype(float))["ece"]
+        assert float(r["ece_test"]) == pytest.approx(want, rel=1e-5)
+    # a run whose predictions.npz lists the test rows in another order gets the same difference
+    models = tmp_path / "models"
+    shutil.copytree(digits_report["models"], models)
+    npz = models / Path(other["dir"]).relative_to(digits_report["models"]) / "predictions.npz"
+    with np.load(npz) as z:
+        arrs = {k: z[k] for k in z.files}
+    perm = np.random.default_rng(1).permutation(len(arrs["ids"]))
+    np.savez_compressed(npz, **{k: v[perm] for k, v in arrs.items()})
+    build_report(models_dir=models, out=tmp_path / "rep", analyses=False)
+    again = _csv(tmp_path / "rep")[1]
+    assert float(again["vs_top"]) == pytest.approx(d) and float(again["vs_top_lo"]) == pytest.approx(lo)
+
+
+def test_calibration_search_curve_and_per_class_sections(digits_report):
+    html = (digits_report["out"] / "index.html").read_text()
+    assert html.count('data-kind="reliability"') == 1
+    assert html.count('data-kind="search-curve"') == 1 and html.count('data-testid="no-search"') == 1  # lgbm: 1
+    assert "Hyper-parameter search" in html and "the star marks the one chosen" in html
+    table = re.search(r'<table[^>]*data-testid="per-class-side-by-side".*?</table>', html, re.S).group(0)
+    body = re.findall(r"<tr><td>(\d)</td>(.*?)</tr>", table, re.S)
+    assert [c for c, _ in body] == [str(k) for k in range(10)]
+    rows = _csv(digits_report["out"])
+    metrics = [json.loads((Path(r["dir"]) / "metrics.json").read_text()) for r in rows]
+    for cls, cells in body:
+        vals = re.findall(r'<td class="n[^"]*" data-v="([^"]*)">', cells)
+        support, scores = vals[0], vals[1:]
+        assert int(support) == metrics[0]["scores"]["test"]["per_class"][cls]["support"]
+        assert [float(v) for v in scores] == [pytest.approx(m["scores"]["test"]["per_class"][cls]["recall"])
+                                              for m in metrics]
+    assert "Per-class test recall (per-class accuracy) of the top 2 runs" in html
+
+
+def test_small_test_set_is_said_in_the_cli_table_and_the_report(study):
+    """The pets study scores a handful of test images: fit-head's table and the report say so."""
+    m = json.loads(next(study["models"].rglob("metrics.json")).read_text())
+    n = m["scores"]["test"]["n"]
+    assert n < 30
+    out = study["fit_output"]
+    assert re.search(r"\d\.\d{3}-\d\.\d{3} !", out)
+    assert f"small test set: {n} test rows (fewer than 30)" in out
+    html = (study["out"] / "index.html").read_text()
+    assert 'data-testid="small-sample"' in html and f"{n} test rows (fewer than 30)" in html
+    assert "**Small test set**" in (study["out"] / "summary.md").read_text()

@@ -144,6 +144,85 @@ def score(metric: str | None, task: str, y_true: np.ndarray, proba: np.ndarray,
     return sklearn_score(m.keys[task], task, y_true, proba, pred)
 
 
+# -- chance level: the best constant predictor ------------------------------------------------------
+
+def _label_set_name(S: np.ndarray, classes: Sequence[str]) -> str:
+    if not S.any():
+        return "no label"
+    if S.all():
+        return "every label"
+    return "{" + ", ".join(f"'{classes[k]}'" for k in np.flatnonzero(S)) + "}"
+
+
+def _multilabel_constant_candidates(Y: np.ndarray) -> list[np.ndarray]:
+    """Label sets among which the best constant prediction lies for every multilabel decision metric."""
+    n, C = Y.shape
+    pos = Y.sum(0)
+    order = np.argsort(-pos, kind="stable")
+    cands = []
+    for m in range(C + 1):  # micro-F1: for m predicted labels, the m most frequent maximise the true positives
+        S = np.zeros(C, bool)
+        S[order[:m]] = True
+        cands.append(S)
+    cands.append(pos > 0)  # macro/weighted F1: separable per label; a label with positives gains, others lose
+    sets, counts = np.unique(Y, axis=0, return_counts=True)
+    cands.append(sets[counts.argmax()].astype(bool))  # subset accuracy: the most common label set
+    size = Y.sum(1)
+    for m in range(1, C + 1):  # samples-F1 at m labels: sum_i 2|S & Y_i| / (m + |Y_i|) is separable per label
+        w = (Y / (m + size)[:, None]).sum(0)
+        S = np.zeros(C, bool)
+        S[np.argsort(-w, kind="stable")[:m]] = True
+        cands.append(S)
+    return cands
+
+
+def best_constant(metric: str | None, task: str, y_true: np.ndarray, classes: Sequence[str]) -> dict[str, Any] | None:
+    """Best score of a constant predictor on these rows (the chance level), and what it predicts.
+
+    Decision metrics search the constant predictions that can be best: every class (single-label); for
+    multilabel, the label sets optimal for some metric (the m most frequent labels for micro-F1, every
+    label with a positive for macro/weighted F1, the most common label set for subset accuracy, the best
+    m labels for samples-F1). Probability metrics score one constant for every row (ROC AUC 0.5, AP the
+    share of positives). ``uniform`` is 1/K, a uniform random guess's expected accuracy (single-label).
+    """
+    m = get_metric(metric, task)
+    key = m.keys[task]
+    y = np.asarray(y_true)
+    C = len(classes)
+    n = len(y)
+    if n == 0 or C == 0:
+        return None
+    out: dict[str, Any] = {"n": int(n)}
+    if task != "multilabel" and key == "accuracy":
+        out["uniform"] = 1.0 / C
+    flat = np.full((n, C), 1.0 / C)
+    if m.needs_proba:
+        value = sklearn_score(key, task, y, flat, flat.argmax(1))
+        what = "ROC AUC 0.5" if key == "roc_auc" else "AP = the share of positives"
+        out.update(value=value, rule=f"the same score for every image ({what})")
+        return out if not math.isnan(value) else None
+    if task == "multilabel":
+        Y = y.astype(bool).reshape(n, C)
+        seen: set[bytes] = set()
+        cands = []
+        for S in _multilabel_constant_candidates(Y):
+            if S.tobytes() not in seen:
+                seen.add(S.tobytes())
+                cands.append((f"always {_label_set_name(S, classes)}", np.tile(S.astype(np.uint8), (n, 1))))
+    else:
+        cands = [(f"always '{classes[k]}'", np.full(n, k)) for k in range(C)]
+    scored = [(sklearn_score(key, task, y, flat, pred), name) for name, pred in cands]
+    scored = [(v, name) for v, name in scored if not math.isnan(v)]
+    if not scored:
+        return None
+    value, rule = max(scored, key=lambda t: t[0])  # the first of equals
+    ties = sum(1 for v, _ in scored if abs(v - value) <= 1e-12) - 1
+    if ties:
+        rule += f" (as good as {ties} other constant prediction{'s' if ties > 1 else ''})"
+    out.update(value=float(value), rule=rule)
+    return out
+
+
 # -- threshold curves: the count-based form of the decision metrics -----------------------------------
 # Hand-written because a curve needs the metric at ~200 thresholds per label per early-stopping epoch
 # (one sklearn call each is ~1000x slower); tests check every value against sklearn_score.
@@ -442,6 +521,22 @@ def _weighted_scores(key: str, task: str, Yt: np.ndarray, Yp: np.ndarray, proba:
     return _counts_metric(key, tp, fp, fn, tn)
 
 
+def _decision_matrices(task: str, y_true: np.ndarray, pred: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truth and decisions as ``(n, C)`` indicator matrices (multilabel: already multi-hot)."""
+    n = len(y_true)
+    if task == "multilabel":
+        return y_true.astype(bool).reshape(n, C), pred.astype(bool).reshape(n, C)
+    return _indicator(y_true.astype(int), C), _indicator(pred.astype(int), C)
+
+
+def _resample_weights(n: int, n_resamples: int, seed: int):
+    """Seeded bootstrap resamples of ``n`` rows as multinomial row-count matrices, in chunks ``(b, n)``."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
+    for start in range(0, n_resamples, chunk):
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, n_resamples - start)).astype(float)
+
+
 def bootstrap_ci(metric: str | None, task: str, y_true: np.ndarray, proba: np.ndarray, pred: np.ndarray,
                  n_resamples: int = BOOTSTRAP["n_resamples"], seed: int = 0,
                  level: float = BOOTSTRAP["level"]) -> tuple[float, float] | None:
@@ -457,23 +552,114 @@ def bootstrap_ci(metric: str | None, task: str, y_true: np.ndarray, proba: np.nd
     n, C = proba.shape if proba.ndim == 2 else (0, 0)
     if n < 2:
         return None
-    if task == "multilabel":
-        Yt, Yp = y_true.astype(bool).reshape(n, C), pred.astype(bool).reshape(n, C)
-    else:
-        Yt, Yp = _indicator(y_true.astype(int), C), _indicator(pred.astype(int), C)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
-    vals = []
-    for start in range(0, n_resamples, chunk):
-        W = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, n_resamples - start)).astype(float)
-        vals.append(_weighted_scores(key, task, Yt, Yp, proba, W))
-    v = np.concatenate(vals)
+    Yt, Yp = _decision_matrices(task, y_true, pred, C)
+    v = np.concatenate([_weighted_scores(key, task, Yt, Yp, proba, W)
+                        for W in _resample_weights(n, n_resamples, seed)])
     v = v[~np.isnan(v)]
     if len(v) < n_resamples // 2:
         return None
     a = (1 - level) / 2 * 100
     lo, hi = np.percentile(v, [a, 100 - a])
     return float(lo), float(hi)
+
+
+def paired_bootstrap(metric: str | None, task: str, y_true: np.ndarray, a: tuple[np.ndarray, np.ndarray],
+                     b: tuple[np.ndarray, np.ndarray], n_resamples: int = BOOTSTRAP["n_resamples"],
+                     seed: int = 0, level: float = BOOTSTRAP["level"]) -> dict[str, Any] | None:
+    """``metric`` of predictions ``a`` minus ``b`` on the same rows, with a paired percentile bootstrap interval.
+
+    ``a`` and ``b`` are ``(proba, pred)`` for the rows of ``y_true``, in the same order. Each resample
+    scores both on the same drawn rows, so what they share (rows both get right or wrong) cancels: the
+    interval is the difference's own, narrower than two separate intervals suggest. Rows where either
+    ``proba`` is nan are left out. ``None`` when the difference is undefined on too many resamples.
+    """
+    key = get_metric(metric, task).keys[task]
+    pa, pb = np.asarray(a[0], dtype=float), np.asarray(b[0], dtype=float)
+    if pa.shape != pb.shape or len(pa) != len(y_true):
+        raise HeadError(f"paired comparison needs the same rows: shapes {pa.shape} and {pb.shape} "
+                        f"for {len(y_true)} labels")
+    keep = ~(np.isnan(pa).any(1) | np.isnan(pb).any(1)) if len(pa) else np.zeros(0, dtype=bool)
+    y = np.asarray(y_true)[keep]
+    pa, pb = pa[keep], pb[keep]
+    n, C = pa.shape if pa.ndim == 2 else (0, 0)
+    if n < 2:
+        return None
+    Yt, Ya = _decision_matrices(task, y, np.asarray(a[1])[keep], C)
+    _, Yb = _decision_matrices(task, y, np.asarray(b[1])[keep], C)
+    ones = np.ones((1, n))
+    diff = float(_weighted_scores(key, task, Yt, Ya, pa, ones)[0] - _weighted_scores(key, task, Yt, Yb, pb, ones)[0])
+    v = np.concatenate([_weighted_scores(key, task, Yt, Ya, pa, W) - _weighted_scores(key, task, Yt, Yb, pb, W)
+                        for W in _resample_weights(n, n_resamples, seed)])
+    v = v[~np.isnan(v)]
+    if math.isnan(diff) or len(v) < n_resamples // 2:
+        return None
+    q = (1 - level) / 2 * 100
+    lo, hi = np.percentile(v, [q, 100 - q])
+    return {"diff": diff, "ci": [float(lo), float(hi)], "n": int(n), "n_resamples": n_resamples, "seed": seed,
+            "level": level, "method": "paired percentile bootstrap over the same test rows"}
+
+
+# a test split below either count gets a warning beside its score and interval (the percentile
+# bootstrap of 3 rows can print "1.000-1.000"; a class with 2 rows makes its per-class scores noise)
+SMALL_SAMPLE = {"rows": 30, "per_class": 5}
+
+
+def small_sample(scores: Mapping[str, Any] | None, task: str, split: str = "test") -> str | None:
+    """Why a split's scores (an :func:`evaluate` dict) and their interval rest on too few rows, or None."""
+    if not scores:
+        return None
+    why = []
+    n = scores.get("n")
+    if isinstance(n, (int, np.integer)) and n < SMALL_SAMPLE["rows"]:
+        why.append(f"{n} {split} row{'s' if n != 1 else ''} (fewer than {SMALL_SAMPLE['rows']})")
+    unit = "positive " if task == "multilabel" else ""
+    kind = "label" if task == "multilabel" else "class"
+    few = sorted(((int(v.get("support") or 0), str(c)) for c, v in (scores.get("per_class") or {}).items()
+                  if int(v.get("support") or 0) < SMALL_SAMPLE["per_class"]))
+    if len(few) == 1:
+        why.append(f"{kind} '{few[0][1]}' has {few[0][0]} {unit}{split} row{'s' if few[0][0] != 1 else ''} "
+                   f"(fewer than {SMALL_SAMPLE['per_class']})")
+    elif few:
+        kinds = "labels" if task == "multilabel" else "classes"
+        why.append(f"{len(few)} {kinds} have fewer than {SMALL_SAMPLE['per_class']} {unit}{split} rows "
+                   f"(fewest: '{few[0][1]}', {few[0][0]})")
+    return "; ".join(why) or None
+
+
+def calibration(task: str, y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> dict[str, Any] | None:
+    """Reliability bins and expected calibration error (ECE) of predicted probabilities.
+
+    Multiclass: top-label confidence against whether the arg-max class is right; binary: P(positive)
+    against the label; multilabel: every (image, label) probability against that label, pooled.
+    Equal-width bins; ECE = sum over bins of (share of rows) x |observed frequency - mean probability|.
+    Hand-written: sklearn's ``calibration_curve`` drops the bin counts the ECE weighs by.
+    """
+    proba = np.asarray(proba, dtype=float)
+    y = np.asarray(y_true)
+    if proba.ndim != 2 or not len(proba):
+        return None
+    keep = ~np.isnan(proba).any(1)
+    proba, y = proba[keep], y[keep]
+    if task == "multilabel":
+        conf, hit, kind = proba.ravel(), y.astype(bool).reshape(proba.shape).ravel(), "per-label probability, pooled"
+    elif task == "binary":
+        conf, hit, kind = proba[:, 1], y.astype(int) == 1, "P(positive)"
+    else:
+        conf, hit, kind = proba.max(1), proba.argmax(1) == y.astype(int), "top-label confidence"
+    if not len(conf):
+        return None
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    mean_conf = np.bincount(b, weights=conf, minlength=n_bins)
+    freq = np.bincount(b, weights=hit.astype(float), minlength=n_bins)
+    ok = count > 0
+    mean_conf[ok] /= count[ok]
+    freq[ok] /= count[ok]
+    ece = float((count[ok] / count.sum() * np.abs(freq[ok] - mean_conf[ok])).sum())
+    bins = [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "confidence": float(mean_conf[i]),
+             "frequency": float(freq[i]), "count": int(count[i])} for i in np.flatnonzero(ok)]
+    return {"ece": ece, "kind": kind, "n": int(len(conf)), "n_bins": n_bins, "bins": bins}
 
 
 def jsonable(obj: Any) -> Any:
@@ -512,21 +698,27 @@ def format_table(results: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str
     """A short plain-text table: one row per metrics dict (as written to metrics.json).
 
     Accepts a list of metrics dicts or a ``{name: metrics}`` mapping; columns are run, head, metric,
-    train/val/test main score, the test score's 95% bootstrap interval, gap and fit seconds.
+    train/val/test main score, the test score's 95% bootstrap interval, gap and fit seconds. A test
+    split too small to trust (:func:`small_sample`) marks its interval with ``!`` and says why below.
     """
     if isinstance(results, Mapping):
         results = [dict(m, run=m.get("run", k)) for k, m in results.items()]
     header = ["run", "head", "metric", "train", "val", "test", "test 95% CI", "gap", "fit s"]
     rows = []
+    warnings_: dict[str, str] = {}
     for m in results:
         scores = m.get("scores", {})
         fit_s = m.get("fit_seconds")
+        test = scores.get("test") or {}
+        small = small_sample(test, str(m.get("task", "")))
+        if small:
+            warnings_.setdefault(str(m.get("run", "")) or str(m.get("head", "")), small)
         rows.append([
             str(m.get("run", "")),
             str(m.get("head", "")),
             str(m.get("metric", "")),
             *(_fmt((scores.get(s) or {}).get("main")) for s in ("train", "val", "test")),
-            _fmt_ci((scores.get("test") or {}).get("main_ci")),
+            _fmt_ci(test.get("main_ci")) + (" !" if small else ""),
             _fmt(m.get("gap")),
             f"{fit_s:.1f}" if isinstance(fit_s, (int, float)) else "-",
         ])
@@ -537,4 +729,6 @@ def format_table(results: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    for who, why in warnings_.items():
+        lines.append(f"! {who}: small test set: {why}; its test scores and intervals are not reliable")
     return "\n".join(lines)

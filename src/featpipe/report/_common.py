@@ -8,7 +8,7 @@ from typing import Any
 
 from featpipe.report import _analysis
 
-PLOT_STYLE = "s1"  # bump when figures change: cached PNGs are then redrawn
+PLOT_STYLE = "s2"  # bump when figures change: cached PNGs are then redrawn
 GALLERY = 12  # images per gallery (at most 24)
 THUMBS_PER_CLASS = 8
 SECONDARY = (

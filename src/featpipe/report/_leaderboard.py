@@ -1,4 +1,5 @@
-"""Leaderboard section: one row per fitted head, ranked by validation, with chance and human lines."""
+"""Leaderboard section: one row per fitted head, ranked by validation, with chance and human lines, paired
+differences against the top run, calibration and per-class scores of the top runs (from _compare)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from featpipe.errors import FeaturepipeError
 from featpipe.metrics import main_metric_key
-from featpipe.report import _analysis, _data, _plots
+from featpipe.report import _analysis, _compare, _data, _plots
 from featpipe.report._common import SECONDARY, _backbone_label, _dataset_key, _Plots
 
 
@@ -51,22 +52,6 @@ def _leader_row(m: _data.ModelRun) -> dict[str, Any]:
     return row
 
 
-def within_intervals(rows: list[dict[str, Any]]) -> set[int]:
-    """Indices of the top row (best on validation) and every row whose test score and the top row's lie
-    within each other's 95% bootstrap interval: the test set cannot tell them apart. Empty when none."""
-    if not rows or rows[0]["test_ci_lo"] is None:
-        return set()
-    top = rows[0]
-    out = {0}
-    for i, r in enumerate(rows[1:], 1):
-        if r["test"] is None or r["test_ci_lo"] is None:
-            continue
-        if (top["test_ci_lo"] <= r["test"] <= top["test_ci_hi"]
-                and r["test_ci_lo"] <= top["test"] <= r["test_ci_hi"]):
-            out.add(i)
-    return out if len(out) > 1 else set()
-
-
 def leaderboards(
     runs: list[_data.ModelRun], opened: list[Any], plots: _Plots, human_baseline: float | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -87,15 +72,20 @@ def leaderboards(
                 x["fit_seconds"] or 0.0,
             ),
         )
-        chance = None
-        for r in rs:
-            c = cache_of.get(str((r.metrics.get("cache") or {}).get("key")) + dkey)
-            if c is not None:
-                chance = _analysis.chance_level(c, metric)
-                break
+        runs_by = {r.slug: r for r in rs}
+        tests = {r.slug: _compare.scored_rows(r) for r in rs}
+        task = rows[0]["task"] if rows else "multiclass"
+        classes = [str(c) for c in (rs[0].metrics.get("classes") or [])]
+        cache = next((c for r in rs if (c := cache_of.get(str((r.metrics.get("cache") or {}).get("key")) + dkey))),
+                     None)
+        top_test = next((tests[x["slug"]] for x in rows if tests.get(x["slug"]) is not None), None)
+        chance = _compare.chance(metric, str(task), classes, top_test, cache)
         ch = chance["value"] if chance else None
         for row in rows:
             row["chance"], row["human_baseline"] = ch, human_baseline
+        _compare.paired_vs_top(rows, tests, metric, str(task))
+        cal = _compare.calibration_rows(rows, tests, str(task))
+        small = _compare.small_test(rows, runs_by)
         names = [
             f"{x['backbone']} / {x['layer']} / {x['head']}"
             if x["layer"] != "final" and f"@{x['layer']}" not in x["backbone"]
@@ -110,10 +100,16 @@ def leaderboards(
                 p, names, [x["val"] for x in rows], [x["test"] for x in rows], metric, ch, human_baseline
             ),
         )
-        within = within_intervals(rows)
-        for i, row in enumerate(rows):
-            row["within_best_ci"] = i in within
-        task = rows[0]["task"] if rows else "multiclass"
+        within = _compare.not_separated(rows)
+        for row in rows:
+            row["within_best_ci"] = row.get("separated") is False
+        cal_names = {x["slug"]: n for x, n in zip(rows, names, strict=True)}
+        cal_series = [(cal_names[x["slug"]], cal[x["slug"]]) for x in rows if x["slug"] in cal][
+            : _compare.TOP_CALIBRATION]
+        plot_cal = plots.get(
+            f"{slug}-cal-{_leaderboard_fingerprint(rs, None, None)}",
+            lambda p, s=cal_series: _plots.reliability(p, s),
+        ) if cal_series else None
         try:
             main_key = main_metric_key(metric, task)
         except FeaturepipeError:
@@ -128,10 +124,17 @@ def leaderboards(
                 "secondary": [(k, lbl) for k, lbl in SECONDARY if k != main_key],
                 "chance_rule": chance["rule"] if chance else None,
                 "chance_split": chance["split"] if chance else None,
+                "chance_uniform": chance.get("uniform") if chance else None,
+                "chance_n": chance.get("n") if chance else None,
                 "human": human_baseline,
                 "slug": slug,
                 "task": rows[0]["task"] if rows else "?",
-                "within": [rows[i] for i in sorted(within)],
+                "within": within,
+                "has_diff": any(x["vs_top"] is not None for x in rows),
+                "small": small,
+                "plot_calibration": plot_cal,
+                "calibration_kind": next(iter(cal.values()))["kind"] if cal else None,
+                "side_by_side": _compare.side_by_side(rows, runs_by, metric),
             }
         )
         all_rows += rows

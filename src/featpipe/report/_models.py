@@ -1,4 +1,4 @@
-"""Per-model section: reports, confusion matrices, curves, thresholds and galleries."""
+"""Per-model section: reports, confusion matrices, curves, thresholds, the search curve and galleries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from featpipe.errors import FeaturepipeError
+from featpipe.metrics import get_metric
 from featpipe.report import _analysis, _data, _plots
 from featpipe.report._common import (
     GALLERY,
@@ -27,6 +29,16 @@ def _used_thresholds(mt: dict[str, Any], C: int) -> np.ndarray | None:
             return np.asarray([th.get("global", 0.5) if v is None else v for v in pc], dtype=float)
         return np.full(C, float(th.get("global") or 0.5))
     return np.asarray([float(th.get("global") or 0.5)])
+
+
+def _search_metric(metric: str, task: str) -> str:
+    """What the search scored: the metric, or for one-vs-rest heads the per-label metric of each label's search."""
+    if task != "multilabel":
+        return metric
+    try:
+        return f"{get_metric(metric, task).per_label} per label"
+    except FeaturepipeError:
+        return metric
 
 
 def _galleries(
@@ -220,6 +232,15 @@ def _model_section(
                 p, classes, th["per_class"], [(per.get(c) or {}).get("f1") for c in classes]
             ),
         )
+    search = [x for x in (mt.get("search") or []) if isinstance(x, dict) and isinstance(x.get("params"), dict)]
+    configs = {json.dumps({k: v for k, v in x["params"].items() if k not in _plots.DERIVED_PARAMS}, sort_keys=True,
+                          default=str) for x in search}
+    sec["n_search"] = len(configs)
+    sec["search_metric"] = _search_metric(str(mt.get("metric")), task)
+    sec["plot_search"] = plots.get(
+        f"{key}-search", lambda p: _plots.search_curve(p, search, sec["search_metric"], classes,
+                                                        "CV" if "CV" in str(sec["selection"]) else "val")
+    ) if len(configs) > 1 else None
     sec["plot_rocpr"] = None
     sec["galleries"] = {"mistakes": [], "uncertain": []}
     if P is not None:

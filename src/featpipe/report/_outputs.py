@@ -22,6 +22,11 @@ CSV_COLS = [
     "test",
     "test_ci_lo",
     "test_ci_hi",
+    "vs_top",
+    "vs_top_lo",
+    "vs_top_hi",
+    "ece_test",
+    "small_test",
     "selection",
     "train",
     "gap",
@@ -60,11 +65,23 @@ def _ci(r: dict[str, Any]) -> str:
     return f"[{_fmt(r['test_ci_lo'], 3)}, {_fmt(r['test_ci_hi'], 3)}]"
 
 
-def within_sentence(rows: list[dict[str, Any]]) -> str:
-    """The report's line saying which top runs the test set cannot tell apart."""
-    names = ", ".join(f"{r['backbone']} + {r['head']}" for r in rows)
-    return (f"The test scores of {names} lie within each other's 95% bootstrap interval: "
-            "the test set does not separate them.")
+def _signed(x: Any) -> str:
+    v = _analysis.finite(x)
+    return "–" if v is None else f"{v:+.3f}"
+
+
+def _vs_top(r: dict[str, Any]) -> str:
+    if r.get("vs_top") is None:
+        return "-"
+    return f"{_signed(r['vs_top'])} [{_signed(r['vs_top_lo'])}, {_signed(r['vs_top_hi'])}]"
+
+
+def within_sentence(rows: list[dict[str, Any]], metric: str = "score") -> str:
+    """The report's line saying which runs the test set does not separate from the top run (``rows[0]``)."""
+    names = ", ".join(f"{r['backbone']} + {r['head']}" for r in rows[1:])
+    top = rows[0]
+    return (f"The test set does not separate {names} from the top run {top['backbone']} + {top['head']}: "
+            f"the paired bootstrap 95% interval of the difference in test {metric}, on the same test images, holds 0.")
 
 
 def _summary_md(ctx: dict[str, Any]) -> str:
@@ -102,21 +119,27 @@ def _summary_md(ctx: dict[str, Any]) -> str:
         L.append("")
         if b["chance"] is not None:
             L.append(
-                f"Chance level ({b['chance_rule']}): {b['chance']:.4f}"
+                f"Chance level: {b['chance']:.4f}, the best constant predictor's {b['metric']} on the "
+                f"{b['chance_n']} {b['chance_split']} rows ({b['chance_rule']})"
+                + (f"; a uniform random guess scores {b['chance_uniform']:.4f}" if b.get("chance_uniform") else "")
                 + (f"; human baseline: {b['human']:.4f}" if b["human"] is not None else "")
             )
             L.append("")
+        if b.get("small"):
+            L += [f"**Small test set**: {b['small']}. Test scores, intervals and differences are not reliable.", ""]
         L.append("Validation scores are selection scores (the best configuration on those rows): optimistic.")
         L.append("")
-        L.append("| backbone | layer | head | val (selection) | test | test 95% CI | gap | fit s |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        L.append("| backbone | layer | head | val (selection) | test | test 95% CI | vs #1 (paired 95%) | ECE | gap "
+                 "| fit s |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in b["rows"]:
             L.append(
                 f"| {r['backbone']} | {r['layer']} | {r['head']} | {_fmt(r['val'], 4)} | "
-                f"{_fmt(r['test'], 4)} | {_ci(r)} | {_fmt(r['gap'], 4)} | {_fmt(r['fit_seconds'], 2)} |"
+                f"{_fmt(r['test'], 4)} | {_ci(r)}{' !' if r.get('small_test') else ''} | {_vs_top(r)} | "
+                f"{_fmt(r.get('ece_test'), 3)} | {_fmt(r['gap'], 4)} | {_fmt(r['fit_seconds'], 2)} |"
             )
         if b.get("within"):
-            L += ["", within_sentence(b["within"])]
+            L += ["", within_sentence(b["within"], b["metric"])]
         best = b["rows"][0] if b["rows"] else None
         if best:
             L += [
@@ -149,6 +172,7 @@ def _render(ctx: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     env.filters["f"] = _fmt
+    env.filters["sf"] = _signed
     env.filters["pct"] = lambda v: "–" if _analysis.finite(v) is None else f"{100 * float(v):.1f}%"
     css = (Path(__file__).parent / "templates" / "style.css").read_text()
     return env.get_template("index.html").render(css=css, **ctx)

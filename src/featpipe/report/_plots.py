@@ -282,3 +282,99 @@ def history(path: Path, epochs: Sequence[dict[str, Any]], title: str) -> Path:
         ax.set(xlabel="epoch", ylabel=kind, title=f"{title}: {kind}")
         ax.legend()
     return _save(fig, path)
+
+
+def reliability(path: Path, series: Sequence[tuple[str, dict[str, Any]]]) -> Path | None:
+    """Reliability diagram (observed frequency against mean predicted probability per bin, one line per
+    model, ECE in the legend) beside the number of test predictions per bin."""
+    series = [(n, c) for n, c in series if c and c.get("bins")]
+    if not series:
+        return None
+    kind = series[0][1]["kind"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.9), gridspec_kw={"width_ratios": [1.25, 1]})
+    a1.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfectly calibrated")
+    for k, (name, cal) in enumerate(series):
+        b = cal["bins"]
+        color = PALETTE[k % len(PALETTE)]
+        n = np.array([x["count"] for x in b], dtype=float)
+        a1.plot([x["confidence"] for x in b], [x["frequency"] for x in b], lw=1.2, color=color, alpha=0.8,
+                label=f"{name} (ECE {cal['ece']:.3f})")
+        # marker area grows with the bin's predictions: a bin of two is not a trend
+        a1.scatter([x["confidence"] for x in b], [x["frequency"] for x in b], s=6 + 60 * np.sqrt(n / n.max()),
+                   color=color, alpha=0.85, zorder=3, edgecolors="white", linewidths=0.5)
+        a2.plot([(x["lo"] + x["hi"]) / 2 for x in b], [x["count"] for x in b], marker="o", ms=3, lw=1.2,
+                color=color)
+    what = "fraction correct" if kind == "top-label confidence" else "fraction positive"
+    a1.set(xlabel=f"mean predicted probability ({kind})", ylabel=f"observed {what}", xlim=(0, 1), ylim=(0, 1.02),
+           title="Reliability (test)")
+    a1.legend(loc="upper left", fontsize=7)
+    a1.text(0.99, 0.02, "marker area ~ predictions in the bin", transform=a1.transAxes, ha="right", fontsize=7,
+            color="grey")
+    a2.set(xlabel=f"predicted probability ({kind})", ylabel="test predictions per bin", xlim=(0, 1),
+           title="How many predictions fall in each bin")
+    counts = [x["count"] for _, c in series for x in c["bins"]]
+    if max(counts) > 50 * min(counts):
+        a2.set_yscale("log")
+    return _save(fig, path)
+
+
+DERIVED_PARAMS = ("epochs", "n_estimators")  # found by early stopping, not searched
+
+
+def _short(params: dict[str, Any], keys: Sequence[str]) -> str:
+    def f(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return "\n".join(f"{k}={f(params.get(k))}" for k in keys)
+
+
+def search_curve(path: Path, search: Sequence[dict[str, Any]], metric: str, classes: Sequence[str],
+                 scored_on: str = "val") -> Path | None:
+    """Validation score of every configuration the head's search tried (one line per label for one-vs-rest
+    heads), with the chosen one starred; a single searched number becomes the x axis (log if it spans
+    decades), otherwise configurations are placed in the order tried."""
+    recs = [s for s in search if isinstance(s, dict) and isinstance(s.get("params"), dict)]
+    if len(recs) < 2:
+        return None
+    keys = sorted({k for s in recs for k in s["params"]})
+    varying = [k for k in keys if k not in DERIVED_PARAMS
+               and len({repr(s["params"].get(k)) for s in recs}) > 1]
+    numeric = len(varying) == 1 and all(
+        isinstance(s["params"].get(varying[0]), (int, float)) and not isinstance(s["params"].get(varying[0]), bool)
+        for s in recs)
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for s in recs:
+        groups.setdefault(s.get("label"), []).append(s)
+    fig, ax = plt.subplots(figsize=(6.2, 3.4))
+    labels_all: list[str] = []
+    for g, (label, rs) in enumerate(groups.items()):
+        color = PALETTE[g % len(PALETTE)]
+        name = None if label is None else (str(classes[label]) if isinstance(label, int) and label < len(classes)
+                                           else str(label))
+        score = np.array([np.nan if s.get("val_score") is None else s["val_score"] for s in rs], dtype=float)
+        nll = np.array([np.inf if s.get("val_log_loss") is None else s["val_log_loss"] for s in rs], dtype=float)
+        best = max(range(len(rs)), key=lambda i: (np.nan_to_num(score[i], nan=-np.inf), -nll[i], -i))
+        if numeric:
+            x = np.array([float(s["params"][varying[0]]) for s in rs])
+        else:
+            if not labels_all:
+                labels_all = [_short(s["params"], varying or keys) for s in rs]
+            x = np.arange(1, len(rs) + 1, dtype=float)
+        o = np.argsort(x, kind="stable")
+        ax.plot(x[o], score[o], marker="o", ms=3.5, lw=1.3, color=color, label=name)
+        ax.plot([x[best]], [score[best]], marker="*", ms=12, color=color, mec="black", mew=0.6, ls="none",
+                label="chosen" if g == 0 else None)
+    if numeric:
+        xs = np.array([float(s["params"][varying[0]]) for s in recs])
+        if (xs > 0).all() and xs.max() / xs.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(varying[0])
+    else:
+        ax.set_xlabel("configuration, in the order tried")
+        n = len(labels_all)
+        ax.set_xticks(range(1, n + 1), labels_all if n <= 6 else [str(i) for i in range(1, n + 1)],
+                      fontsize=7 if n <= 6 else 8)
+    ax.set_ylabel(f"{scored_on} {metric}")
+    ax.set_title("Hyper-parameter search")
+    if len(groups) <= 10:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    return _save(fig, path)
