@@ -368,6 +368,8 @@ class Study:
             for row, r in zip(pending, results, strict=True):
                 self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, "
                           f"failed {r.n_failed} -> {r.path}")
+                if r.n_damaged:
+                    self.echo(f"  {r.n_damaged} rows failed their checksum (the cache file was damaged): embedded again")
                 for img_id, reason in r.failures[:3]:
                     self.echo(f"  failed: {img_id}: {reason}")
                 row.cache = r.path
