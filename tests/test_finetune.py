@@ -231,6 +231,37 @@ def test_cli_errors_are_one_line(folder, tmp_path):
     assert r.exit_code == 2 and "stages" in r.output
 
 
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_reads_last_pt_as_plain_data_and_refuses_others_in_one_line(folder, tmp_path):
+    out = tmp_path / "run"
+    finetune(load_dataset(folder), FinetuneConfig(**SMALL, epochs=1, checkpoint_every=2), out, progress=False,
+             log=lambda m: None)
+    st = torch.load(out / "last.pt", weights_only=True)  # tensors and plain values only
+    assert st["epoch"] == 1 and isinstance(st["rng"]["numpy"]["state"]["key"], list)
+    base = ["finetune", "--data", str(folder), "--backbone", "scratch-cnn", "--width", "8", "--depth", "2",
+            "--epochs", "1", "--precision", "fp32", "-q", "--out", str(out), "--resume"]
+    marker = tmp_path / "code-ran"
+    for bad, says in [({"format": "featpipe-finetune-state", "x": _RunsCodeWhenUnpickled(marker)}, "not loaded"),
+                      ({"format": "featpipe-finetune-state", "epoch": 1}, "malformed fine-tune state"),
+                      ({**st, "best": {"epoch": 1}}, "best.score")]:
+        torch.save(bad, out / "last.pt")
+        r = CliRunner().invoke(main, base)
+        assert r.exit_code == 2, r.output
+        last = r.output.strip().splitlines()[-1]  # after the dataset summary line
+        assert last.startswith("error: ") and says in last and "Traceback" not in r.output
+    assert not marker.exists()
+    (out / "last.pt").write_bytes(b"not a zip")
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 2 and "cannot read" in r.output
+
+
 def test_stages_listing_and_partial_unfreeze(folder, tmp_path):
     r = CliRunner().invoke(main, ["backbones", "--stages", TINY])
     assert r.exit_code == 0
@@ -330,7 +361,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()
-    done = torch.load(out / "last.pt", weights_only=False)["epoch"]
+    done = torch.load(out / "last.pt", weights_only=True)["epoch"]
     assert 1 <= done < 6
     r = CliRunner().invoke(main, ["finetune", "--data", str(folder), *opts, "--out", str(out), "--resume"])
     assert r.exit_code == 0, r.output

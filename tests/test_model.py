@@ -164,8 +164,12 @@ def test_end_to_end_embed_fit_head_predict_on_images(tmp_path, image_folder):
     rows = csv_path.read_text().splitlines()
     assert rows[0].split(",")[:3] == ["path", "label", "error"] and len(rows) == 5
     assert "broken.jpg" in r.output and "unreadable" in r.output
+    assert "1 of 4 input images unreadable; predicted 3" in r.output
     r = run.invoke(main, ["predict", "--model", str(model_path), str(imgs[0]), "--device", "cpu"])
-    assert r.exit_code == 0 and "cat=" in r.output
+    assert r.exit_code == 0 and "cat=" in r.output and "unreadable" not in r.output
+    r = run.invoke(main, ["predict", "--model", str(model_path), str(bad), str(tmp_path / "gone.jpg"), "--device", "cpu"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1] == "error: nothing predicted: all 2 input images were unreadable"
 
 
 def test_cli_predict_bad_model_is_one_line(tmp_path):

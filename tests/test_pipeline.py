@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from featpipe.cli import main
 from featpipe.errors import PipelineError
@@ -135,9 +136,29 @@ def test_unknown_backbone_name_is_caught_by_check(tmp_path: Path):
 
 @pytest.mark.parametrize("pipeline", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_pipeline_passes_check(pipeline: Path):
-    r = _invoke("run", pipeline, "--check")
+    # the file alone: its data (under ../shared) and hub weights need not be on this machine
+    r = _invoke("run", pipeline, "--check", "--set", "data.path=null", "--skip-unavailable")
     assert r.exit_code == 0, r.output
     assert ": ok" in r.output
+
+
+def test_check_validates_what_the_run_would_stop_on_and_writes_nothing(tmp_path: Path):
+    pipe = _study(tmp_path, predict={"path": "new", "out": "p.csv"})
+    (tmp_path / "new").mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "new" / "a.png")
+    r = _invoke("run", pipe, "--check")
+    assert r.exit_code == 0 and r.output.strip() == f"{pipe}: ok", r.output
+    cases = [
+        (["data.fractions=[0.7, 0.3, 0.3]"], "data.fractions: split fractions must sum to 1, got 0.7 + 0.3 + 0.3 = 1.3"),
+        (["data.path=missing"], ": data: "),
+        (["fit.metric=samples_f1"], "fit.metric: metric 'samples_f1' is not defined"),
+        (["predict.path=gone"], "predict.path: not found"),
+        (["backbones[0].weights=w.pth", "backbones[0].pretrained=true"], "weights unavailable offline"),
+    ]
+    for sets, says in cases:
+        r = _invoke("run", pipe, "--check", *[a for kv in sets for a in ("--set", kv)])
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, (sets, r.output)
+    assert not (tmp_path / "out").exists()
 
 
 def test_readme_schema_table_is_generated_from_the_models():

@@ -5,6 +5,10 @@ then renamed). While embedding, only fixed-size raw rows are written: features f
 then the row's status, flushed. A process killed at any moment therefore leaves rows that are
 either fully written and marked ``ok``, or still ``pending``; the next run resumes the pending ones.
 Layout changes (images added, removed or changed) go through a new file and an atomic rename.
+
+Integrity: the feature rows are stored in chunks that carry HDF5's own fletcher32 checksum, so a
+damaged chunk fails on read: readers refuse the cache in one line, ``embed`` re-embeds its rows.
+Caches written before the checksum (contiguous features) are read as they are, unchecked.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ FORMAT_VERSION = 1
 PENDING, OK, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", OK: "ok", FAILED: "failed"}
 ERROR_LEN = 200
+CHUNK_BYTES = 256 << 10  # feature rows per checksummed chunk: what one damaged byte costs to re-embed
 _str = h5py.string_dtype("utf-8")
 
 if TYPE_CHECKING:  # the backbones package imports torch; reading a cache must not
@@ -133,7 +138,12 @@ def create_cache_file(
             def fixed(name: str, shape: tuple, dtype: Any) -> h5py.Dataset:
                 return f.create_dataset(name, shape=shape, dtype=dtype)
 
-            fixed("features", (n, dim), np.dtype(feature_dtype))
+            if n:  # checksummed chunks of rows; a chunk rewritten at the same size stays in place
+                rows = max(1, min(n, CHUNK_BYTES // (dim * np.dtype(feature_dtype).itemsize)))
+                f.create_dataset("features", shape=(n, dim), dtype=np.dtype(feature_dtype), chunks=(rows, dim),
+                                 fletcher32=True)
+            else:
+                fixed("features", (n, dim), np.dtype(feature_dtype))
             fixed("status", (n,), np.int8)
             fixed("content_hash", (n,), "S40")
             fixed("size", (n,), np.int64)
@@ -221,6 +231,58 @@ def _strs(ds: h5py.Dataset) -> np.ndarray:
     return np.array(ds.asstr()[...], dtype=object)
 
 
+def damaged_rows(ds: h5py.Dataset) -> np.ndarray:
+    """Rows (sorted) of a feature dataset whose chunk fails its fletcher32 checksum.
+
+    Reads every row, slab by slab (chunk by chunk inside a slab that fails); empty for a cache
+    written before the checksum, which has none to check.
+    """
+    if not ds.fletcher32 or not ds.shape[0]:
+        return np.zeros(0, dtype=np.int64)
+    n, step = int(ds.shape[0]), int(ds.chunks[0])
+    slab = step * max(1, SLAB_BYTES // (step * ds.shape[1] * ds.dtype.itemsize))
+    bad = []
+    for lo in range(0, n, slab):
+        if not _readable(ds, lo, min(n, lo + slab)):
+            bad += [np.arange(c, min(n, c + step)) for c in range(lo, min(n, lo + slab), step)
+                    if not _readable(ds, c, min(n, c + step))]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def _readable(ds: h5py.Dataset, lo: int, hi: int) -> bool:
+    try:
+        ds[lo:hi]
+    except OSError:
+        return False
+    return True
+
+
+def _row_ranges(rows: np.ndarray, most: int = 3) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"`` (the first ``most`` runs, then how many rows more)."""
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, cuts)]
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs[:most])
+    rest = int(sum(b - a + 1 for a, b in runs[most:]))
+    return text + (f" and {rest} more" if rest else "")
+
+
+def _read_features(path: Path, ds: h5py.Dataset, sel: Any = ()) -> np.ndarray:
+    """``ds[sel]``; a read that fails (a chunk failing its checksum) is one :class:`CacheError`."""
+    try:
+        return ds[sel]
+    except OSError as e:
+        bad = damaged_rows(ds)
+        if len(bad):
+            raise CacheError(
+                f"cache {path.name} is damaged: feature rows {_row_ranges(bad)} fail their checksum; run the "
+                "same featpipe embed command to re-embed them"
+            ) from None
+        raise CacheError(
+            f"cache {path.name}: its features cannot be read ({str(e).splitlines()[0][:80]}); delete it or "
+            "re-run featpipe embed with --force"
+        ) from None
+
+
 def read_row_states(path: Path) -> tuple[dict[str, Any], dict[str, RowState], h5py.File]:
     """Attributes and per-id row state of an existing cache (file left open for copying)."""
     f = _open_h5(path, "r")
@@ -295,7 +357,7 @@ class FeatureCache:
             for k in ("labels", "labeled", "status"):
                 data[k] = f[k][...]
             if in_memory:
-                data["features"] = f["features"][...].astype(np.float32, copy=False)
+                data["features"] = _read_features(path, f["features"]).astype(np.float32, copy=False)
         if not in_memory:
             data["features"] = H5Rows(path, np.arange(len(data["ids"])), slab_bytes=slab_bytes or SLAB_BYTES)
         return cls(path, attrs, data)
@@ -376,7 +438,7 @@ class H5Rows:
                 if a == b:
                     continue
                 pos = np.arange(a, b)
-                slab = ds[int(lo):int(self.rows[b - 1]) + 1]
+                slab = _read_features(self.path, ds, np.s_[int(lo):int(self.rows[b - 1]) + 1])
                 block = np.asarray(slab[self.rows[a:b] - lo], dtype=np.float64)
                 if rng is not None:
                     perm = rng.permutation(len(pos))
@@ -389,7 +451,7 @@ class H5Rows:
         if not len(rows):
             return np.zeros((0, self.n_features))
         with _open_h5(self.path, "r") as f:
-            slab = f["features"][int(rows[0]):int(rows[-1]) + 1]
+            slab = _read_features(self.path, f["features"], np.s_[int(rows[0]):int(rows[-1]) + 1])
         return np.asarray(slab[rows - rows[0]], dtype=np.float64)
 
     def to_array(self) -> np.ndarray:
@@ -523,12 +585,13 @@ def _still_valid(state: RowState, path: str, array: np.ndarray | None) -> tuple[
 def prepare_cache(
     path: Path, manifest: Manifest, key: str, attrs: dict[str, Any], dim: int, feature_dtype: str,
     retry_failed: bool = False,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, int]:
     """Make ``path`` a cache laid out for ``manifest``, keeping every still-valid row.
 
     A failed row is retried when its bytes changed, when they were never read (an I/O failure, which
-    may be transient: its content hash is empty), or always with ``retry_failed``.
-    Returns the rows still to embed and the number of rows reused.
+    may be transient: its content hash is empty), or always with ``retry_failed``. Rows in a chunk
+    that fails its checksum are not kept: the file is rewritten without them, and they are embedded again.
+    Returns the rows still to embed, the number of rows reused and the number of damaged rows.
     """
     for stale in path.parent.glob(path.name + ".tmp*"):
         stale.unlink()  # left by a run killed while writing a new layout
@@ -539,7 +602,7 @@ def prepare_cache(
     )
     if not path.exists():
         create_cache_file(path, **new)
-        return np.arange(n), 0
+        return np.arange(n), 0, 0
 
     old_attrs, states, f = read_row_states(path)
     try:
@@ -555,16 +618,18 @@ def prepare_cache(
                 f"cache {path.name} holds dataset {old_src!r}, not {manifest.source!r}; "
                 "pass --force to overwrite it or use another cache file"
             )
+        damaged = damaged_rows(f["features"])
+        bad_ids = set(_strs(f["ids"])[damaged]) if len(damaged) else set()
         keep = np.zeros(n, dtype=bool)
         mtimes = np.zeros(n, dtype=np.int64)
         for i, (img_id, p) in enumerate(zip(manifest.ids, manifest.paths, strict=True)):
             st = states.get(img_id)
-            if st is None or st.status == PENDING:
+            if st is None or st.status == PENDING or img_id in bad_ids:
                 continue
             if st.status == FAILED and (retry_failed or not st.content_hash):
                 continue
             keep[i], mtimes[i] = _still_valid(st, p, manifest.array)
-        if _same_layout(f, manifest):
+        if not len(damaged) and _same_layout(f, manifest):
             f.close()
             w = CacheWriter(path)
             try:
@@ -577,8 +642,9 @@ def prepare_cache(
                 w.set_attrs(**{**attrs, "completed": False})
             finally:
                 w.close()
-            return np.flatnonzero(~keep), int(keep.sum())
-        # new layout (images added / removed / relabelled): copy valid rows into a fresh file
+            return np.flatnonzero(~keep), int(keep.sum()), 0
+        # new layout (images added / removed / relabelled) or damaged chunks: valid rows into a fresh file
+        # (the read below touches only the chunks of kept rows)
         old_index = {img_id: j for j, img_id in enumerate(f["ids"].asstr()[...])}
         src = np.array([old_index[i] for i in np.array(manifest.ids)[keep]], dtype=np.int64)
         order = np.argsort(src)
@@ -595,7 +661,7 @@ def prepare_cache(
         if f.id.valid:
             f.close()
     create_cache_file(path, **new, carry=carry)
-    return np.flatnonzero(~keep), int(keep.sum())
+    return np.flatnonzero(~keep), int(keep.sum()), len(damaged)
 
 
 _IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size", "tta", "align")
@@ -649,18 +715,25 @@ def find_cache(
 def rows_to_embed(path: str | Path, manifest: Manifest) -> tuple[int, str]:
     """How many rows of ``manifest`` an embed into the existing ``path`` would (re)compute, and why.
 
-    Cheap (file stats; bytes are hashed only when a file's size or mtime changed); builds no model.
+    Builds no model; reads the features once to check their checksums, and hashes an image's bytes
+    only when its size or mtime changed.
     """
     attrs, states, f = read_row_states(Path(path))
     try:
         if attrs.get("dataset", {}).get("source") != manifest.source:
             return len(manifest), "the cache holds another dataset"
-        todo = new = changed = 0
+        damaged = damaged_rows(f["features"])
+        bad_ids = set(_strs(f["ids"])[damaged]) if len(damaged) else set()
+        todo = new = changed = broken = 0
         for img_id, p in zip(manifest.ids, manifest.paths, strict=True):
             st = states.get(img_id)
             if st is None or st.status == PENDING:
                 todo += 1
                 new += st is None
+                continue
+            if img_id in bad_ids:
+                todo += 1
+                broken += 1
                 continue
             if not _still_valid(st, p, manifest.array)[0]:
                 todo += 1
@@ -669,7 +742,8 @@ def rows_to_embed(path: str | Path, manifest: Manifest) -> tuple[int, str]:
     finally:
         f.close()
     reasons = [f"{new} new images" if new else "", f"{changed} changed images" if changed else "",
-               f"{todo - new - changed} unfinished rows" if todo - new - changed else ""]
+               f"{broken} rows failing their checksum (damaged file)" if broken else "",
+               f"{todo - new - changed - broken} unfinished rows" if todo - new - changed - broken else ""]
     why = ", ".join(r for r in reasons if r)
     from featpipe.versions import versions_diff
 

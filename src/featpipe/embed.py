@@ -281,6 +281,7 @@ class EmbedResult:
     n_failed: int
     seconds: float
     failures: list[tuple[str, str]] = field(default_factory=list)
+    n_damaged: int = 0  # rows re-embedded because their chunk failed its checksum
 
     @property
     def images_per_second(self) -> float:
@@ -383,16 +384,17 @@ def embed_datasets(
     with contextlib.ExitStack() as stack:
         for path, _, _ in jobs:
             stack.enter_context(fcache.write_lock(path))
-        todos, reused = [], []
+        todos, reused, damaged = [], [], []
         for (path, key, attrs), backbone, spec in zip(jobs, backbones, specs, strict=True):
             if force and path.exists():
                 path.unlink()
             if not cache_files and not force:
                 fcache.start_from_sibling(path, manifest, spec, key)
-            todo, n_reused = fcache.prepare_cache(path, manifest, key, attrs, backbone.feature_dim, feature_dtype,
-                                                  retry_failed)
+            todo, n_reused, n_damaged = fcache.prepare_cache(path, manifest, key, attrs, backbone.feature_dim,
+                                                             feature_dtype, retry_failed)
             todos.append(todo)
             reused.append(n_reused)
+            damaged.append(n_damaged)
         t_embed = time.perf_counter()
         writers = [fcache.CacheWriter(path) for path, _, _ in jobs]
         for w in writers:
@@ -407,7 +409,7 @@ def embed_datasets(
         else:
             _embed_rows(writers, backbones, manifest, todos, batch_size, num_workers, progress, write_every)
         seconds = time.perf_counter() - t_embed
-        for (path, key, _), w, todo, n_reused in zip(jobs, writers, todos, reused, strict=True):
+        for (path, key, _), w, todo, n_reused, n_damaged in zip(jobs, writers, todos, reused, damaged, strict=True):
             failed = np.flatnonzero(w.f["status"][...] == fcache.FAILED)
             errors = w.f["error"][failed] if len(failed) else []  # only the failed rows: memory stays flat
             prev = fcache.read_attrs(w.f).get("timings", {})
@@ -429,7 +431,7 @@ def embed_datasets(
             failures = [(manifest.ids[i], e.decode(errors="replace")) for i, e in zip(failed, errors, strict=True)]
             results.append(EmbedResult(
                 path=path, key=key, n_rows=len(manifest), n_computed=len(todo), n_reused=n_reused,
-                n_failed=len(failed), seconds=0.0, failures=failures,
+                n_failed=len(failed), seconds=0.0, failures=failures, n_damaged=n_damaged,
             ))
     for r in results:
         r.seconds = time.perf_counter() - t_start

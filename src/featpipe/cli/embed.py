@@ -102,6 +102,8 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
         rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
         who = f"{spec.tag()}: " if len(specs) > 1 else ""
         click.echo(f"{who}embedded {res.n_computed} images{rate}, reused {res.n_reused}, failed {res.n_failed}")
+        if res.n_damaged:
+            click.echo(f"  {res.n_damaged} rows failed their checksum (the cache file was damaged): embedded again")
         for img_id, reason in res.failures[:10]:
             click.echo(f"  failed: {img_id}: {reason}")
         if res.n_failed > 10:

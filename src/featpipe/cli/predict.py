@@ -17,7 +17,8 @@ import click
 def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     """Predict labels for images (files or folders, searched recursively).
 
-    Images that cannot be read are listed with the reason; they do not stop the run. Multi-label
+    Images that cannot be read are listed with the reason and counted; they do not stop the run, but
+    when none could be read the command fails (exit 2). Multi-label
     models print (and write) the predicted labels joined by ';' ('-' when none passes its threshold).
     The backbone weights are found by their hash (see README: portable bundles).
 
@@ -38,11 +39,12 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     proba = model.predict_proba(files)
     labels = model.labels_from_proba(proba)
     errors = dict(model.last_errors_)
+    n_bad = len(model.last_errors_)
     classes = [str(c) for c in model.classes_]
 
     if out_csv:
         write_predictions_csv(out_csv, files, proba, labels, errors, classes)
-        click.echo(f"wrote {out_csv}: {len(files)} images, {len(errors)} unreadable", err=True)
+        click.echo(f"wrote {out_csv}: {len(files)} images, {n_bad} unreadable", err=True)
     else:
         top = min(3, len(classes))
         for p, lab, row in zip(files, labels, proba, strict=True):
@@ -53,3 +55,7 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
             click.echo(f"{p}\t{label_text(lab) or '-'}\t{probs}")
     for p, reason in errors.items():
         click.echo(f"unreadable: {p}: {reason}", err=True)
+    if n_bad == len(files):
+        raise ModelError(f"nothing predicted: all {n_bad} input images were unreadable")
+    if n_bad:
+        click.echo(f"{n_bad} of {len(files)} input images unreadable; predicted {len(files) - n_bad}", err=True)

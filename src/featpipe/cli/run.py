@@ -10,7 +10,9 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key (value parsed as YAML), e.g. --set data.path=~/faces "
               "--set backbones[0].weights=vggface.pth. Repeatable.")
-@click.option("--check", is_flag=True, help="Validate the file (keys, types, combinations) and stop.")
+@click.option("--check", is_flag=True, help="Validate the file (keys, types, combinations) and everything a run "
+              "checks before any work (data path, split fractions, backbone weights, metric, predict images); "
+              "then stop, having written nothing.")
 @click.option("--dry-run", is_flag=True, help="Print the plan: each stage, up to date or will run, and why.")
 @click.option("--skip-unavailable", is_flag=True,
               help="Run without backbones whose weights are unavailable offline (listed as skipped).")
@@ -55,8 +57,12 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out,
     loaded = load_pipeline(pipeline_file, overrides)
     study = Study(loaded, out=out, skip_unavailable=skip_unavailable, progress=not quiet, echo=click.echo)
     if check:
-        study.check_names()
-        note = "" if loaded.config.data.path or loaded.config.data.sample else " (data.path unset: pass --set data.path=DIR)"
+        d = loaded.config.data
+        study.preflight(data=bool(d.path))  # a sample is made at run time: nothing to check before
+        for row in study.backbones():
+            if row.unavailable:
+                click.echo(f"{row.config.ref}: would be skipped ({row.unavailable})")
+        note = "" if d.path or d.sample else " (data.path unset: pass --set data.path=DIR)"
         click.echo(f"{pipeline_file}: ok{note}")
         return
     if dry_run:

@@ -73,7 +73,35 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state in types ``torch.load(weights_only=True)`` reads (tensors, lists, numbers, strings)."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {**np_state, "state": {**np_state["state"], "key": np_state["state"]["key"].tolist()}},
+            "python": {"version": version, "internal": list(internal), "gauss": gauss}}
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    py = rng["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy values made Python ones (arrays: lists), nan and inf kept: a checkpoint's own
+    records must load with ``weights_only=True``, which refuses numpy types."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -297,7 +325,8 @@ class _Run:
                    desc=f"epoch {epoch}/{c.epochs}", disable=not self.progress, file=sys.stderr,
                    dynamic_ncols=True, leave=False)
         t0, step, seen, loss_sum = time.perf_counter(), int(partial["step"]), int(partial["seen"]), partial["loss_sum"]
-        logits_all, rows_all = list(partial["logits"]), list(partial["rows"])
+        logits_all = [np.asarray(z) for z in partial["logits"]]  # tensors in a checkpoint
+        rows_all = [np.asarray(r) for r in partial["rows"]]
         for x, rows, bad in loader:
             self.failed.update({int(r): e for r, e in bad})
             step += 1
@@ -389,13 +418,19 @@ class _Run:
 
     def state(self, epoch: int, history: dict[str, Any], best: dict[str, Any],
               partial: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything a resume needs; ``epoch`` epochs are complete, ``partial`` is the next one's progress."""
+        """Everything a resume needs; ``epoch`` epochs are complete, ``partial`` is the next one's progress.
+        Tensors and plain Python values only, so that it loads with ``torch.load(weights_only=True)``."""
+        if partial is not None:
+            partial = {**_plain({k: v for k, v in partial.items() if k not in ("logits", "rows")}),
+                       "logits": [torch.from_numpy(np.asarray(z)) for z in partial["logits"]],
+                       "rows": [torch.from_numpy(np.asarray(r)) for r in partial["rows"]]}
         return {
-            "format": "featpipe-finetune-state", "epoch": epoch, "partial": partial, "config": self.cfg.to_dict(),
+            "format": "featpipe-finetune-state", "epoch": epoch, "partial": partial,
+            "config": _plain(self.cfg.to_dict()),
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "history": history, "best": best, "rng": _rng_state(),
-            "failed": {str(k): v for k, v in self.failed.items()},
+            "history": _plain(history), "best": _plain(best), "rng": _rng_state(),
+            "failed": {str(k): str(v) for k, v in self.failed.items()},
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -404,10 +439,7 @@ class _Run:
         self.sched.load_state_dict(st["scheduler"])
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
-        rng = st["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        _set_rng_state(st["rng"])
         self.failed = {int(k): v for k, v in st.get("failed", {}).items()}
 
 
@@ -463,7 +495,12 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
         best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "val_loss": math.inf, "bad_epochs": 0}
         start, partial = 1, None
     else:
-        run.load_state(saved)
+        try:
+            run.load_state(saved)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise FinetuneError(f"{last} does not fit this run ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:100] if str(e) else ''}); pass --force to start over"
+                                ) from None
         history, best = saved["history"], saved["best"]
         start = int(saved["epoch"]) + 1
         partial = saved.get("partial")
@@ -509,13 +546,36 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
                           failures=failures)
 
 
+_STATE_PARTS = {"epoch": int, "config": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+                "history": dict, "best": dict, "rng": dict}
+
+
 def _read_state(path: Path) -> dict[str, Any]:
+    """``last.pt`` loaded with ``weights_only=True`` (tensors and plain values only: a crafted file runs
+    no code) and checked for the parts a resume reads; any problem is one :class:`FinetuneError`."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise FinetuneError(f"cannot read {path}: not a PyTorch checkpoint (truncated or another format); "
+                            "pass --force to start over")
     try:
-        st = torch.load(path, map_location="cpu", weights_only=False)
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FinetuneError(f"{path} holds objects other than tensors and plain values (written by another "
+                            "program or an older featpipe, or crafted): not loaded; pass --force to start over"
+                            ) from None
     except Exception as e:  # noqa: BLE001 - a truncated file is a bad checkpoint for the user
         raise FinetuneError(f"cannot read {path}: {str(e).splitlines()[0][:120]}; pass --force to start over") from None
     if not isinstance(st, dict) or st.get("format") != "featpipe-finetune-state":
         raise FinetuneError(f"{path} is not a featpipe fine-tune state; pass --force to start over")
+    bad = [k for k, t in _STATE_PARTS.items() if not isinstance(st.get(k), t)]
+    bad += [f"best.{k}" for k in ("epoch", "score", "val_loss", "bad_epochs") if k not in st.get("best", {})]
+    if not isinstance(st.get("history", {}).get("epochs"), list):
+        bad.append("history.epochs")
+    if bad:
+        raise FinetuneError(f"{path} is a malformed fine-tune state (missing or wrong: {', '.join(bad[:4])}); "
+                            "pass --force to start over")
     return st
 
 

@@ -319,25 +319,34 @@ class Study:
         return PipelineError("weights unavailable offline (pass --skip-unavailable to run without them):\n"
                              + "\n".join(lines))
 
+    def preflight(self, data: bool = True) -> None:
+        """Every check a run makes before any work (``run --check`` is this alone): backbone names and
+        weights, the dataset (path, split fractions, columns, labels: listed, no image read), the metric
+        for its task, the images to predict. ``data=False`` leaves out what needs the dataset."""
+        self.check_names()
+        self.backbones()
+        err = self.unavailable_error()
+        if err:
+            raise err
+        if data:
+            m = self.manifest()
+            if self.c.fit.metric:
+                from featpipe.metrics import main_metric_key
+
+                try:
+                    main_metric_key(self.c.fit.metric, m.task)
+                except FeaturepipeError as e:
+                    raise self.loaded.error(("fit", "metric"), str(e)) from None
+        if self.c.predict and (data or "{data}" not in self.c.predict.path):
+            self._predict_files()  # a missing predict folder stops the run before any work
+
     def run(self) -> StudyResult:
         """Run every stage that is not up to date; stop before any work on a problem the plan can see."""
         from featpipe.embed import embed_datasets
 
-        self.check_names()
+        self.preflight()
         rows = self.backbones()
-        err = self.unavailable_error()
-        if err:
-            raise err
         m = self.manifest()
-        if self.c.fit.metric:
-            from featpipe.metrics import main_metric_key
-
-            try:
-                main_metric_key(self.c.fit.metric, m.task)
-            except FeaturepipeError as e:
-                raise self.loaded.error(("fit", "metric"), str(e)) from None
-        if self.c.predict:
-            self._predict_files()  # a missing predict folder stops the run before any work
         for row in rows:  # said up front, before any work
             if row.unavailable:
                 self.echo(f"{row.config.ref}: skipped ({row.unavailable})")
@@ -370,6 +379,8 @@ class Study:
             for row, r in zip(pending, results, strict=True):
                 self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, "
                           f"failed {r.n_failed} -> {r.path}")
+                if r.n_damaged:
+                    self.echo(f"  {r.n_damaged} rows failed their checksum (the cache file was damaged): embedded again")
                 for img_id, reason in r.failures[:3]:
                     self.echo(f"  failed: {img_id}: {reason}")
                 row.cache = r.path

@@ -45,6 +45,13 @@ class DataConfig(Section):
     unlabeled_empty: bool = Field(False, description="CSV, single-label: an empty label cell marks the row "
                                   "unlabeled instead of an error.")
 
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        from featpipe.data.splitting import check_fractions  # the loader's own check (a ValueError)
+
+        return None if v is None else check_fractions(v)
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if self.path and self.sample:
