@@ -369,3 +369,30 @@ def test_pipeline_and_embed_read_a_semicolon_multilabel_csv(tmp_path: Path):
                                   "file", "--label-sep", "none", "--backbone", TINY, "--no-pretrained",
                                   "--cache-dir", str(tmp_path / "c"), "-q"])
     assert r.exit_code == 2 and "empty label in column 'attrs'; pass --unlabeled-empty" in r.output
+
+
+def test_cli_choices_and_pipeline_choices_are_the_same_lists():
+    from featpipe.backbones._base import PRECISION_CHOICES
+    from featpipe.cli.finetune import finetune as finetune_cmd
+    from featpipe.finetune import SCHEDULES
+    from featpipe.pipeline._schema import BackboneConfig, FinetuneConfig
+
+    opts = {o.name: o for o in finetune_cmd.params}
+    assert tuple(opts["schedule"].type.choices) == SCHEDULES  # constant was offered by the CLI only
+    assert FinetuneConfig(backbone="x", schedule="constant").schedule == "constant"
+    assert tuple(opts["precision"].type.choices) == PRECISION_CHOICES
+    for p in PRECISION_CHOICES:
+        assert BackboneConfig(name="x", precision=p).precision == p
+
+
+def test_readme_yaml_keys_exist_in_the_schema():
+    """Every `key:` the README shows in backticks as a pipeline key is a key of the schema."""
+    import re
+
+    from featpipe.pipeline._schema import SECTIONS
+
+    keys = {prefix + name for prefix, model in SECTIONS for name in model.model_fields}
+    text = (REPO / "README.md").read_text()
+    shown = set(re.findall(r"`((?:embed|fit|data|report|predict)\.[a-z_]+)`", text))
+    assert shown and shown <= keys, shown - keys
+    assert "ray_address:" not in text

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # torch is imported by the modules that run a backbone, not b
     from PIL import Image
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for: auto is resolved per machine
 # fine-tune stage backbone names: a small CNN from random init, and the network a finetune run trained
 SCRATCH = "scratch-cnn"
 FINETUNED = "finetuned:"

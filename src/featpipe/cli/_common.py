@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from featpipe.backbones._base import PRECISION_CHOICES
 from featpipe.backbones._registry import DEFAULT_BACKBONE
 
 
@@ -47,7 +48,7 @@ def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = Fa
         click.option("--layer", default=None,
                      help="Cut at this module (or VGG name like block4_pool) and average-pool it."),
         click.option("--image-size", type=int, default=None, help="Override the model's input size."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+        click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
                      show_default=True, help="Autocast precision of the forward pass; auto = bf16 AMP on "
                      "CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere. Part of the cache key."),
     ]

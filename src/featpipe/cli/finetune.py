@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from featpipe.backbones._base import PRECISION_CHOICES
 from featpipe.cli._common import dataset_options
+from featpipe.finetune._config import SCHEDULES
 from featpipe.metrics import METRICS
 
 
@@ -34,7 +36,7 @@ from featpipe.metrics import METRICS
 @click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--nesterov/--no-nesterov", default=True, show_default=True, help="SGD Nesterov momentum.")
 @click.option("--weight-decay", type=float, default=None, help="Default 0.05 (adamw), 5e-4 (sgd).")
-@click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default="cosine",
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine",
               show_default=True)
 @click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
 @click.option("--clip-grad", type=float, default=1.0, show_default=True, help="Gradient norm clip (0: off).")
@@ -60,7 +62,7 @@ from featpipe.metrics import METRICS
 @click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
               help="scratch-cnn: 1 = grayscale-native.")
 @click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 3; scratch-cnn 6).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="Autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=int, default=None, help="Image decode workers (default: by device).")

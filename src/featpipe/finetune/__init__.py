@@ -2,9 +2,19 @@
 rates), or a small CNN from scratch, and leave the same artifacts as fit-head plus a checkpoint that
 ``embed`` accepts as ``finetuned:RUN``."""
 
-from featpipe.finetune._bundle import FinetunedHead
-from featpipe.finetune._config import AUGMENT_PRESETS, FinetuneConfig
-from featpipe.finetune._data import build_transforms
-from featpipe.finetune._train import FinetuneResult, finetune
+from typing import Any
 
-__all__ = ["AUGMENT_PRESETS", "FinetuneConfig", "FinetuneResult", "FinetunedHead", "build_transforms", "finetune"]
+from featpipe.finetune._config import AUGMENT_PRESETS, SCHEDULES, FinetuneConfig
+
+# the training code imports torch: loaded on first use, so reading a pipeline file stays light
+_LAZY = {"FinetunedHead": "_bundle", "build_transforms": "_data", "FinetuneResult": "_train", "finetune": "_train"}
+
+__all__ = ["AUGMENT_PRESETS", "SCHEDULES", "FinetuneConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"featpipe.finetune.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'featpipe.finetune' has no attribute {name!r}")

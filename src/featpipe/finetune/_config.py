@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from featpipe.backbones._base import PRECISION_CHOICES
 from featpipe.backbones._registry import DEFAULT_BACKBONE
 from featpipe.errors import FinetuneError
 from featpipe.hardware import auto_precision
@@ -15,7 +16,6 @@ RECIPES = ("lp-ft", "ft")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 AUGMENTS = ("none", "light", "strong")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # augmentation presets: (min crop area, rotation degrees, shift fraction, colour jitter, grayscale prob)
 AUGMENT_PRESETS: dict[str, dict[str, float]] = {
@@ -95,7 +95,7 @@ class FinetuneConfig:
         need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; expected adamw or sgd")
         need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; expected {', '.join(SCHEDULES)}")
         need(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; expected none, light or strong")
-        need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}")
+        need(self.precision in PRECISION_CHOICES, f"unknown precision {self.precision!r}")
         need(self.pos_weight in ("none", "auto"), "--pos-weight must be none or auto")
         need(self.bn in (None, "frozen", "train"), "--bn must be frozen or train")
         need(self.class_weight in (None, "balanced"), "--class-weight must be none or balanced")

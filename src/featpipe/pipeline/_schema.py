@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from featpipe.backbones._base import PRECISION_CHOICES
+from featpipe.finetune import SCHEDULES
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -71,7 +74,7 @@ class BackboneConfig(Section):
     pretrained: bool = Field(True, description="false: seeded random init (a baseline).")
     layer: str | None = Field(None, description="Cut at this module (or VGG name like `block4_pool`).")
     image_size: int | None = Field(None, gt=0, description="Override the model's input size.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Forward-pass precision.")
+    precision: Literal[*PRECISION_CHOICES] = Field("auto", description="Forward-pass precision.")
     batch_size: int | None = Field(None, gt=0, description="Embedding batch size for this backbone.")
     tta: Literal["hflip"] | None = Field(None, description="`hflip`: cache the mean of the features of each "
                                          "image and its mirror (own cache key).")
@@ -177,12 +180,12 @@ class FinetuneConfig(Section):
     batch_size: int | None = Field(None, gt=0, description="Training batch size.")
     lr: float | None = Field(None, gt=0, description="Head learning rate (the backbone's is lower).")
     optimizer: Literal["adamw", "sgd"] | None = Field(None, description="Optimiser.")
-    schedule: Literal["onecycle", "cosine"] | None = Field(None, description="Learning-rate schedule.")
+    schedule: Literal[*SCHEDULES] | None = Field(None, description="Learning-rate schedule.")
     weight_decay: float | None = Field(None, ge=0, description="Weight decay.")
     label_smoothing: float | None = Field(None, ge=0, lt=1, description="Cross-entropy label smoothing.")
     augment: Literal["none", "light", "strong"] | None = Field(None, description="Training-split augmentation.")
     class_weight: Literal["balanced"] | None = Field(None, description="`balanced`: weight classes by frequency.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(None, description="Training precision.")
+    precision: Literal[*PRECISION_CHOICES] | None = Field(None, description="Training precision.")
     in_channels: Literal[1, 3] | None = Field(None, description="`scratch-cnn`: 1 for grayscale-native.")
     width: int | None = Field(None, gt=0, description="`scratch-cnn` width.")
     depth: int | None = Field(None, gt=0, description="`scratch-cnn` depth.")
