@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from featpipe.cache import is_locked, list_caches
 from featpipe.errors import FeaturepipeError
+from featpipe.runs import RECORD_FILE, RunRecordError, read_record
 
 
 @dataclass
@@ -25,11 +25,11 @@ def _bundle_refs(models_dirs: list[Path]) -> tuple[set[str], set[str]]:
     for d in models_dirs:
         if not d.is_dir():
             raise FeaturepipeError(f"models folder not found: {d}")
-        for m in d.rglob("metrics.json"):
-            try:
-                cache = json.loads(m.read_text()).get("cache") or {}
-            except ValueError:
-                continue  # not a featpipe metrics file
+        for m in d.rglob(RECORD_FILE):
+            try:  # a partial run still names the cache it is re-fitted from: kept too
+                cache = read_record(m.parent, verify=False).get("cache") or {}
+            except RunRecordError:
+                continue  # not a featpipe run record
             if cache.get("key"):
                 keys.add(str(cache["key"]))
             if cache.get("path"):
