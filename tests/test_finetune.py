@@ -158,7 +158,8 @@ def test_bundle_round_trips_in_a_fresh_process_and_predict(folder, tmp_path):
     z = np.load(out / "predictions.npz")
     test = [str(p) for p, s in zip(z["paths"], z["split"], strict=True) if s == "test"]
     want = z["proba"][z["split"] == "test"]
-    code = ("import sys, json, joblib; m = joblib.load(sys.argv[1]); "
+    # load_model tells the bundle where it lies: its checkpoint is found beside it by name and hash
+    code = ("import sys, json; from featpipe.model import load_model; m = load_model(sys.argv[1]); "
             "print(json.dumps(m.predict_proba(sys.argv[2:]).tolist())); print(json.dumps(list(m.predict(sys.argv[2:]))))")
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", code, str(out / "model.joblib"), *test], capture_output=True,
