@@ -1,0 +1,158 @@
+"""Resizing, and optionally JPEG decoding, on the model's device instead of in the CPU loaders.
+
+``--decode device``: the loaders read, hash and decode each image (PIL, as ever) and hand over its
+pixels at their own size; the device resizes and crops them with PIL's own arithmetic
+(:mod:`featpipe.backbones._resample`), so the features are the CPU path's, bit for bit. Small images
+upscaled to the model's size were what bounded a GPU: the resize was ~3/4 of the CPU's work per
+image, and their pixels are 10-50x less to copy than the resized ones.
+
+``--decode device-jpeg``: plain JPEGs (:func:`featpipe.images.plain_jpeg_size`, not reduced by PIL's
+draft for any backbone) are decoded there too, batched (torchvision's ``decode_jpeg``: nvJPEG on CUDA,
+libjpeg-turbo on CPU). Anything else, and any file the device decoder refuses, is decoded by PIL
+with the same failed-row contract. nvJPEG's pixels differ from libjpeg-turbo's by a level or two, so
+its caches are keyed apart (:func:`featpipe.cache.features_key`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from featpipe import cache as fcache
+from featpipe.errors import FeaturepipeError, ImageError
+from featpipe.images import failure_reason, load_image
+
+if TYPE_CHECKING:
+    from featpipe.backbones import Backbone
+
+DECODE_CHOICES = ("auto", "cpu", "device", "device-jpeg")
+
+
+def resolve_decode(decode: str, backbones: Sequence[Backbone]) -> str:
+    """``cpu``, ``device`` or ``device-jpeg`` for these backbones: ``auto`` is ``device`` when they run
+    on CUDA and can all resize on it, else ``cpu``. A forced device mode a backbone cannot run: one line."""
+    if decode not in DECODE_CHOICES:
+        raise FeaturepipeError(f"unknown decode mode {decode!r}; expected one of {', '.join(DECODE_CHOICES)}")
+    unable = [b for b in backbones if getattr(b, "tensor_geometry", None) is None]
+    if decode == "auto":
+        return "device" if not unable and backbones[0].device.startswith("cuda") else "cpu"
+    if decode != "cpu" and unable:
+        raise FeaturepipeError(
+            f"--decode {decode}: {unable[0].spec.tag()} cannot resize on the device (its preprocessing is not "
+            "a resize + center crop PIL can do on tensors, or it aligns faces); use --decode cpu or auto")
+    return decode
+
+
+def uses_nvjpeg(decode: str, device: str) -> bool:
+    """Whether JPEGs are decoded by nvJPEG (whose pixels differ slightly from PIL's libjpeg-turbo)."""
+    return decode == "device-jpeg" and device.startswith("cuda")
+
+
+@dataclass
+class Packed:
+    """Variable-size byte strings of some rows of a batch in one uint8 tensor: encoded files
+    (``shapes`` empty) or decoded HWC pixels (``shapes`` (k, 3)). One tensor crosses the loader's
+    process boundary (shared memory) and is copied to the device at once."""
+
+    rows: np.ndarray
+    blob: torch.Tensor
+    ends: np.ndarray
+    shapes: np.ndarray
+
+    @classmethod
+    def of(cls, items: dict[int, Any]) -> Packed | None:
+        if not items:
+            return None
+        rows = np.array(sorted(items), dtype=np.int64)
+        files = isinstance(items[int(rows[0])], bytes)
+        parts = [np.frombuffer(items[r], np.uint8) if files else items[r].reshape(-1) for r in rows]
+        shapes = np.zeros((0, 3), np.int64) if files else np.array([items[r].shape for r in rows], np.int64)
+        return cls(rows, torch.from_numpy(np.concatenate(parts)), np.cumsum([len(p) for p in parts]), shapes)
+
+    def pieces(self, blob: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each row's bytes as a view of ``blob`` (default: the packed one); pixels as (C, H, W)."""
+        blob = self.blob if blob is None else blob
+        starts = np.concatenate([[0], self.ends[:-1]])
+        out = [blob[int(s):int(e)] for s, e in zip(starts, self.ends, strict=True)]
+        if len(self.shapes):
+            out = [p.view(*(int(v) for v in shp)).permute(2, 0, 1) for p, shp in zip(out, self.shapes, strict=True)]
+        return out
+
+    def pin_memory(self) -> Packed:
+        self.blob = self.blob.pin_memory()
+        return self
+
+
+def decode_jpegs(files: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:
+    """RGB (3, H, W) uint8 images decoded on ``device`` in one batched call; None for each file the
+    decoder refuses or warns about (PIL then decides it). A failing file fails the whole batched call,
+    so the batch is then retried file by file."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def run(items: list[torch.Tensor]) -> list[torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # corrupt-data warnings: let PIL judge the file
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
+            return list(decode_jpeg(items, mode=ImageReadMode.RGB, device=device))
+
+    try:
+        return list(run(files))
+    except (RuntimeError, UserWarning, ValueError):
+        pass
+    out: list[torch.Tensor | None] = []
+    for f in files:
+        try:
+            out.append(run([f])[0])
+        except (RuntimeError, UserWarning, ValueError):
+            out.append(None)
+    return out
+
+
+def place_on_device(batch: Any, cuts: dict[Any, Any], device: str) -> None:
+    """Fill ``batch.inputs`` (uint8 (B, H, W, C) on ``device``, one per cut) from the rows' pixels
+    and JPEG files that the loaders packed; a JPEG the device cannot decode goes through PIL here,
+    and one PIL cannot decode becomes a failed row."""
+    n = len(batch.rows)
+    sources: dict[int, dict[int, torch.Tensor]] = {}  # decode size (-1: arrays, 0: device JPEGs) -> row -> CHW
+    for size, packed in batch.pixels.items():
+        blob = packed.blob.to(device, non_blocking=True)
+        sources[size] = dict(zip(packed.rows.tolist(), packed.pieces(blob), strict=True))
+    if batch.jpegs is not None:
+        files = batch.jpegs.pieces()
+        decoded = decode_jpegs(files, device)
+        on_device: dict[int, torch.Tensor] = {}
+        draft = next(iter(cuts.values())).draft  # plain JPEGs are not reduced by any cut's draft
+        for row, img, f in zip(batch.jpegs.rows.tolist(), decoded, files, strict=True):
+            if img is None:
+                try:
+                    img = torch.from_numpy(np.asarray(load_image(f.numpy().tobytes(), target_size=draft)).copy())
+                    img = img.to(device).permute(2, 0, 1)
+                except Exception as e:  # the CPU path's verdict on a file: a failed row, never the end of a run
+                    batch.status[row], batch.errors[row] = fcache.FAILED, failure_reason(e)
+                    continue
+            on_device[row] = img
+        sources[0] = on_device
+    for key, cut in cuts.items():
+        h, w, c = cut.shape
+        x = torch.zeros((n, h, w, c), dtype=torch.uint8, device=device)
+        rows = {**sources.get(-1, {}), **sources.get(cut.draft, {}), **sources.get(0, {})}
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, img in rows.items():
+            if batch.status[row] == fcache.OK:
+                groups.setdefault(tuple(img.shape), []).append(row)
+        for members in groups.values():
+            out = cut.tensor_fn(torch.stack([rows[r] for r in members]))
+            if tuple(out.shape[1:]) != (c, h, w):
+                for r in members:
+                    batch.status[r] = fcache.FAILED
+                    batch.errors[r] = str(ImageError(f"preprocessing gave shape {tuple(out.shape[1:])}, "
+                                                     f"expected {(c, h, w)}"))
+                continue
+            x[torch.tensor(members, device=device)] = out.permute(0, 2, 3, 1)
+        batch.inputs[key] = x
+    batch.pixels, batch.jpegs = {}, None
