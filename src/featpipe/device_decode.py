@@ -75,13 +75,19 @@ class Packed:
         return cls(rows, torch.from_numpy(np.concatenate(parts)), np.cumsum([len(p) for p in parts]), shapes)
 
     def pieces(self, blob: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Each row's bytes as a view of ``blob`` (default: the packed one); pixels as (C, H, W)."""
+        """Each row's bytes as a view of ``blob`` (default: the packed one)."""
         blob = self.blob if blob is None else blob
         starts = np.concatenate([[0], self.ends[:-1]])
-        out = [blob[int(s):int(e)] for s, e in zip(starts, self.ends, strict=True)]
-        if len(self.shapes):
-            out = [p.view(*(int(v) for v in shp)).permute(2, 0, 1) for p, shp in zip(out, self.shapes, strict=True)]
-        return out
+        return [blob[int(s):int(e)] for s, e in zip(starts, self.ends, strict=True)]
+
+    def images(self, blob: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """Decoded pixels as ``(rows, (k, C, H, W) images)`` groups of one size each (one view, no
+        copy, when all rows share a size: a CIFAR-like batch is one group)."""
+        if (self.shapes == self.shapes[0]).all():
+            return [(self.rows, blob.view(len(self.rows), *(int(v) for v in self.shapes[0])).permute(0, 3, 1, 2))]
+        views = [p.view(*(int(v) for v in shp)).permute(2, 0, 1) for p, shp in zip(self.pieces(blob), self.shapes,
+                                                                                 strict=True)]
+        return _grouped(self.rows.tolist(), views)
 
     def pin_memory(self) -> Packed:
         self.blob = self.blob.pin_memory()
@@ -113,46 +119,49 @@ def decode_jpegs(files: list[torch.Tensor], device: str) -> list[torch.Tensor | 
     return out
 
 
+def _grouped(rows: list[int], images: list[torch.Tensor]) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """(C, H, W) images stacked into one batch per size, with their rows."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for k, img in enumerate(images):
+        by_shape.setdefault(tuple(img.shape), []).append(k)
+    return [(np.array([rows[k] for k in ks], np.int64), torch.stack([images[k] for k in ks]))
+            for ks in by_shape.values()]
+
+
 def place_on_device(batch: Any, cuts: dict[Any, Any], device: str) -> None:
     """Fill ``batch.inputs`` (uint8 (B, H, W, C) on ``device``, one per cut) from the rows' pixels
     and JPEG files that the loaders packed; a JPEG the device cannot decode goes through PIL here,
     and one PIL cannot decode becomes a failed row."""
     n = len(batch.rows)
-    sources: dict[int, dict[int, torch.Tensor]] = {}  # decode size (-1: arrays, 0: device JPEGs) -> row -> CHW
-    for size, packed in batch.pixels.items():
-        blob = packed.blob.to(device, non_blocking=True)
-        sources[size] = dict(zip(packed.rows.tolist(), packed.pieces(blob), strict=True))
+    # decode size (-1: arrays, 0: JPEGs decoded here, whatever the cut) -> (rows, NCHW uint8) groups
+    sources = {size: packed.images(packed.blob.to(device, non_blocking=True))
+               for size, packed in batch.pixels.items()}
     if batch.jpegs is not None:
         files = batch.jpegs.pieces()
-        decoded = decode_jpegs(files, device)
-        on_device: dict[int, torch.Tensor] = {}
         draft = next(iter(cuts.values())).draft  # plain JPEGs are not reduced by any cut's draft
-        for row, img, f in zip(batch.jpegs.rows.tolist(), decoded, files, strict=True):
+        rows, images = [], []
+        for row, img, f in zip(batch.jpegs.rows.tolist(), decode_jpegs(files, device), files, strict=True):
             if img is None:
                 try:
-                    img = torch.from_numpy(np.asarray(load_image(f.numpy().tobytes(), target_size=draft)).copy())
-                    img = img.to(device).permute(2, 0, 1)
+                    pil = np.asarray(load_image(f.numpy().tobytes(), target_size=draft))
+                    img = torch.from_numpy(pil.copy()).to(device).permute(2, 0, 1)
                 except Exception as e:  # the CPU path's verdict on a file: a failed row, never the end of a run
                     batch.status[row], batch.errors[row] = fcache.FAILED, failure_reason(e)
                     continue
-            on_device[row] = img
-        sources[0] = on_device
+            rows.append(row)
+            images.append(img)
+        sources[0] = _grouped(rows, images)
     for key, cut in cuts.items():
         h, w, c = cut.shape
         x = torch.zeros((n, h, w, c), dtype=torch.uint8, device=device)
-        rows = {**sources.get(-1, {}), **sources.get(cut.draft, {}), **sources.get(0, {})}
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for row, img in rows.items():
-            if batch.status[row] == fcache.OK:
-                groups.setdefault(tuple(img.shape), []).append(row)
-        for members in groups.values():
-            out = cut.tensor_fn(torch.stack([rows[r] for r in members]))
+        for rows_, imgs in [*sources.get(-1, []), *sources.get(cut.draft, []), *sources.get(0, [])]:
+            out = cut.tensor_fn(imgs)
             if tuple(out.shape[1:]) != (c, h, w):
-                for r in members:
+                for r in rows_.tolist():
                     batch.status[r] = fcache.FAILED
                     batch.errors[r] = str(ImageError(f"preprocessing gave shape {tuple(out.shape[1:])}, "
                                                      f"expected {(c, h, w)}"))
                 continue
-            x[torch.tensor(members, device=device)] = out.permute(0, 2, 3, 1)
+            x[torch.from_numpy(rows_).to(device)] = out.permute(0, 2, 3, 1)
         batch.inputs[key] = x
     batch.pixels, batch.jpegs = {}, None
