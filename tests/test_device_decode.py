@@ -143,6 +143,18 @@ def test_device_jpegs_are_only_the_plain_ones(odd_folder):
     assert decode_jpegs([torch.frombuffer(bytearray(garbled), dtype=torch.uint8)], "cpu") == [None]  # PIL judged it
 
 
+def test_device_mode_resizes_there_only_images_smaller_than_the_input(odd_folder):
+    manifest = load_dataset(odd_folder)
+    decoder = _Decoder([load_backbone(resolve_spec(TINY, pretrained=False, image_size=TINY_SIZE))],
+                       manifest.paths, manifest.array, "device")
+    batch = decoder.decode(np.arange(len(manifest)))
+    (small,), (large,) = batch.pixels.values(), batch.resized.values()
+    assert [manifest.ids[int(batch.rows[r])] for r in large.rows] == ["a/big"]  # 50x38 after PIL's draft
+    assert len(small.rows) == len(manifest) - 4 and batch.jpegs is None and not batch.inputs  # 3 failed
+    decoder.finish(batch)
+    assert batch.inputs[decoder.keys[0]].shape == (len(manifest), TINY_SIZE, TINY_SIZE, 3)
+
+
 @pytest.mark.slow
 def test_device_decode_writes_the_cpu_caches(odd_folder, tmp_path):
     manifest = load_dataset(odd_folder)

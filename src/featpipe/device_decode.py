@@ -1,10 +1,11 @@
 """Resizing, and optionally JPEG decoding, on the model's device instead of in the CPU loaders.
 
-``--decode device``: the loaders read, hash and decode each image (PIL, as ever) and hand over its
-pixels at their own size; the device resizes and crops them with PIL's own arithmetic
-(:mod:`featpipe.backbones._resample`), so the features are the CPU path's, bit for bit. Small images
-upscaled to the model's size were what bounded a GPU: the resize was ~3/4 of the CPU's work per
-image, and their pixels are 10-50x less to copy than the resized ones.
+``--decode device``: the loaders read, hash and decode each image (PIL, as ever); an image smaller
+than the model's input is handed over at its own size and resized and cropped on the device with
+PIL's own arithmetic (:mod:`featpipe.backbones._resample`), a larger one is resized by PIL in the
+loaders as before (its resize costs less than its decode, and the result is the smaller copy). The
+features are the CPU path's bit for bit. Small images upscaled to the model's size are what bounded
+a GPU: the resize was ~3/4 of the CPU's work per image, and their pixels are 10-50x less to copy.
 
 ``--decode device-jpeg``: plain JPEGs (:func:`featpipe.images.plain_jpeg_size`, not reduced by PIL's
 draft for any backbone) are decoded there too, batched (torchvision's ``decode_jpeg``: nvJPEG on CUDA,
@@ -129,9 +130,9 @@ def _grouped(rows: list[int], images: list[torch.Tensor]) -> list[tuple[np.ndarr
 
 
 def place_on_device(batch: Any, cuts: dict[Any, Any], device: str) -> None:
-    """Fill ``batch.inputs`` (uint8 (B, H, W, C) on ``device``, one per cut) from the rows' pixels
-    and JPEG files that the loaders packed; a JPEG the device cannot decode goes through PIL here,
-    and one PIL cannot decode becomes a failed row."""
+    """Fill ``batch.inputs`` (uint8 (B, H, W, C) on ``device``, one per cut) from what the loaders
+    packed: inputs they resized, pixels to resize here, JPEG files to decode here (one the device
+    refuses goes through PIL here; one PIL refuses becomes a failed row)."""
     n = len(batch.rows)
     # decode size (-1: arrays, 0: JPEGs decoded here, whatever the cut) -> (rows, NCHW uint8) groups
     sources = {size: packed.images(packed.blob.to(device, non_blocking=True))
@@ -163,5 +164,7 @@ def place_on_device(batch: Any, cuts: dict[Any, Any], device: str) -> None:
                                                      f"expected {(c, h, w)}"))
                 continue
             x[torch.from_numpy(rows_).to(device)] = out.permute(0, 2, 3, 1)
+        if (done := batch.resized.get(key)) is not None:
+            x[torch.from_numpy(done.rows).to(device)] = done.blob.to(device, non_blocking=True).view(-1, h, w, c)
         batch.inputs[key] = x
-    batch.pixels, batch.jpegs = {}, None
+    batch.pixels, batch.resized, batch.jpegs = {}, {}, None

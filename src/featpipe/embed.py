@@ -70,13 +70,15 @@ class Batch:
     errors: list[str]
     inputs: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
     features: np.ndarray | None = None  # filled by run_backbone (one backbone)
-    pixels: dict[int, Packed] = field(default_factory=dict, repr=False)  # decode size -> rows' HWC pixels
+    pixels: dict[int, Packed] = field(default_factory=dict, repr=False)  # decode size -> HWC pixels to resize
+    resized: dict[Any, Packed] = field(default_factory=dict, repr=False)  # input key -> rows resized by PIL
     jpegs: Packed | None = field(default=None, repr=False)  # files for the device's JPEG decoder
 
     def pin_memory(self) -> Batch:
         """Page-locked inputs, for asynchronous copies to a GPU (DataLoader's pin thread calls this)."""
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
         self.pixels = {k: v.pin_memory() for k, v in self.pixels.items()}
+        self.resized = {k: v.pin_memory() for k, v in self.resized.items()}
         return self
 
 
@@ -144,37 +146,40 @@ class _Decoder:
         status = np.full(n, fcache.OK, dtype=np.int8)
         hashes, errors = [""] * n, [""] * n
         sizes, mtimes = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        # device modes: decoded pixels to resize there (images smaller than a cut's input), inputs
+        # resized here (the others: fewer bytes to copy, and their resize costs less than their decode)
         pixels: dict[int, dict[int, np.ndarray]] = {s: {} for s in [-1, *self.drafts]}
+        resized: dict[Any, dict[int, np.ndarray]] = {k: {} for k in self.cuts}
         jpegs: dict[int, bytes] = {}
 
         def fill(lo: int, hi: int) -> None:
             for i in range(lo, hi):
                 try:
                     data, hashes[i], sizes[i], mtimes[i] = read_source(self.paths[int(rows[i])], self.array)
-                    if on_device:
-                        if self._device_jpeg(data):
-                            jpegs[i] = data
-                            continue
-                        for size in [-1] if isinstance(data, np.ndarray) else self.drafts:
-                            img = image_from_array(data) if size < 0 else load_image(data, target_size=size)
-                            pixels[size][i] = np.asarray(img)
+                    if self._device_jpeg(data):
+                        jpegs[i] = data
                         continue
                     decoded: dict[int, Any] = {}
                     for key, cut in self.cuts.items():
                         size = -1 if isinstance(data, np.ndarray) else cut.draft
                         if size not in decoded:
                             decoded[size] = image_from_array(data) if size < 0 else load_image(data, target_size=size)
-                        x = cut.fn(decoded[size])
+                        img = decoded[size]
+                        if on_device and img.width * img.height < cut.shape[0] * cut.shape[1]:
+                            if i not in pixels[size]:
+                                pixels[size][i] = np.asarray(img)
+                            continue
+                        x = cut.fn(img)
                         if tuple(x.shape) != cut.shape:
                             raise ImageError(f"preprocessing gave shape {tuple(x.shape)}, expected {cut.shape}")
-                        inputs[key][i] = x
+                        (resized[key] if on_device else inputs[key])[i] = x
                     continue
                 except Exception as e:  # a bad image (or a decoder bug on one) is a failed row, never the end of a run
                     errors[i] = failure_reason(e)
                 status[i] = fcache.FAILED
                 for arr in inputs.values():
                     arr[i] = 0
-                for by_row in pixels.values():
+                for by_row in [*pixels.values(), *resized.values()]:
                     by_row.pop(i, None)
 
         k = min(n, parts) if pool is not None else 1
@@ -186,6 +191,7 @@ class _Decoder:
         tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
         batch = Batch(np.asarray(rows, dtype=np.int64), status, hashes, sizes, mtimes, errors, tensors,
                       pixels={s: p for s, by_row in pixels.items() if (p := Packed.of(by_row)) is not None},
+                      resized={k: p for k, by_row in resized.items() if (p := Packed.of(by_row)) is not None},
                       jpegs=Packed.of(jpegs))
         return batch.pin_memory() if (self.pin if pin is None else pin) else batch
 

@@ -64,22 +64,23 @@ FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
 
 def _weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
     """PIL's fixed-point weights as an ``(out_size, in_size)`` matrix (``precompute_coeffs`` and
-    ``normalize_coeffs_8bpc`` of Resample.c, the same double arithmetic)."""
+    ``normalize_coeffs_8bpc`` of Resample.c, the same double arithmetic, all rows at once)."""
     fn, support = FILTERS[interpolation]
     scale = float(in_size) / out_size
     filterscale = max(scale, 1.0)
     support = support * filterscale
-    out = np.zeros((out_size, in_size), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size)
-        w = fn((np.arange(xmin, xmax, dtype=np.float64) - center + 0.5) * (1.0 / filterscale))
-        ww = np.cumsum(w)[-1] if len(w) else 0.0  # summed in order, as the C loop does
-        if ww != 0.0:
-            w = w / ww
-        out[xx, xmin:xmax] = np.trunc(np.where(w < 0, -0.5, 0.5) + w * (1 << _PRECISION_BITS))
-    return out
+    center = (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)  # C's (int) cast truncates
+    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64)
+    pos = xmin[:, None] + np.arange(int(math.ceil(support)) * 2 + 1)
+    valid = pos < xmax[:, None]
+    w = np.where(valid, fn((pos - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    ww = np.cumsum(w, axis=1)[:, -1:]  # summed in order, as the C loop does (adding zeros changes nothing)
+    w = np.where(ww != 0.0, w / np.where(ww != 0.0, ww, 1.0), w)
+    kk = np.trunc(np.where(w < 0, -0.5, 0.5) + w * (1 << _PRECISION_BITS))
+    out = np.zeros((out_size, in_size + pos.shape[1]), dtype=np.float64)  # room for the unused tail taps
+    np.put_along_axis(out, pos, np.where(valid, kk, 0.0), axis=1)
+    return out[:, :in_size]
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,10 +21,11 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
               "on GPU a process per core but one, up to 16, decoding ahead of it; 0 decodes inline).")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "device", "device-jpeg"]), default="auto",
               show_default=True,
-              help="Where images are resized: cpu (PIL, in the decoders), device (decoded by PIL, resized and "
-              "cropped on the model's device with PIL's arithmetic: the same features) or device-jpeg (plain "
-              "JPEGs decoded there too, batched; nvJPEG on CUDA gives slightly different pixels, so its caches "
-              "are kept apart). auto: device on CUDA when the backbone allows, else cpu.")
+              help="Where images are resized: cpu (PIL, in the decoders), device (decoded by PIL; images smaller "
+              "than the model's input resized and cropped on the model's device with PIL's arithmetic: the same "
+              "features) or device-jpeg (plain JPEGs decoded there too, batched; nvJPEG on CUDA gives slightly "
+              "different pixels, so its caches are kept apart). auto: device on CUDA when the backbone allows, "
+              "else cpu.")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
 @click.option("--tta", type=click.Choice(["hflip"]), default=None,
