@@ -219,6 +219,13 @@ def test_decode_modes_resolve_and_refuse_in_one_line():
     assert features_key(tiny, "float32", nvjpeg=True)[0] != features_key(tiny, "float32")[0]
 
 
+def test_ray_engine_refuses_device_decode(image_folder, tmp_path):
+    pytest.importorskip("ray")
+    with pytest.raises(FeaturepipeError, match="for the local engine"):
+        embed_datasets(load_dataset(image_folder), [resolve_spec(TINY, pretrained=False, image_size=TINY_SIZE)],
+                       cache_dir=tmp_path, engine="ray", decode="device", progress=False)
+
+
 def test_cli_refuses_device_decode_for_aligned_faces(image_folder, tmp_path):
     r = CliRunner().invoke(main, ["embed", "--data", str(image_folder), "--cache-dir", str(tmp_path), "-q",
                                   "--no-pretrained", "--backbone", TINY, "--align", "faces", "--decode", "device"])

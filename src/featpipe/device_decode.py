@@ -16,6 +16,8 @@ its caches are keyed apart (:func:`featpipe.cache.features_key`).
 
 from __future__ import annotations
 
+import functools
+import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +48,21 @@ def resolve_decode(decode: str, backbones: Sequence[Backbone]) -> str:
         raise FeaturepipeError(
             f"--decode {decode}: {unable[0].spec.tag()} cannot resize on the device (its preprocessing is not "
             "a resize + center crop PIL can do on tensors, or it aligns faces); use --decode cpu or auto")
+    if decode == "device-jpeg" and not _jpeg_decoder_works(backbones[0].device):
+        raise FeaturepipeError(f"--decode device-jpeg: torchvision cannot decode JPEGs on {backbones[0].device} "
+                               "here (built without nvJPEG?); use --decode device")
     return decode
+
+
+@functools.cache
+def _jpeg_decoder_works(device: str) -> bool:
+    """One small JPEG through the device decoder, once per device: a torchvision without nvJPEG would
+    otherwise send every file back to PIL, one by one."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 40, 90)).save(buf, "JPEG")
+    return decode_jpegs([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], device)[0] is not None
 
 
 def uses_nvjpeg(decode: str, device: str) -> bool:
@@ -107,14 +123,17 @@ def decode_jpegs(files: list[torch.Tensor], device: str) -> list[torch.Tensor | 
             warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to TorchCodec
             return list(decode_jpeg(items, mode=ImageReadMode.RGB, device=device))
 
+    def rgb(img: torch.Tensor | None) -> torch.Tensor | None:
+        return img if img is not None and img.ndim == 3 and img.shape[0] == 3 else None
+
     try:
-        return list(run(files))
+        return [rgb(img) for img in run(files)]
     except (RuntimeError, UserWarning, ValueError):
         pass
     out: list[torch.Tensor | None] = []
     for f in files:
         try:
-            out.append(run([f])[0])
+            out.append(rgb(run([f])[0]))
         except (RuntimeError, UserWarning, ValueError):
             out.append(None)
     return out
