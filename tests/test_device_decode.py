@@ -190,6 +190,20 @@ def test_device_decode_writes_the_cpu_caches(odd_folder, tmp_path):
         np.testing.assert_array_equal(f["features"][...], ref[0][1])
 
 
+def test_array_datasets_resize_on_the_device_like_pil(tmp_path):
+    from featpipe.data import from_npz
+
+    x = np.stack([_photo(12, 14, k) for k in range(6)])
+    np.savez(tmp_path / "arr.npz", images=x, labels=np.arange(6) % 2)
+    manifest = from_npz(tmp_path / "arr.npz")
+    backbone = load_backbone(resolve_spec(TINY, pretrained=False, image_size=TINY_SIZE))
+    got = {}
+    for mode in ("cpu", "device"):
+        decoder = _Decoder([backbone], manifest.paths, manifest.array, mode)
+        got[mode] = decoder.finish(decoder.decode(np.arange(len(manifest)))).inputs[decoder.keys[0]]
+    assert torch.equal(got["cpu"], got["device"]) and got["cpu"].abs().sum() > 0
+
+
 @pytest.mark.slow
 def test_decode_processes_carry_packed_pixels(odd_folder):
     manifest = load_dataset(odd_folder)
