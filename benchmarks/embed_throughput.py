@@ -114,6 +114,8 @@ def run_embed(data: Path, cache_dir: Path, args: argparse.Namespace) -> tuple[fl
         cmd += ["--batch-size", str(args.batch_size)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    if args.decode:
+        cmd += ["--decode", args.decode]
     t = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -142,6 +144,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="passed to featpipe embed; the raw forward runs there too")
     ap.add_argument("--batch-size", type=int, default=None, help="passed to featpipe embed (default: its own)")
     ap.add_argument("--workers", type=int, default=None, help="passed to featpipe embed (default: its own)")
+    ap.add_argument("--decode", default=None, help="passed to featpipe embed (default: its own, auto)")
     ap.add_argument("--rounds", type=int, default=2, help="raw / command / raw rounds")
     ap.add_argument("--raw-images", type=int, default=512, help="images per raw forward measurement")
     ap.add_argument("--raw-batches", default=None, help="batch sizes of the raw forward (default: 8,16,32,64 "

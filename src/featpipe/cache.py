@@ -490,12 +490,14 @@ def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------- validity of an existing cache
 
 
-def features_key(backbone: Backbone, feature_dtype: str) -> tuple[str, dict[str, Any]]:
+def features_key(backbone: Backbone, feature_dtype: str, nvjpeg: bool = False) -> tuple[str, dict[str, Any]]:
+    """The cache key and what it hashes. ``nvjpeg``: plain JPEGs were decoded by nvJPEG, whose pixels
+    differ slightly from PIL's (every other way of decoding gives PIL's pixels and the same key)."""
     from featpipe.backbones._base import config_hash
 
     config = {
         **backbone.config(),
-        "decode": "pil-rgb-exif-jpegdraft",
+        "decode": "nvjpeg+pil-rgb-exif-jpegdraft" if nvjpeg else "pil-rgb-exif-jpegdraft",
         "feature_dtype": feature_dtype,
         "format_version": FORMAT_VERSION,
     }

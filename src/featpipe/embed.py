@@ -23,9 +23,10 @@ import torch
 from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
+from featpipe.device_decode import DECODE_CHOICES, Packed, place_on_device, resolve_decode, uses_nvjpeg
 from featpipe.errors import FeaturepipeError, ImageError
 from featpipe.hardware import available_cpus, resolve_device
-from featpipe.images import failure_reason, image_from_array, load_image, read_source
+from featpipe.images import failure_reason, image_from_array, load_image, plain_jpeg_size, read_source
 from featpipe.versions import library_versions
 
 FEATURE_DTYPES = ("float32", "float16")
@@ -50,7 +51,8 @@ def default_workers(device: str) -> int:
 
 @dataclass
 class Batch:
-    """One batch of rows: what was read (hash, size, mtime, status, error) and each backbone's input."""
+    """One batch of rows: what was read (hash, size, mtime, status, error) and each backbone's input
+    (with ``--decode device``: first the decoded pixels / JPEG files the device turns into inputs)."""
 
     rows: np.ndarray
     status: np.ndarray
@@ -60,10 +62,15 @@ class Batch:
     errors: list[str]
     inputs: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
     features: np.ndarray | None = None  # filled by run_backbone (one backbone)
+    pixels: dict[int, Packed] = field(default_factory=dict, repr=False)  # decode size -> HWC pixels to resize
+    resized: dict[Any, Packed] = field(default_factory=dict, repr=False)  # input key -> rows resized by PIL
+    jpegs: Packed | None = field(default=None, repr=False)  # files for the device's JPEG decoder
 
     def pin_memory(self) -> Batch:
         """Page-locked inputs, for asynchronous copies to a GPU (DataLoader's pin thread calls this)."""
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
+        self.pixels = {k: v.pin_memory() for k, v in self.pixels.items()}
+        self.resized = {k: v.pin_memory() for k, v in self.resized.items()}
         return self
 
 
@@ -73,6 +80,7 @@ class _Cut:
     fn: Callable[[Any], Any]  # PIL image -> uint8 HWC array (geometry) or float CHW tensor (preprocess)
     shape: tuple[int, ...]
     uint8: bool
+    tensor_fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # geometry on uint8 NCHW tensors
 
 
 class _Decoder:
@@ -81,13 +89,18 @@ class _Decoder:
 
     Backbones with a ``geometry`` (timm ones) get uint8 (B, H, W, C) batches they normalise
     themselves; others get their own ``preprocess`` output. A bad image is a failed row (zeros),
-    never an exception.
+    never an exception. ``decode`` (see :mod:`featpipe.device_decode`) moves the resize and crop,
+    and with ``device-jpeg`` plain JPEGs' decoding, to the backbones' device: :meth:`decode` then
+    packs pixels or files and :meth:`finish` makes the inputs there.
     """
 
-    def __init__(self, backbones: Sequence[Backbone], paths: Sequence[str], array: np.ndarray | None) -> None:
+    def __init__(self, backbones: Sequence[Backbone], paths: Sequence[str], array: np.ndarray | None,
+                 decode: str = "cpu") -> None:
         self.paths = paths
         self.array = array
         self.pin = any(b.device.startswith("cuda") for b in backbones)  # page-locked: async copies to the GPU
+        self.decode_on = resolve_decode(decode, backbones)
+        self.device = backbones[0].device
         self.cuts: dict[Any, _Cut] = {}
         self.keys: list[Any] = []  # per backbone: the key of its input in Batch.inputs
         for b in backbones:
@@ -99,43 +112,67 @@ class _Decoder:
             if geometry is not None:
                 geo = {k: pre.get(k) for k in ("input_size", "interpolation", "crop_pct", "crop_mode")}
                 key: Any = ("uint8", json.dumps(geo, sort_keys=True))
-                cut = _Cut(draft, geometry, (shape[1], shape[2], shape[0]), True)
+                cut = _Cut(draft, geometry, (shape[1], shape[2], shape[0]), True, getattr(b, "tensor_geometry", None))
             else:
                 key = ("float", len(self.keys))
                 cut = _Cut(draft, b.preprocess, shape, False)
             self.cuts.setdefault(key, cut)
             self.keys.append(key)
+        self.drafts = sorted({c.draft for c in self.cuts.values()})
+
+    def _device_jpeg(self, data: Any) -> bool:
+        """A file the device's JPEG decoder gets: plain (see plain_jpeg_size), not reduced by any draft."""
+        if self.decode_on != "device-jpeg" or isinstance(data, np.ndarray):
+            return False
+        size = plain_jpeg_size(data)
+        return size is not None and all(min(size[0] // d, size[1] // d) < 2 for d in self.drafts)
 
     def decode(self, rows: np.ndarray, pool: ThreadPoolExecutor | None = None, parts: int = 1,
                pin: bool | None = None) -> Batch:
         """One batch; with ``pool``, its rows are decoded there in ``parts`` slices at once.
         ``pin`` (default: when a backbone is on a GPU) page-locks the inputs."""
         n = len(rows)
-        inputs = {k: np.zeros((n, *c.shape), np.uint8) if c.uint8 else torch.zeros((n, *c.shape))
-                  for k, c in self.cuts.items()}
+        on_device = self.decode_on != "cpu"  # inputs are made on the device, in finish()
+        inputs = {} if on_device else {k: np.zeros((n, *c.shape), np.uint8) if c.uint8 else torch.zeros((n, *c.shape))
+                                       for k, c in self.cuts.items()}
         status = np.full(n, fcache.OK, dtype=np.int8)
         hashes, errors = [""] * n, [""] * n
         sizes, mtimes = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        # device modes: decoded pixels to resize there (images smaller than a cut's input), inputs
+        # resized here (the others: fewer bytes to copy, and their resize costs less than their decode)
+        pixels: dict[int, dict[int, np.ndarray]] = {s: {} for s in [-1, *self.drafts]}
+        resized: dict[Any, dict[int, np.ndarray]] = {k: {} for k in self.cuts}
+        jpegs: dict[int, bytes] = {}
 
         def fill(lo: int, hi: int) -> None:
             for i in range(lo, hi):
                 try:
                     data, hashes[i], sizes[i], mtimes[i] = read_source(self.paths[int(rows[i])], self.array)
+                    if self._device_jpeg(data):
+                        jpegs[i] = data
+                        continue
                     decoded: dict[int, Any] = {}
                     for key, cut in self.cuts.items():
                         size = -1 if isinstance(data, np.ndarray) else cut.draft
                         if size not in decoded:
                             decoded[size] = image_from_array(data) if size < 0 else load_image(data, target_size=size)
-                        x = cut.fn(decoded[size])
+                        img = decoded[size]
+                        if on_device and img.width * img.height < cut.shape[0] * cut.shape[1]:
+                            if i not in pixels[size]:
+                                pixels[size][i] = np.asarray(img)
+                            continue
+                        x = cut.fn(img)
                         if tuple(x.shape) != cut.shape:
                             raise ImageError(f"preprocessing gave shape {tuple(x.shape)}, expected {cut.shape}")
-                        inputs[key][i] = x
+                        (resized[key] if on_device else inputs[key])[i] = x
                     continue
                 except Exception as e:  # a bad image (or a decoder bug on one) is a failed row, never the end of a run
                     errors[i] = failure_reason(e)
                 status[i] = fcache.FAILED
                 for arr in inputs.values():
                     arr[i] = 0
+                for by_row in [*pixels.values(), *resized.values()]:
+                    by_row.pop(i, None)
 
         k = min(n, parts) if pool is not None else 1
         if k > 1:
@@ -144,8 +181,17 @@ class _Decoder:
         else:
             fill(0, n)
         tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
-        batch = Batch(np.asarray(rows, dtype=np.int64), status, hashes, sizes, mtimes, errors, tensors)
+        batch = Batch(np.asarray(rows, dtype=np.int64), status, hashes, sizes, mtimes, errors, tensors,
+                      pixels={s: p for s, by_row in pixels.items() if (p := Packed.of(by_row)) is not None},
+                      resized={k: p for k, by_row in resized.items() if (p := Packed.of(by_row)) is not None},
+                      jpegs=Packed.of(jpegs))
         return batch.pin_memory() if (self.pin if pin is None else pin) else batch
+
+    def finish(self, batch: Batch) -> Batch:
+        """The batch with its inputs (on the device, when decoding moved there)."""
+        if self.decode_on != "cpu":
+            place_on_device(batch, self.cuts, self.device)
+        return batch
 
 
 class _BatchRows(torch.utils.data.Dataset):
@@ -188,7 +234,7 @@ def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, worke
     starts = range(0, len(rows), batch_size)
     if workers <= 0 or (workers == 1 and mode == "slices") or len(starts) <= 1:  # inline
         for lo in starts:
-            yield decoder.decode(rows[lo:lo + batch_size])
+            yield decoder.finish(decoder.decode(rows[lo:lo + batch_size]))
         return
     if mode == "processes" and sys.platform.startswith("linux"):  # elsewhere fork is unsafe: slices
         loader = torch.utils.data.DataLoader(
@@ -196,12 +242,13 @@ def _decoded_batches(decoder: _Decoder, rows: np.ndarray, batch_size: int, worke
             pin_memory=decoder.pin,
             prefetch_factor=2, multiprocessing_context="fork",  # workers inherit the decoder, nothing pickled
         )
-        yield from loader
+        for batch in loader:
+            yield decoder.finish(batch)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featpipe-decode")
     try:
         for lo in starts:
-            yield decoder.decode(rows[lo:lo + batch_size], pool, workers)
+            yield decoder.finish(decoder.decode(rows[lo:lo + batch_size], pool, workers))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -225,11 +272,12 @@ def run_backbone(
     array: np.ndarray | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
+    decode: str = "auto",
 ) -> Iterator[Batch]:
     """Yield features for ``rows`` of ``paths`` batch by batch (failed images: zero rows)."""
     bs = batch_size or default_batch_size(backbone.device)
     workers = default_workers(backbone.device) if num_workers is None else num_workers
-    decoder = _Decoder([backbone], paths, array)
+    decoder = _Decoder([backbone], paths, array, decode)
     for batch in _decoded_batches(decoder, np.asarray(rows), bs, workers, decode_mode(backbone.device)):
         batch.features = _forward(backbone, batch.inputs[decoder.keys[0]], batch.status == fcache.OK)
         batch.inputs = {}
@@ -330,20 +378,27 @@ def embed_datasets(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    decode: str = "auto",
 ) -> list[EmbedResult]:
     """Embed ``manifest`` with several backbones in one pass over the images (each image is read,
     hashed and decoded once), into one cache per backbone, equal to embedding with each alone.
 
     Failed rows are retried when they could succeed now (I/O failures, changed bytes); with
     ``retry_failed`` every failed row is. ``engine="ray"`` computes the rows on Ray Data
-    (``featpipe.embed_ray``, one backbone after the other); the caches are the same.
+    (``featpipe.embed_ray``, one backbone after the other); the caches are the same. ``decode``
+    (:data:`featpipe.device_decode.DECODE_CHOICES`) says where images are resized (and JPEGs decoded):
+    ``auto`` resizes on a CUDA device, with the CPU path's pixels.
     """
     if engine not in ENGINES:
         raise FeaturepipeError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if decode not in DECODE_CHOICES:
+        raise FeaturepipeError(f"unknown decode mode {decode!r}; expected one of {', '.join(DECODE_CHOICES)}")
     if engine == "ray":
         from featpipe.embed_ray import require_ray
 
         require_ray()
+        if decode not in ("auto", "cpu"):
+            raise FeaturepipeError(f"--decode {decode} is for the local engine (Ray decodes in its CPU tasks)")
     if feature_dtype not in FEATURE_DTYPES:
         raise FeaturepipeError(f"unknown feature dtype {feature_dtype!r}; expected float32 or float16")
     if len(manifest) == 0:
@@ -359,9 +414,10 @@ def embed_datasets(
     for spec in specs:
         torch.manual_seed(seed)
         backbones.append(load_backbone(spec, dev))
+    placement = resolve_decode(decode, backbones) if engine == "local" else "cpu"
     jobs: list[tuple[Path, str, dict[str, Any]]] = []
     for i, (spec, backbone) in enumerate(zip(specs, backbones, strict=True)):
-        key, config = fcache.features_key(backbone, feature_dtype)
+        key, config = fcache.features_key(backbone, feature_dtype, nvjpeg=uses_nvjpeg(placement, dev))
         path = Path(cache_files[i]) if cache_files else fcache.cache_path_for(manifest, spec, key, cache_dir)
         if any(path == p for p, _, _ in jobs):
             raise FeaturepipeError(f"backbone {spec.tag()} is given twice (same cache {path.name})")
@@ -407,7 +463,8 @@ def embed_datasets(
                                      actors=ray_actors, batch_size=batch_size, progress=progress,
                                      write_every=write_every)
         else:
-            _embed_rows(writers, backbones, manifest, todos, batch_size, num_workers, progress, write_every)
+            _embed_rows(writers, backbones, manifest, todos, batch_size, num_workers, progress, write_every,
+                        placement)
         seconds = time.perf_counter() - t_embed
         for (path, key, _), w, todo, n_reused, n_damaged in zip(jobs, writers, todos, reused, damaged, strict=True):
             failed = np.flatnonzero(w.f["status"][...] == fcache.FAILED)
@@ -425,6 +482,7 @@ def embed_datasets(
                     "batch_size": batch_size or default_batch_size(dev),
                     "backbones_in_pass": len(backbones),
                     "engine": engine,
+                    "decode": placement,
                     "host": platform.node(),
                 },
             )
@@ -447,6 +505,7 @@ def _embed_rows(
     num_workers: int | None,
     progress: bool,
     write_every: int,
+    decode: str = "cpu",
 ) -> None:
     rows = functools.reduce(np.union1d, todos) if len(todos) > 1 else todos[0]
     if len(rows) == 0:
@@ -461,7 +520,7 @@ def _embed_rows(
         mask = np.zeros(len(manifest), dtype=bool)
         mask[todo] = True
         wanted.append(mask)
-    decoder = _Decoder(backbones, manifest.paths, manifest.array)
+    decoder = _Decoder(backbones, manifest.paths, manifest.array, decode)
     desc = "embed " + " + ".join(b.spec.tag() for b in backbones)
     bar = tqdm(total=len(rows), unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     pending: list[list[tuple]] = [[] for _ in backbones]

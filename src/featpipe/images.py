@@ -22,6 +22,7 @@ from featpipe.errors import ImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "failure_reason", "load_image", "read_source", "read_bytes_and_hash", "image_from_array", "DEFAULT_MAX_PIXELS",
+    "plain_jpeg_size",
 ]
 
 # file suffixes treated as images, everywhere (dataset scans, predict folders)
@@ -188,6 +189,29 @@ def load_image(
     except Exception:  # noqa: BLE001 - a broken EXIF block must not fail an otherwise fine image
         pass
     return _to_rgb(img)
+
+
+def plain_jpeg_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
+    """``(width, height)`` of a JPEG that a libjpeg-style decoder (torchvision's ``decode_jpeg``,
+    nvJPEG) turns into the RGB image :func:`load_image` gives without further steps: complete (ends
+    with its EOI marker), sequential, 8-bit YCbCr or grayscale, no Adobe colour transform, no EXIF
+    rotation, within ``max_pixels``. None for anything else (:func:`load_image` decides those).
+    Reads the header only."""
+    if data[:3] != b"\xff\xd8\xff" or data[-2:] != b"\xff\xd9":
+        return None
+    try:
+        img = _open(io.BytesIO(data))
+        if (img.format != "JPEG" or img.mode not in ("RGB", "L") or img.info.get("progressive")
+                or "adobe" in img.info):
+            return None
+        w, h = img.size
+        if w <= 0 or h <= 0 or w * h > max_pixels:
+            return None
+        if "exif" in img.info and img.getexif().get(0x0112, 1) not in (None, 1):  # Orientation
+            return None
+    except Exception:  # noqa: BLE001 - anything odd in the header: load_image gives the verdict
+        return None
+    return w, h
 
 
 def _short(e: BaseException) -> str:

@@ -124,6 +124,7 @@ def with_spec_options(backbone: Backbone) -> Backbone:
         plain_pre = backbone.preprocess
         backbone.preprocess = lambda img: plain_pre(align_face(img))  # type: ignore[method-assign]
         backbone.geometry = None  # the embed engine's shared uint8 resize would skip the alignment
+        backbone.tensor_geometry = None
     if spec.tta == "hflip":
         plain = backbone.forward
 

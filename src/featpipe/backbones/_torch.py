@@ -162,7 +162,8 @@ class TorchBackbone(Backbone):
         # built from the values given (a bundle's recorded ones, or the model's resolved defaults)
         self._transform = create_transform(**data_config, is_training=False)
         self._bgr = channel_order == "BGR"
-        self.geometry, self._scale, self._shift = _uint8_split(self._transform, preprocessing, device)
+        self.geometry, self.tensor_geometry, self._scale, self._shift = _uint8_split(
+            self._transform, preprocessing, device)
         net = model if isinstance(model, BackboneNet) else BackboneNet(model, spec.layer, spec.arch, spec.name)
         net.eval()
         for p in net.parameters():
@@ -212,19 +213,23 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
     return torch.autocast(dev, dtype=dtype)
 
 
-def _uint8_split(transform: Any, pre: dict[str, Any], device: str) -> tuple[Any, Any, Any]:
+def _uint8_split(transform: Any, pre: dict[str, Any], device: str) -> tuple[Any, Any, Any, Any]:
     """Split timm's eval transform into its PIL part (resize, crop: ``geometry``, giving uint8 HWC
-    images) and ``x * scale + shift`` equal to its ToTensor + Normalize, applied per batch in
-    :meth:`TorchBackbone.forward`. ``(None, None, None)`` when the transform is anything else."""
+    images), the same part on uint8 (N, C, H, W) tensors on any device (``tensor_geometry``, equal
+    pixel for pixel; None where it has no exact tensor form) and ``x * scale + shift`` equal to its
+    ToTensor + Normalize, applied per batch in :meth:`TorchBackbone.forward`. All None when the
+    transform is anything else."""
     steps = list(getattr(transform, "transforms", []))
     names = [type(t).__name__ for t in steps[-2:]]
     if len(steps) < 2 or names[0] not in ("ToTensor", "MaybeToTensor") or names[1] != "Normalize":
-        return None, None, None
+        return None, None, None, None
     mean = torch.tensor([float(v) for v in steps[-1].mean])
     std = torch.tensor([float(v) for v in steps[-1].std])
     if not (torch.allclose(mean, torch.tensor(pre["mean"])) and torch.allclose(std, torch.tensor(pre["std"]))):
-        return None, None, None
+        return None, None, None, None
     from torchvision import transforms as T
+
+    from featpipe.backbones._resample import tensor_geometry
 
     def geometry(img: Image.Image) -> np.ndarray:
         return np.asarray(pil_steps(img), dtype=np.uint8)
@@ -232,7 +237,7 @@ def _uint8_split(transform: Any, pre: dict[str, Any], device: str) -> tuple[Any,
     pil_steps = T.Compose(steps[:-2])
     scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
     shift = (-mean / std).view(1, 3, 1, 1).to(device)
-    return geometry, scale, shift
+    return geometry, tensor_geometry(steps[:-2]), scale, shift
 
 
 def list_layer_names(model: nn.Module, max_depth: int = 2) -> list[str]:

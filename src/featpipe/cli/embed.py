@@ -19,6 +19,13 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--workers", type=int, default=None,
               help="Decoders (default: a thread per core on CPU, decoding each batch between forward passes; "
               "on GPU a process per core but one, up to 16, decoding ahead of it; 0 decodes inline).")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "device", "device-jpeg"]), default="auto",
+              show_default=True,
+              help="Where images are resized: cpu (PIL, in the decoders), device (decoded by PIL; images smaller "
+              "than the model's input resized and cropped on the model's device with PIL's arithmetic: the same "
+              "features) or device-jpeg (plain JPEGs decoded there too, batched; nvJPEG on CUDA gives slightly "
+              "different pixels, so its caches are kept apart). auto: device on CUDA when the backbone allows, "
+              "else cpu.")
 @click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage type of the cached features.")
 @click.option("--tta", type=click.Choice(["hflip"]), default=None,
@@ -40,8 +47,8 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
               help="Backbone actors (default: one per GPU of the cluster, else one per 8 CPUs).")
 def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
           unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,
-          precision, cache_dir, cache_file, device, batch_size, workers, feature_dtype, tta, align, force, retry_failed, seed,
-          write_every, quiet, engine, ray_address, ray_actors):
+          precision, cache_dir, cache_file, device, batch_size, workers, decode, feature_dtype, tta, align, force,
+          retry_failed, seed, write_every, quiet, engine, ray_address, ray_actors):
     """Embed every image of a dataset once into a resumable feature cache.
 
     Finished rows are kept if the run is interrupted (run the same command to resume), images
@@ -97,7 +104,7 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
                              device=device, batch_size=batch_size, num_workers=workers,
                              feature_dtype=feature_dtype, force=force, retry_failed=retry_failed,
                              progress=not quiet, seed=seed, write_every=write_every, engine=engine,
-                             ray_address=ray_address, ray_actors=ray_actors)
+                             ray_address=ray_address, ray_actors=ray_actors, decode=decode)
     for spec, res in zip(specs, results, strict=True):
         rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
         who = f"{spec.tag()}: " if len(specs) > 1 else ""

@@ -375,7 +375,7 @@ class Study:
                 device=self.c.device, seed=self.c.seed,
                 batch_size=next((row.config.batch_size for row in pending if row.config.batch_size), e.batch_size),
                 num_workers=e.workers, feature_dtype=e.feature_dtype, retry_failed=e.retry_failed, engine=e.engine,
-                ray_address=e.address, ray_actors=e.ray_actors)
+                ray_address=e.address, ray_actors=e.ray_actors, decode=e.decode)
             for row, r in zip(pending, results, strict=True):
                 self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, "
                           f"failed {r.n_failed} -> {r.path}")

@@ -159,6 +159,8 @@ class EmbedConfig(Section):
     feature_dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of cached features.")
     batch_size: int | None = Field(None, gt=0, description="Default batch size (a backbone's own wins).")
     workers: int | None = Field(None, ge=0, description="Decode workers.")
+    decode: Literal["auto", "cpu", "device", "device-jpeg"] = Field(
+        "auto", description="Where images are resized (and JPEGs decoded): see `featpipe embed --decode`.")
     engine: Literal["local", "ray"] = Field("local", description="`ray`: Ray Data engine (decode tasks + "
                                             "backbone actors; `pip install featpipe[ray]`).")
     address: str | None = Field(None, description="Ray cluster address (engine `ray`; default: a local instance).")
