@@ -454,10 +454,12 @@ def _embed_rows(
     progress: bool,
     write_every: int,
 ) -> None:
+    if not todos:  # every cache is in a folder only read
+        return
     rows = functools.reduce(np.union1d, todos) if len(todos) > 1 else todos[0]
     if len(rows) == 0:
         return
-    from tqdm import tqdm
+    from featpipe.progress import progress_bar
 
     dev = backbones[0].device
     bs = batch_size or default_batch_size(dev)
@@ -469,7 +471,7 @@ def _embed_rows(
         wanted.append(mask)
     decoder = _Decoder(backbones, manifest.paths, manifest.array)
     desc = "embed " + " + ".join(b.spec.tag() for b in backbones)
-    bar = tqdm(total=len(rows), unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(rows), desc, enabled=progress)
     pending: list[list[tuple]] = [[] for _ in backbones]
     n_pending = 0
     last_write = time.monotonic()

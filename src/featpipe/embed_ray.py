@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import re
-import sys
 from typing import Any
 
 import numpy as np
@@ -177,7 +176,8 @@ def embed_rows_ray(
 
     import ray
     import ray.data
-    from tqdm import tqdm
+
+    from featpipe.progress import progress_bar
 
     started = connect(address)
     data_log = logging.getLogger("ray.data")
@@ -203,9 +203,8 @@ def embed_rows_ray(
                                                 "threads": threads},
                          **resources)
         )
-        bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                   desc=f"embed {backbone.spec.tag()} on Ray ({n_actors} {actor_device} actor"
-                        f"{'s' if n_actors > 1 else ''})")
+        bar = progress_bar(len(todo), f"embed {backbone.spec.tag()} on Ray ({n_actors} {actor_device} actor"
+                                      f"{'s' if n_actors > 1 else ''})", enabled=progress)
         try:
             for b in ds.iter_batches(batch_size=write_every, batch_format="numpy"):
                 writer.write_rows(b["row"], b["features"], b["status"], [str(h) for h in b["hash"]],

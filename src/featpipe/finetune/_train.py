@@ -278,7 +278,7 @@ class _Run:
                     on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One epoch; ``partial`` continues it after ``partial["step"]`` batches (a mid-epoch checkpoint),
         ``on_step`` is called with the epoch's partial state every ``checkpoint_every`` batches."""
-        from tqdm import tqdm
+        from featpipe.progress import progress_bar
 
         c = self.cfg
         eseed = _epoch_seed(c.seed, epoch)
@@ -289,9 +289,8 @@ class _Run:
         start = int(partial["step"]) * c.batch_size
         loader = self._loader(self.epoch_order(epoch)[start:], self.transforms["train"], epoch=epoch, seed=eseed,
                               offset=start)
-        bar = tqdm(total=self.steps_per_epoch * c.batch_size, initial=start, unit="img",
-                   desc=f"epoch {epoch}/{c.epochs}", disable=not self.progress, file=sys.stderr,
-                   dynamic_ncols=True, leave=False)
+        bar = progress_bar(self.steps_per_epoch * c.batch_size, f"epoch {epoch}/{c.epochs}", enabled=self.progress,
+                           initial=start, leave=False)
         t0, step, seen, loss_sum = time.perf_counter(), int(partial["step"]), int(partial["seen"]), partial["loss_sum"]
         logits_all, rows_all = list(partial["logits"]), list(partial["rows"])
         for x, rows, bad in loader:
