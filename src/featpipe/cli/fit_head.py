@@ -100,6 +100,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     """
     from featpipe.errors import FeaturepipeError
     from featpipe.fit import fit_cache, open_cache, write_run
+    from featpipe.folders import writable_folder
     from featpipe.metrics import format_table
 
     paths = [Path(c) for c in caches]
@@ -110,6 +111,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
                                      no_pretrained, layer, image_size, precision, seed, cache_dir))
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
+    writable_folder(out_dir, "output")  # before any fit, not after it
     results = []
     for p in paths:
         cache = open_cache(p, max_memory)

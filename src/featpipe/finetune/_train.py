@@ -37,6 +37,7 @@ from featpipe.finetune._net import (
     set_train_mode,
     trainable_prefixes,
 )
+from featpipe.folders import writable_folder
 from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
 
 LAST_CHECKPOINT = "last.pt"
@@ -439,7 +440,7 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
     run = _Run(manifest, cfg, out, log, progress)
     if saved is not None and manifest.fingerprint() != saved["history"].get("dataset_fingerprint"):
         raise FinetuneError(f"{out} was trained on another dataset or split; resume needs the same data")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, "fine-tune output")
     if saved is None:
         for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, "history.json", "metrics.json", "predictions.npz",
                      "model.joblib", "model.joblib.sha256"):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import BackboneError, FeaturepipeError, PipelineError
+from featpipe.folders import writable_folder
 from featpipe.pipeline._load import LoadedPipeline
 from featpipe.pipeline._schema import BackboneConfig
 
@@ -339,7 +340,7 @@ class Study:
         for row in rows:  # said up front, before any work
             if row.unavailable:
                 self.echo(f"{row.config.ref}: skipped ({row.unavailable})")
-        self.out.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.out, "output")
         counts = ", ".join(f"{k} {v}" for k, v in m.split_counts().items())
         self.echo(f"dataset {m.name}: {len(m)} images ({counts}), {m.task}, {len(m.classes)} classes")
         if m.skipped:
