@@ -49,7 +49,7 @@ def _models():
 
 def detect_face(bgr: np.ndarray) -> np.ndarray | None:
     """The most confident YuNet detection as a (15,) row (box, 5 landmarks, score), or None."""
-    import cv2
+    cv2 = import_optional("cv2", "faces", "--align faces")
 
     detector, _ = _models()
     h, w = bgr.shape[:2]
