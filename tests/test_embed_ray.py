@@ -123,5 +123,6 @@ def test_ray_engine_without_ray_is_a_one_line_error(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["embed", "--data", str(folder), "--backbone", TINY, "--no-pretrained",
                                   "--cache-dir", str(tmp_path / "c"), "--engine", "ray", "-q"])
     assert r.exit_code == 2, r.output
-    assert r.output.strip() == "error: the Ray engine needs Ray Data: pip install featpipe[ray]"
+    assert r.output.strip() == ("error: the Ray engine (--engine ray) needs ray[data], which is not installed: "
+                                "pip install 'featpipe[ray]'")
     assert not (tmp_path / "c").exists()

@@ -608,29 +608,11 @@ def prepare_cache(
 
     old_attrs, states, f = read_row_states(path)
     try:
-        if old_attrs.get("key") != key:
-            diff = _config_diff(old_attrs.get("config", {}), attrs["config"])
-            raise CacheError(
-                f"cache {path.name} was built with another backbone config ({'; '.join(diff[:3]) or 'key'}); "
-                "it is never reused: pass --force to rebuild it, or use another --cache-dir"
-            )
-        old_src = old_attrs.get("dataset", {}).get("source")
-        if old_src != manifest.source:
-            raise CacheError(
-                f"cache {path.name} holds dataset {old_src!r}, not {manifest.source!r}; "
-                "pass --force to overwrite it or use another cache file"
-            )
+        keep, mtimes = _rows_to_keep(path, old_attrs, states, manifest, key, attrs["config"], retry_failed)
         damaged = damaged_rows(f["features"])
-        bad_ids = set(_strs(f["ids"])[damaged]) if len(damaged) else set()
-        keep = np.zeros(n, dtype=bool)
-        mtimes = np.zeros(n, dtype=np.int64)
-        for i, (img_id, p) in enumerate(zip(manifest.ids, manifest.paths, strict=True)):
-            st = states.get(img_id)
-            if st is None or st.status == PENDING or img_id in bad_ids:
-                continue
-            if st.status == FAILED and (retry_failed or not st.content_hash):
-                continue
-            keep[i], mtimes[i] = _still_valid(st, p, manifest.array)
+        if len(damaged):  # rows in a chunk that fails its checksum are embedded again
+            bad_ids = set(_strs(f["ids"])[damaged])
+            keep &= np.array([i not in bad_ids for i in manifest.ids], dtype=bool)
         if not len(damaged) and _same_layout(f, manifest):
             f.close()
             w = CacheWriter(path)
@@ -664,6 +646,61 @@ def prepare_cache(
             f.close()
     create_cache_file(path, **new, carry=carry)
     return np.flatnonzero(~keep), int(keep.sum()), len(damaged)
+
+
+def _rows_to_keep(
+    path: Path, old_attrs: dict[str, Any], states: dict[str, RowState], manifest: Manifest, key: str,
+    config: dict[str, Any] | None, retry_failed: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of ``manifest`` the cache ``path`` holds still valid, and their files' current mtimes;
+    :class:`CacheError` when it was built with another backbone config or for another dataset."""
+    if old_attrs.get("key") != key:
+        diff = _config_diff(old_attrs.get("config", {}), config or {})
+        raise CacheError(
+            f"cache {path.name} was built with another backbone config ({'; '.join(diff[:3]) or 'key'}); "
+            "it is never reused: pass --force to rebuild it, or use another --cache-dir"
+        )
+    old_src = old_attrs.get("dataset", {}).get("source")
+    if old_src != manifest.source:
+        raise CacheError(
+            f"cache {path.name} holds dataset {old_src!r}, not {manifest.source!r}; "
+            "pass --force to overwrite it or use another cache file"
+        )
+    keep = np.zeros(len(manifest), dtype=bool)
+    mtimes = np.zeros(len(manifest), dtype=np.int64)
+    for i, (img_id, p) in enumerate(zip(manifest.ids, manifest.paths, strict=True)):
+        st = states.get(img_id)
+        if st is None or st.status == PENDING:
+            continue
+        if st.status == FAILED and (retry_failed or not st.content_hash):
+            continue
+        keep[i], mtimes[i] = _still_valid(st, p, manifest.array)
+    return keep, mtimes
+
+
+def is_current(path: Path, manifest: Manifest, key: str, config: dict[str, Any] | None = None,
+               retry_failed: bool = False) -> bool:
+    """Whether an embed into ``path`` has nothing to compute: complete, same layout, every row still valid.
+    Only reads, so a cache in a folder this process cannot write is still used as it is."""
+    if not path.exists():
+        return False
+    old_attrs, states, f = read_row_states(path)
+    try:
+        keep, _ = _rows_to_keep(path, old_attrs, states, manifest, key, config, retry_failed)
+        return (bool(old_attrs.get("completed")) and bool(keep.all()) and _same_layout(f, manifest)
+                and not len(damaged_rows(f["features"])))
+    finally:
+        f.close()
+
+
+def failures(f: h5py.File | Path, manifest: Manifest) -> list[tuple[str, str]]:
+    """``(image id, reason)`` of every failed row of the cache ``f`` (open, or a path; reads only those rows)."""
+    if isinstance(f, Path):
+        with _open_h5(f, "r") as opened:
+            return failures(opened, manifest)
+    failed = np.flatnonzero(f["status"][...] == FAILED)
+    errors = f["error"][failed] if len(failed) else []
+    return [(manifest.ids[i], e.decode(errors="replace")) for i, e in zip(failed, errors, strict=True)]
 
 
 _IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size", "tta", "align")

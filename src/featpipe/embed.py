@@ -24,7 +24,8 @@ from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
 from featpipe.device_decode import DECODE_CHOICES, Packed, place_on_device, resolve_decode, uses_nvjpeg
-from featpipe.errors import FeaturepipeError, ImageError
+from featpipe.errors import FeaturepipeError, FolderError, ImageError
+from featpipe.folders import is_writable, make_folder
 from featpipe.hardware import available_cpus, resolve_device
 from featpipe.images import failure_reason, image_from_array, load_image, plain_jpeg_size, read_source
 from featpipe.versions import library_versions
@@ -421,7 +422,7 @@ def embed_datasets(
         path = Path(cache_files[i]) if cache_files else fcache.cache_path_for(manifest, spec, key, cache_dir)
         if any(path == p for p, _, _ in jobs):
             raise FeaturepipeError(f"backbone {spec.tag()} is given twice (same cache {path.name})")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, "cache")
         jobs.append((path, key, {
             "format": "featpipe-features",
             "format_version": fcache.FORMAT_VERSION,
@@ -436,6 +437,12 @@ def embed_datasets(
             "versions": library_versions(),
             "completed": False,
         }))
+    # a cache folder this process cannot write: a current cache there is only read (no lock, no write)
+    read_only = {i: _read_current(path, key, attrs["config"], manifest, force, retry_failed)
+                 for i, (path, key, attrs) in enumerate(jobs) if not is_writable(path.parent)}
+    if read_only:
+        keep = [i for i in range(len(jobs)) if i not in read_only]
+        jobs, backbones, specs = [jobs[i] for i in keep], [backbones[i] for i in keep], [specs[i] for i in keep]
     results: list[EmbedResult] = []
     with contextlib.ExitStack() as stack:
         for path, _, _ in jobs:
@@ -467,12 +474,11 @@ def embed_datasets(
                         placement)
         seconds = time.perf_counter() - t_embed
         for (path, key, _), w, todo, n_reused, n_damaged in zip(jobs, writers, todos, reused, damaged, strict=True):
-            failed = np.flatnonzero(w.f["status"][...] == fcache.FAILED)
-            errors = w.f["error"][failed] if len(failed) else []  # only the failed rows: memory stays flat
+            failures = fcache.failures(w.f, manifest)
             prev = fcache.read_attrs(w.f).get("timings", {})
             w.set_attrs(
                 completed=True,
-                n_failed=len(failed),
+                n_failed=len(failures),
                 timings={
                     "embed_seconds_last_run": seconds,
                     "embed_seconds_total": float(prev.get("embed_seconds_total", 0.0)) + seconds,
@@ -486,14 +492,29 @@ def embed_datasets(
                     "host": platform.node(),
                 },
             )
-            failures = [(manifest.ids[i], e.decode(errors="replace")) for i, e in zip(failed, errors, strict=True)]
             results.append(EmbedResult(
                 path=path, key=key, n_rows=len(manifest), n_computed=len(todo), n_reused=n_reused,
-                n_failed=len(failed), seconds=0.0, failures=failures, n_damaged=n_damaged,
+                n_failed=len(failures), seconds=0.0, failures=failures, n_damaged=n_damaged,
             ))
+    for i in sorted(read_only):
+        results.insert(i, read_only[i])
     for r in results:
         r.seconds = time.perf_counter() - t_start
     return results
+
+
+def _read_current(path: Path, key: str, config: dict[str, Any], manifest: Manifest, force: bool,
+                  retry_failed: bool) -> EmbedResult:
+    """The result of an embed into ``path`` in a folder this process cannot write: its current cache, read as it
+    is; one line naming the folder when the run would have to write there."""
+    if force or not fcache.is_current(path, manifest, key, config, retry_failed):
+        what = "--force rebuilds" if force else ("holds no complete cache" if not path.exists() else
+                                                 "holds an incomplete or outdated cache")
+        raise FolderError(f"the cache folder {path.parent} is not writable (read-only or another user's) and "
+                          f"{what} {path.name}: use a writable --cache-dir")
+    failures = fcache.failures(path, manifest)
+    return EmbedResult(path=path, key=key, n_rows=len(manifest), n_computed=0, n_reused=len(manifest),
+                       n_failed=len(failures), seconds=0.0, failures=failures)
 
 
 def _embed_rows(
@@ -507,10 +528,12 @@ def _embed_rows(
     write_every: int,
     decode: str = "cpu",
 ) -> None:
+    if not todos:  # every cache is in a folder only read
+        return
     rows = functools.reduce(np.union1d, todos) if len(todos) > 1 else todos[0]
     if len(rows) == 0:
         return
-    from tqdm import tqdm
+    from featpipe.progress import progress_bar
 
     dev = backbones[0].device
     bs = batch_size or default_batch_size(dev)
@@ -522,7 +545,7 @@ def _embed_rows(
         wanted.append(mask)
     decoder = _Decoder(backbones, manifest.paths, manifest.array, decode)
     desc = "embed " + " + ".join(b.spec.tag() for b in backbones)
-    bar = tqdm(total=len(rows), unit="img", desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(rows), desc, enabled=progress)
     pending: list[list[tuple]] = [[] for _ in backbones]
     n_pending = 0
     last_write = time.monotonic()

@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import re
-import sys
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,10 @@ import numpy as np
 from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
 from featpipe.data.manifest import Manifest
-from featpipe.errors import FeaturepipeError
+from featpipe.errors import FeaturepipeError, import_optional
 from featpipe.hardware import available_cpus
 from featpipe.images import failure_reason, image_from_array, load_image, read_source
 
-INSTALL_HINT = "the Ray engine needs Ray Data: pip install featpipe[ray]"
 DECODE_BATCH = 32  # rows per decode task call: big enough to amortise Ray's per-call overhead
 # Decoding is light next to the forward and partly waits on storage: two decode tasks per core.
 # (A fractional size also keeps Ray from fusing decoding into the backbone actors, whose whole
@@ -35,12 +33,8 @@ DECODE_CPUS = 0.5
 
 
 def require_ray() -> None:
-    """Raise a one-line error when Ray Data is not installed."""
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise FeaturepipeError(INSTALL_HINT) from None
+    """Raise a one-line error naming ``featpipe[ray]`` when Ray Data is not installed."""
+    import_optional("ray.data", "ray", "the Ray engine (--engine ray)")
 
 
 def connect(address: str | None) -> bool:
@@ -182,7 +176,8 @@ def embed_rows_ray(
 
     import ray
     import ray.data
-    from tqdm import tqdm
+
+    from featpipe.progress import progress_bar
 
     started = connect(address)
     data_log = logging.getLogger("ray.data")
@@ -208,9 +203,8 @@ def embed_rows_ray(
                                                 "threads": threads},
                          **resources)
         )
-        bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                   desc=f"embed {backbone.spec.tag()} on Ray ({n_actors} {actor_device} actor"
-                        f"{'s' if n_actors > 1 else ''})")
+        bar = progress_bar(len(todo), f"embed {backbone.spec.tag()} on Ray ({n_actors} {actor_device} actor"
+                                      f"{'s' if n_actors > 1 else ''})", enabled=progress)
         try:
             for b in ds.iter_batches(batch_size=write_every, batch_format="numpy"):
                 writer.write_rows(b["row"], b["features"], b["status"], [str(h) for h in b["hash"]],

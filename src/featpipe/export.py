@@ -17,10 +17,14 @@ from typing import Any
 import numpy as np
 
 from featpipe.checksum import sha256_file
-from featpipe.errors import ModelError
+from featpipe.errors import ModelError, import_optional
+from featpipe.folders import writable_folder
 from featpipe.model import FeaturepipeModel, load_model
 
 EXPORT_FORMATS = ("joblib", "skops", "onnx")
+# format -> (module it needs, the extra that installs it, what the user asked for)
+_FORMAT_PACKAGES = {"skops": ("skops.io", "export", "skops export (--format skops)"),
+                    "onnx": ("onnx", "onnx", "ONNX export (--format onnx)")}
 
 # Every type a featpipe bundle holds besides what skops trusts by default (numpy, scikit-learn, builtins).
 SKOPS_TRUSTED = frozenset({
@@ -46,7 +50,7 @@ def _write_sidecar(path: Path) -> None:
 
 def save_skops(model: FeaturepipeModel, path: str | Path) -> Path:
     """Write ``path`` (.skops) and its ``.sha256`` sidecar."""
-    import skops.io as sio
+    sio = import_optional(*_FORMAT_PACKAGES["skops"])
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +61,7 @@ def save_skops(model: FeaturepipeModel, path: str | Path) -> Path:
 
 def load_skops(path: str | Path) -> FeaturepipeModel:
     """Load a .skops bundle, trusting only the types in :data:`SKOPS_TRUSTED`; any other type stops the load."""
-    import skops.io as sio
+    sio = import_optional("skops.io", "export", "loading a .skops bundle")
 
     try:
         untrusted = sio.get_untrusted_types(file=path)
@@ -143,6 +147,7 @@ def export_onnx(model: FeaturepipeModel, path: str | Path, opset: int = 17) -> P
     """Write backbone + head + thresholds as one ONNX graph: ``image`` (N, 3, H, W) float32, preprocessed
     as the metadata's ``preprocessing`` says -> ``probabilities`` (N, C) and ``labels`` (class indices, or a
     0/1 matrix for multilabel, with the tuned thresholds)."""
+    onnx = import_optional(*_FORMAT_PACKAGES["onnx"])  # before the slow export
     import torch
     from torch import nn
 
@@ -190,8 +195,6 @@ def export_onnx(model: FeaturepipeModel, path: str | Path, opset: int = 17) -> P
         torch.onnx.export(full, torch.zeros(1, *size), str(path), dynamo=False, opset_version=opset,
                           input_names=["image"], output_names=["probabilities", "labels"],
                           dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}, "labels": {0: "batch"}})
-    import onnx
-
     proto = onnx.load(str(path))
     meta = {
         "featpipe_classes": json.dumps([str(c) for c in model.classes_]),
@@ -236,9 +239,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: str = "joblib
     ``self_contained`` the backbone's weights file is copied to ``out_dir/weights/``. Returns what was written."""
     if fmt not in EXPORT_FORMATS:
         raise ModelError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    if fmt in _FORMAT_PACKAGES:  # before anything is written
+        import_optional(*_FORMAT_PACKAGES[fmt])
     model = load_model(model_path, verify=verify)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir, "export")
     written: list[Path] = []
     if fmt == "onnx":
         written.append(export_onnx(model, out / "model.onnx"))

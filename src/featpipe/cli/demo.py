@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from featpipe.cli._common import POSITIVE
+
 
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the sample images, cache, models and report.")
-@click.option("--per-class", type=int, default=None, help="Images per digit (default: all 1,797).")
+@click.option("--per-class", type=POSITIVE, default=None, help="Images per digit (default: all 1,797).")
 @click.option("--backbone", "-b", default="efficientnet_lite0", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 def demo(out: str, per_class: int | None, backbone: str, quiet: bool) -> None:

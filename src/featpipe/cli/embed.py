@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from featpipe.cli._common import backbone_options, dataset_options, open_dataset
+from featpipe.cli._common import NON_NEGATIVE, POSITIVE, backbone_options, dataset_options, open_dataset
 
 
 @click.command()
@@ -15,8 +15,8 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--cache-file", default=None, type=click.Path(dir_okay=False),
               help="Explicit cache file instead of the automatic name in --cache-dir.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--batch-size", type=int, default=None, help="Default: 8 on CPU (fastest there), 256 on GPU.")
-@click.option("--workers", type=int, default=None,
+@click.option("--batch-size", type=POSITIVE, default=None, help="Default: 8 on CPU (fastest there), 256 on GPU.")
+@click.option("--workers", type=NON_NEGATIVE, default=None,
               help="Decoders (default: a thread per core on CPU, decoding each batch between forward passes; "
               "on GPU a process per core but one, up to 16, decoding ahead of it; 0 decodes inline).")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "device", "device-jpeg"]), default="auto",
@@ -35,15 +35,15 @@ from featpipe.cli._common import backbone_options, dataset_options, open_dataset
 @click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
 @click.option("--retry-failed", is_flag=True,
               help="Retry every failed row (by default only I/O failures and changed files are retried).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Torch seed (random-init backbones).")
-@click.option("--write-every", type=int, default=256, show_default=True,
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Torch seed (random-init backbones).")
+@click.option("--write-every", type=POSITIVE, default=256, show_default=True,
               help="Rows per cache write (at most this many are redone after a crash).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: decode in Ray tasks and run the backbone in a Ray actor pool (pip install featpipe[ray]).")
 @click.option("--address", "ray_address", default=None,
               help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")
-@click.option("--ray-actors", type=int, default=None,
+@click.option("--ray-actors", type=POSITIVE, default=None,
               help="Backbone actors (default: one per GPU of the cluster, else one per 8 CPUs).")
 def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
           unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from featpipe.backbones._base import PRECISION_CHOICES
-from featpipe.cli._common import dataset_options
+from featpipe.cli._common import FRACTION, IMAGE_SIZE, NON_NEGATIVE, POSITIVE, dataset_options
 from featpipe.finetune._config import SCHEDULES
 from featpipe.metrics import METRICS
 
@@ -17,7 +17,7 @@ from featpipe.metrics import METRICS
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="State-dict file for the architecture.")
 @click.option("--no-pretrained", is_flag=True, help="Start from a seeded random init.")
 @click.option("--layer", default=None, help="Cut the backbone at this module (as in embed) and train up to it.")
-@click.option("--image-size", type=int, default=None,
+@click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="Input size. Default: 128 for small images (<= 64px) on pretrained nets, else the model's; "
               "scratch-cnn: the images' own size.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
@@ -27,50 +27,50 @@ from featpipe.metrics import METRICS
               "ft: end to end from the start.")
 @click.option("--unfreeze", default="all", show_default=True,
               help="head | last-N | all: which backbone stages train (featpipe backbones --stages NAME).")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 10; scratch-cnn 30).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--epochs", type=POSITIVE, default=None, help="Maximum epochs (default 10; scratch-cnn 30).")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--lr", type=float, default=None, help="Head learning rate (default 1e-3; scratch-cnn 3e-3).")
-@click.option("--backbone-lr-mult", type=float, default=None,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Head learning rate (default 1e-3; scratch-cnn 3e-3).")
+@click.option("--backbone-lr-mult", type=click.FloatRange(min=0), default=None,
               help="Backbone lr = lr x this (default 0.25; scratch-cnn 1).")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--nesterov/--no-nesterov", default=True, show_default=True, help="SGD Nesterov momentum.")
-@click.option("--weight-decay", type=float, default=None, help="Default 0.05 (adamw), 5e-4 (sgd).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="Default 0.05 (adamw), 5e-4 (sgd).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine",
               show_default=True)
-@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
-@click.option("--clip-grad", type=float, default=1.0, show_default=True, help="Gradient norm clip (0: off).")
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True, help="Single-label tasks.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--clip-grad", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Gradient norm clip (0: off).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Single-label tasks.")
 @click.option("--pos-weight", type=click.Choice(["none", "auto"]), default="none", show_default=True,
               help="Multilabel BCE: auto weights positives by negatives/positives per label (capped at 100).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--metric", type=click.Choice(METRICS), default=None, help="Validation metric (early stopping).")
 @click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="light", show_default=True,
               help="Training-split augmentation preset; the switches below override single parts.")
-@click.option("--hflip", type=float, default=None, help="Horizontal flip probability.")
-@click.option("--scale", type=float, default=None, help="Min area of the random resized crop (zoom).")
-@click.option("--rotate", type=float, default=None, help="Max rotation in degrees.")
-@click.option("--shift", type=float, default=None, help="Max shift as a fraction of the size.")
-@click.option("--color-jitter", type=float, default=None, help="Brightness/contrast/saturation jitter.")
-@click.option("--grayscale", type=float, default=None, help="Random grayscale probability.")
-@click.option("--dropout", type=float, default=None, help="Dropout before the classifier (default 0; scratch 0.2).")
+@click.option("--hflip", type=FRACTION, default=None, help="Horizontal flip probability.")
+@click.option("--scale", type=click.FloatRange(0, 1, min_open=True), default=None, help="Min area of the random resized crop (zoom).")
+@click.option("--rotate", type=click.FloatRange(0, 180), default=None, help="Max rotation in degrees.")
+@click.option("--shift", type=FRACTION, default=None, help="Max shift as a fraction of the size.")
+@click.option("--color-jitter", type=click.FloatRange(min=0), default=None, help="Brightness/contrast/saturation jitter.")
+@click.option("--grayscale", type=FRACTION, default=None, help="Random grayscale probability.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="Dropout before the classifier (default 0; scratch 0.2).")
 @click.option("--bn", type=click.Choice(["frozen", "train"]), default=None,
               help="BatchNorm statistics: frozen (default for pretrained weights: kept as the linear probe "
               "saw them) or train (default from random init).")
-@click.option("--width", type=int, default=32, show_default=True, help="scratch-cnn: channels of the first block.")
-@click.option("--depth", type=int, default=3, show_default=True, help="scratch-cnn: number of double-conv blocks.")
+@click.option("--width", type=POSITIVE, default=32, show_default=True, help="scratch-cnn: channels of the first block.")
+@click.option("--depth", type=POSITIVE, default=3, show_default=True, help="scratch-cnn: number of double-conv blocks.")
 @click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
               help="scratch-cnn: 1 = grayscale-native.")
-@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 3; scratch-cnn 6).")
+@click.option("--patience", type=POSITIVE, default=None, help="Early-stopping patience in epochs (default 3; scratch-cnn 6).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="Autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--workers", type=int, default=None, help="Image decode workers (default: by device).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--workers", type=NON_NEGATIVE, default=None, help="Image decode workers (default: by device).")
+@click.option("--threads", type=POSITIVE, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Feature caches for the linear probe (an existing one at the same input size is reused).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True)
+@click.option("--checkpoint-every", type=NON_NEGATIVE, default=0, show_default=True,
               help="Also save the resume state every N training steps (0: at epoch ends only).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a run.")

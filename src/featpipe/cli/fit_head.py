@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from featpipe.cli._common import LazyChoice, backbone_options, csv_options
+from featpipe.cli._common import NON_NEGATIVE, LazyChoice, backbone_options, csv_options
 from featpipe.metrics import METRICS
 
 
@@ -46,7 +46,7 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
 @click.option("--data", "-d", default=None, type=click.Path(),
               help="Instead of --cache: the dataset whose cache (for --backbone) is looked up in --cache-dir.")
 @click.option("--name", default=None, help="With --data: dataset name as given to featpipe embed.")
-@click.option("--split-seed", type=int, default=0, show_default=True, help="With --data: as given to embed.")
+@click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True, help="With --data: as given to embed.")
 @click.option("--fractions", default="0.7,0.15,0.15", show_default=True, help="With --data: as given to embed.")
 @click.option("--pattern", default=None, help="With --data: as given to embed.")
 @csv_options
@@ -70,11 +70,11 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
               help="Resamples of the test rows for each test score's 95% interval (seeded by --seed).")
 @click.option("--preprocess", type=click.Choice(["standardize", "l2", "none"]), default="standardize",
               show_default=True, help="Feature preprocessing before the head.")
-@click.option("--min-positives", type=int, default=5, show_default=True,
+@click.option("--min-positives", type=NON_NEGATIVE, default=5, show_default=True,
               help="Multilabel: labels with fewer val positives use the global threshold.")
 @click.option("--thresholds", "threshold_mode", type=click.Choice(["per-class", "global"]), default="per-class",
               show_default=True, help="Multilabel: which tuned thresholds the model uses (both are recorded).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True,
               help="Seed of every head (same seed, same model); with --data and --no-pretrained also the "
               "random-init backbone's seed (pretrained weights have none).")
 @click.option("--max-memory", default=None, metavar="SIZE",
@@ -101,6 +101,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     """
     from featpipe.errors import FeaturepipeError
     from featpipe.fit import fit_cache, open_cache, write_run
+    from featpipe.folders import writable_folder
     from featpipe.heads import head_names
     from featpipe.metrics import format_table
 
@@ -112,6 +113,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
                                      no_pretrained, layer, image_size, precision, seed, cache_dir))
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
+    writable_folder(out_dir, "output")  # before any fit, not after it
     results = []
     for p in paths:
         cache = open_cache(p, max_memory)

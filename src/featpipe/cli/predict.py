@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from featpipe.cli._common import POSITIVE
+
 
 @click.command("predict")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
@@ -13,7 +15,7 @@ import click
               help="Write a CSV (path, label, error, one probability column per class) instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip the .sha256 checksum check of the model file.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--batch-size", type=int, default=None, help="Embedding batch size.")
+@click.option("--batch-size", type=POSITIVE, default=None, help="Embedding batch size.")
 def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     """Predict labels for images (files or folders, searched recursively).
 

@@ -37,6 +37,7 @@ from featpipe.finetune._net import (
     set_train_mode,
     trainable_prefixes,
 )
+from featpipe.folders import writable_folder
 from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
 
 LAST_CHECKPOINT = "last.pt"
@@ -310,7 +311,7 @@ class _Run:
                     on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One epoch; ``partial`` continues it after ``partial["step"]`` batches (a mid-epoch checkpoint),
         ``on_step`` is called with the epoch's partial state every ``checkpoint_every`` batches."""
-        from tqdm import tqdm
+        from featpipe.progress import progress_bar
 
         c = self.cfg
         eseed = _epoch_seed(c.seed, epoch)
@@ -321,9 +322,8 @@ class _Run:
         start = int(partial["step"]) * c.batch_size
         loader = self._loader(self.epoch_order(epoch)[start:], self.transforms["train"], epoch=epoch, seed=eseed,
                               offset=start)
-        bar = tqdm(total=self.steps_per_epoch * c.batch_size, initial=start, unit="img",
-                   desc=f"epoch {epoch}/{c.epochs}", disable=not self.progress, file=sys.stderr,
-                   dynamic_ncols=True, leave=False)
+        bar = progress_bar(self.steps_per_epoch * c.batch_size, f"epoch {epoch}/{c.epochs}", enabled=self.progress,
+                           initial=start, leave=False)
         t0, step, seen, loss_sum = time.perf_counter(), int(partial["step"]), int(partial["seen"]), partial["loss_sum"]
         logits_all = [np.asarray(z) for z in partial["logits"]]  # tensors in a checkpoint
         rows_all = [np.asarray(r) for r in partial["rows"]]
@@ -476,7 +476,7 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
     run = _Run(manifest, cfg, out, log, progress)
     if saved is not None and manifest.fingerprint() != saved["history"].get("dataset_fingerprint"):
         raise FinetuneError(f"{out} was trained on another dataset or split; resume needs the same data")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, "fine-tune output")
     if saved is None:
         for name in (BEST_CHECKPOINT, LAST_CHECKPOINT, "history.json", "metrics.json", "predictions.npz",
                      "model.joblib", "model.joblib.sha256"):

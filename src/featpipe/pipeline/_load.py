@@ -227,7 +227,11 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> LoadedPipe
     file = Path(path)
     if not file.is_file():
         raise PipelineError(f"pipeline file not found: {file}")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{file}: not a YAML text file (byte {e.object[e.start]:#04x} at offset {e.start} "
+                            "is not UTF-8)") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)

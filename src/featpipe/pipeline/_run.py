@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featpipe.errors import BackboneError, FeaturepipeError, PipelineError
+from featpipe.errors import BackboneError, FeaturepipeError, MissingExtraError, PipelineError
+from featpipe.folders import writable_folder
 from featpipe.pipeline._load import LoadedPipeline
 from featpipe.pipeline._schema import BackboneConfig
 from featpipe.runs import RunRecordError, read_record
@@ -174,7 +175,7 @@ class Study:
                                         precision=b.precision, seed=self.c.seed, device=device, tta=b.tta,
                                         align=b.align)
                 row.unavailable = weights_unavailable(row.spec)
-            except BackboneError as e:
+            except (BackboneError, MissingExtraError) as e:  # a missing extra: skippable like missing weights
                 if str(e).startswith("unknown backbone"):
                     raise self.loaded.error(("backbones", i, "name"), str(e)) from None
                 row.unavailable = str(e)
@@ -350,7 +351,7 @@ class Study:
         for row in rows:  # said up front, before any work
             if row.unavailable:
                 self.echo(f"{row.config.ref}: skipped ({row.unavailable})")
-        self.out.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.out, "output")
         counts = ", ".join(f"{k} {v}" for k, v in m.split_counts().items())
         self.echo(f"dataset {m.name}: {len(m)} images ({counts}), {m.task}, {len(m.classes)} classes")
         if m.skipped:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import FeaturepipeError
+from featpipe.folders import writable_folder
 from featpipe.report import _analysis, _data, _history, _leaderboard, _models
 from featpipe.report._common import _dataset_key, _Plots
 from featpipe.report._dataset import _dataset_section
@@ -60,9 +61,8 @@ def build_report(
             f"nothing to report: no feature caches or fitted heads found ({where}){why}; "
             "run featpipe embed / fit-head first"
         )
+    out = writable_folder(out, "report")
     opened, bad_caches = _data.open_caches(cache_files)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plots = _Plots(out)
     thumbs = _data.Thumbnails(out)
     hashes: dict[str, str] = {}
