@@ -12,6 +12,7 @@ the goal is fewer than 3% of its rows flagged.
 Usage:
     python benchmarks/label_errors.py [--data ../shared/data/cifar10-small] [--backbone efficientnet_lite0]
         [--work runs/bench-label-errors] [--rate 0.05] [--seed 0] [--heads all] [--digits]
+        [--cache CIFAR_CACHE.h5] [--digits-cache DIGITS_CACHE.h5]
 
 Goal: precision >= 0.6 and recall >= 0.6 at 5% noise; scores are deterministic (seeded flips, split,
 heads and folds); timings on a shared machine are noise.
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heads", default="all")
     ap.add_argument("--digits", action="store_true", help="also check the demo's digits (clean): < 3%% flagged")
+    ap.add_argument("--digits-cache", type=Path, default=None, help="an existing cache of the digits (skips the embed)")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"dataset not found: {args.data}", file=sys.stderr)
@@ -135,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"noisy:  {len(found)} flagged, {hits} of them flipped; {_describe(noisy_li)}")
     print(f"precision {precision:.3f}, recall {recall:.3f} against the {len(truth)} flipped rows "
           f"(goal: both >= 0.6) -> {'PASS' if precision >= 0.6 and recall >= 0.6 else 'FAIL'}")
+    if noisy_li.get("withheld"):  # judged too weak: what it would have flagged
+        w = {str(p) for p in paths[noisy_li["withheld"]["rows"]]}
+        h = len(w & truth)
+        print(f"withheld by the too-weak verdict: {len(w)} flags, precision {h / max(len(w), 1):.3f}, "
+              f"recall {h / len(truth):.3f}, estimate {noisy_li['withheld']['n_estimated']:.0f}")
     ok = precision >= 0.6 and recall >= 0.6
     if args.digits:
         from featpipe.samples import write_digits
 
-        digits = write_digits(args.work / "digits")
-        path = _embed(digits, args.backbone, args.work / "cache", args.seed)
+        path = args.digits_cache or _embed(write_digits(args.work / "digits"), args.backbone, args.work / "cache",
+                                           args.seed)
         print("\ndigits (the demo's data), clean labels:")
         rows, li = _check(path, args.work / "digits-check", args.heads, args.seed)
         m = len(FeatureCache.open(path).paths)

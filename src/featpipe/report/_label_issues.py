@@ -206,10 +206,11 @@ def find_label_issues(probe: Probe, *, folds: int = FOLDS, max_rows: int = MAX_R
     const = float(counts.max() / counts.sum())
     info.update(oof_accuracy=acc, unflagged_accuracy=rest, constant_accuracy=const,
                 too_weak=too_weak(acc, rest, const))
-    if info["too_weak"] and judge:
-        return info
     flagged = np.flatnonzero(cl["flagged"])
     flagged = flagged[np.argsort(cl["self_confidence"][flagged], kind="stable")]
+    if info["too_weak"] and judge:  # kept for benchmarks/label_errors.py; never shown nor written
+        info["withheld"] = {"n_estimated": cl["n_estimated"], "rows": rows[flagged].tolist()}
+        return info
     info["n_estimated"] = cl["n_estimated"]
     info["flags"] = [
         {"row": int(rows[i]), "given": classes[y[i]], "suggested": classes[cl["suggested"][i]],
@@ -281,13 +282,14 @@ def _params_text(params: Any) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (params or {}).items())
 
 
-def probe_from_run(metrics: dict[str, Any], cache: Any, backbone: str) -> Probe | None:
+def probe_from_run(metrics: dict[str, Any], cache: Any, backbone: str, rank: int = 1) -> Probe | None:
     """The head of a fit-head run (its ``metrics.json``), rebuilt with its chosen hyper-parameters and
-    recorded settings, on ``cache``; ``None`` when the run is not a feature head (a fine-tune run)."""
+    recorded settings, on ``cache``; ``None`` when the run is not an in-memory feature head (a fine-tune
+    run, or an out-of-core head, whose configuration belongs to its streaming variant)."""
     from featpipe.heads import HEADS
 
     head, params = str(metrics.get("head")), metrics.get("params")
-    if head not in HEADS or not isinstance(params, dict):
+    if head not in HEADS or not isinstance(params, dict) or metrics.get("out_of_core"):
         return None
     if cache.task == "multilabel":
         params = [params.get(str(c)) for c in cache.classes]
@@ -296,7 +298,8 @@ def probe_from_run(metrics: dict[str, Any], cache: Any, backbone: str) -> Probe 
               "class_weight": None if cw in (None, "none") else cw, "seed": int(metrics.get("seed") or 0)}
     note = "" if "head_params" in metrics else "; its other settings are the defaults (not recorded by the run)"
     return Probe(cache, head, params, config, backbone=backbone,
-                 basis=f"the {head} head of the best run on the leaderboard (by validation), refitted on "
+                 basis=f"the {head} head of the {'best run' if rank == 1 else f'run ranked {rank}'} on the "
+                       f"leaderboard (by validation), refitted on "
                        f"{FOLDS} folds with its chosen hyper-parameters ({_params_text(params)}){note}")
 
 

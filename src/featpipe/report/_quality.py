@@ -22,11 +22,11 @@ CARDS = 24
 
 def _probe(caches: list[Any], ranked_runs: list[Any]) -> _label_issues.Probe | None:
     by_key = {str(c.key): c for c in caches}
-    for r in ranked_runs:
+    for rank, r in enumerate(ranked_runs, 1):
         c = by_key.get(str((r.metrics.get("cache") or {}).get("key")))
         if c is None:
             continue
-        p = _label_issues.probe_from_run(r.metrics, c, _backbone_label(c.backbone, Path(c.path).stem))
+        p = _label_issues.probe_from_run(r.metrics, c, _backbone_label(c.backbone, Path(c.path).stem), rank)
         if p is not None:
             return p
     labels = {str(c.path): _backbone_label(c.backbone, Path(c.path).stem) for c in caches}
