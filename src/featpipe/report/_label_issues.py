@@ -304,19 +304,23 @@ def probe_from_run(metrics: dict[str, Any], cache: Any, backbone: str, rank: int
 
 
 def default_probe(caches: list[Any], labels: dict[str, str]) -> Probe | None:
-    """Without fitted heads: the logistic head, its C chosen on each cache's validation split, on the
-    cache where it scores best (``labels`` names each cache's backbone by path)."""
+    """Without fitted heads: the logistic head, its C chosen on each cache's validation split (5-fold
+    CV on train when there is none), on the cache where it scores best (``labels`` names each cache's
+    backbone by path)."""
     from featpipe.errors import HeadError
     from featpipe.heads import LogisticHead
 
     best: tuple[float, Probe] | None = None
     for c in caches:
         tr, va = c.split_indices("train"), c.split_indices("val")
+        cv = None
+        if len(va) == 0:  # with cv the two parts are pooled: C is chosen by 5-fold CV over train
+            tr, va, cv = tr[0::2], tr[1::2], FOLDS
         if len(tr) == 0 or len(va) == 0:
             continue
         X = np.asarray(c.features, dtype=np.float64)
         Y = np.asarray(c.labels)
-        head = LogisticHead(task=c.task, seed=c.seed)
+        head = LogisticHead(task=c.task, seed=c.seed, cv=cv)
         kw = {} if c.task == "multilabel" else {"n_classes": len(c.classes)}
         try:
             head.fit(X[tr], Y[tr], X[va], Y[va], **kw)
@@ -327,8 +331,9 @@ def default_probe(caches: list[Any], labels: dict[str, str]) -> Probe | None:
         params = ([head.params_.get(k) for k in range(len(c.classes))] if c.task == "multilabel"
                   else dict(head.params_))
         p = Probe(c, "logistic", params, {"seed": c.seed}, backbone=labels.get(str(c.path), ""),
-                  basis=f"no fitted heads given: the logistic head with its C chosen on the validation split "
-                        f"({_params_text(params)}), on the backbone where it scores best")
+                  basis=f"no fitted heads given: the logistic head with its C chosen "
+                        f"{'by 5-fold CV on train' if cv else 'on the validation split'} ({_params_text(params)}), "
+                        "on the backbone where it scores best")
         if best is None or score > best[0]:
             best = (score, p)
     return best[1] if best else None

@@ -49,7 +49,7 @@ def _analyse(c: Any, probe: _label_issues.Probe | None, thumbs: _data.Thumbnails
             pass
     t0 = time.perf_counter()
     li = (_label_issues.find_label_issues(probe, seed=c.seed) if probe is not None else
-          {"skipped": "no head could be fitted to check the labels (a train and a val split are needed)",
+          {"skipped": "no head could be fitted to check the labels (every class needs labelled train rows)",
            "flags": [], "n_flagged": 0})
     t1 = time.perf_counter()
     exact = _duplicates.exact_duplicates(c, top=CARDS)
