@@ -574,3 +574,79 @@ def test_csv_dataset_grown_by_ten_percent_keeps_old_splits(tmp_path):
     assert all(i[4:5] in small for i in moved)  # ids are "img/<class><n>"
     assert len(moved) <= old.split_repairs + new.split_repairs
     assert old.info()["split_repairs"] == old.split_repairs and "moved so every class" in old.split_summary()
+
+
+# ----------------------------------------------------------------------------- copies and the split
+
+
+def _unique_images(root, counts):
+    """Class folders whose images all differ (``make_class_folders`` reuses a seed per index)."""
+    k = 0
+    for c, n in counts.items():
+        for i in range(n):
+            write_image(root / c / f"{i:04d}.png", seed=1000 + k)
+            k += 1
+    return root
+
+
+def test_copies_of_an_image_share_one_split_and_the_moves_are_reported(tmp_path):
+    import shutil
+
+    root = _unique_images(tmp_path / "pets", {"cat": 30, "dog": 30})
+    for k in range(8):  # eight images each copied under another name (and one into the other class)
+        shutil.copy(root / "cat" / f"{k:04d}.png", root / ("dog" if k == 7 else "cat") / f"copy{k}.png")
+    m = from_class_folders(root, seed=0)
+    split = dict(zip(m.ids, m.splits, strict=True))
+    pairs = [(f"cat/{k:04d}", f"{'dog' if k == 7 else 'cat'}/copy{k}") for k in range(8)]
+    assert all(split[a] == split[b] for a, b in pairs)
+    # the hash alone would have put some of these copies in different splits (the test is not vacuous)
+    hashed = dict(zip(m.ids, assign_splits(m.ids, m.labels, m.task, seed=0).splits, strict=True))
+    apart = [p for p in pairs if hashed[p[0]] != hashed[p[1]]]
+    assert apart and m.split_copies_moved == len(apart)
+    assert all(split[a] == hashed[a] for a, _ in pairs)  # the copy with the smallest id keeps its split
+    assert f"{len(apart)} cop" in m.split_summary() and "first copy's split" in m.split_summary()
+    assert m.info()["split_copies_moved"] == len(apart)
+
+
+def test_a_dataset_without_copies_keeps_its_hash_split(tmp_path):
+    """Grouping copies moves only copies: without any, every image keeps the split of its id's hash
+    (so existing caches and scores stay valid); with some, only those and repairs move."""
+    root = _unique_images(tmp_path / "d", {"a": 25, "b": 12, "c": 4})
+    m = from_class_folders(root, seed=3)
+    plain = assign_splits(m.ids, m.labels, m.task, seed=3)
+    assert m.splits == plain.splits.tolist() and m.split_copies_moved == 0
+    assert m.split_repairs == plain.repairs
+    import shutil
+
+    shutil.copy(root / "a" / "0001.png", root / "b" / "dup.png")
+    m2 = from_class_folders(root, seed=3)
+    before = dict(zip(m.ids, m.splits, strict=True))
+    moved = [i for i, s in zip(m2.ids, m2.splits, strict=True) if i in before and before[i] != s]
+    assert moved == [] and m2.split_copies_moved <= 1
+
+
+def test_copies_are_found_by_content_not_size(tmp_path):
+    from featpipe.data.duplicates import content_keys
+
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"x" * 5000)
+    (tmp_path / "b.bin").write_bytes(b"x" * 5000)  # a copy
+    (tmp_path / "c.bin").write_bytes(b"x" * 4999 + b"y")  # same size and first 4 KiB, other content
+    (tmp_path / "d.bin").write_bytes(b"y" * 5000)  # same size, other start
+    keys = content_keys([str(tmp_path / f"{n}.bin") for n in "abcd"] + [str(tmp_path / "missing.bin")])
+    assert keys[0] == keys[1] is not None and keys[2:] == [None, None, None]
+
+
+def test_carved_val_and_array_rows_keep_copies_together(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    x[30:40] = x[0:10]  # ten rows repeated
+    p = tmp_path / "arr.npz"
+    np.savez(p, images=x, labels=np.arange(60) % 2)
+    m = from_npz(p, seed=1)
+    assert all(m.splits[k] == m.splits[k + 30] for k in range(10)) and m.split_copies_moved > 0
+    # a source-given train split: the carved val never takes one copy of a train image
+    split = np.array(["train"] * 50 + ["test"] * 10)
+    np.savez(p, images=x, labels=np.arange(60) % 2, split=split)
+    m2 = from_npz(p, seed=1)
+    assert all(m2.splits[k] == m2.splits[k + 30] for k in range(10)) and "val" in m2.splits

@@ -264,3 +264,30 @@ def test_both_mlp_heads_stop_by_one_rule():
     assert torch.all(net.weight == 3)
     assert _mlp.validation_pass(net, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
                                 torch.nn.CrossEntropyLoss(reduction="none"))[0].dtype == np.float64
+
+
+@pytest.mark.slow
+def test_cross_val_proba_is_out_of_fold_at_the_given_configuration():
+    """Every row is scored by the configuration fitted on the other folds only (the label check's
+    probabilities): the logistic head equals a hand-made K-fold loop; every head scores every row."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from featpipe.heads._base import kfold
+
+    X, y, _, classes = task_data("multiclass", 300)
+    P = LogisticHead(task="multiclass", seed=3).cross_val_proba(X, y, {"C": 0.1}, folds=4, n_classes=10)
+    want = np.zeros_like(P)
+    for a, b in kfold(y, 4, 3):
+        sc = StandardScaler().fit(X[a])
+        m = LogisticRegression(C=0.1, max_iter=500, random_state=3).fit(sc.transform(X[a]), y[a])
+        want[np.ix_(b, m.classes_)] = m.predict_proba(sc.transform(X[b]))
+    np.testing.assert_allclose(P, want, atol=1e-3)  # L-BFGS stops within its tolerance
+    params = {"mlp": {"weight_decay": 1e-4, "epochs": 30}, "lgbm": {**FAST["lgbm"]["grid"][0], "n_estimators": 10}}
+    for name, p in params.items():
+        cfg = {k: v for k, v in FAST[name].items() if k in ("hidden", "n_jobs")}
+        Q = make_head(name, task="multiclass", **cfg).cross_val_proba(X, y, p, folds=3, n_classes=10)
+        assert Q.shape == (300, 10) and np.allclose(Q.sum(1), 1) and (Q.argmax(1) == y).mean() > 0.5
+    Xm, Ym, _, _ = task_data("multilabel", 300)
+    Qm = LogisticHead(task="multilabel").cross_val_proba(Xm, Ym, {"0": {"C": 1.0}, 1: {"C": 1.0}, 2: None, 3: None})
+    assert np.isfinite(Qm[:, :2]).all() and np.isnan(Qm[:, 2:]).all()  # 2: left out; 3: one positive

@@ -188,6 +188,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
                 "embed_seconds": float(cache.embed_seconds), "dataset": cache.dataset,
             },
             "params": model.params_,
+            "head_params": dict((head_params or {}).get(name) or {}),  # constructor settings beyond the defaults
             "search": model.search_,
             "refit": refit_used,
             "selection": {**model.selection_,

@@ -41,7 +41,7 @@ def _config_human_baseline(path: str) -> float | None:
     default="report",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Output folder: index.html, plots/, thumbs/, leaderboard.csv, summary.md.",
+    help="Output folder: index.html, plots/, thumbs/, leaderboard.csv, label_issues.csv, summary.md.",
 )
 @click.option(
     "--human-baseline",
@@ -56,7 +56,7 @@ def _config_human_baseline(path: str) -> float | None:
     type=click.Path(dir_okay=False),
     help="Pipeline YAML whose report: {human_baseline: ...} is used when the option is not given.",
 )
-@click.option("--no-analyses", is_flag=True, help="Skip the label-error and near-duplicate analyses.")
+@click.option("--no-analyses", is_flag=True, help="Skip the label-error and duplicate analyses.")
 @click.pass_context
 def report(ctx: click.Context, cache_dir, caches, models_dir, out, human_baseline, config, no_analyses):
     """Build or update a self-contained report folder comparing every backbone x head.
@@ -67,7 +67,7 @@ def report(ctx: click.Context, cache_dir, caches, models_dir, out, human_baselin
       featpipe report --cache-dir cache/ --out report/            # dataset, label errors, duplicates only
       featpipe report --models models/ --human-baseline 0.94 --out report/
     """
-    from featpipe.report import build_report
+    from featpipe.report import LABEL_ISSUES_CSV, build_report, count_label_issues
 
     explicit = ctx.get_parameter_source("cache_dir") != click.core.ParameterSource.DEFAULT
     if not explicit and not Path(cache_dir).is_dir():
@@ -83,3 +83,6 @@ def report(ctx: click.Context, cache_dir, caches, models_dir, out, human_baselin
         analyses=not no_analyses,
     )
     click.echo(f"wrote {index}")
+    n = count_label_issues(Path(index).parent)
+    if n is not None:
+        click.echo(f"wrote {Path(index).parent / LABEL_ISSUES_CSV}: {n} flagged image{'' if n == 1 else 's'}")

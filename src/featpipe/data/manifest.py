@@ -24,7 +24,8 @@ class Manifest:
     ``uint8 (N, C)`` multi-hot for multilabel (unlabeled rows are flagged by ``labeled``).
     Array-backed datasets (``.npz``) keep their images in ``array`` and use ``paths`` of the
     form ``"<file.npz>#<index>"``. ``split_repairs`` counts the images a seeded split moved away
-    from their hash split so that every class/label appears where stratification needs it.
+    from their hash split so that every class/label appears where stratification needs it;
+    ``split_copies_moved`` the copies of a duplicated image moved to the split of its first copy.
     """
 
     name: str
@@ -39,6 +40,7 @@ class Manifest:
     split_seed: int | None = None
     split_fractions: tuple[float, float, float] | None = None
     split_repairs: int = 0
+    split_copies_moved: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     array: np.ndarray | None = None
 
@@ -73,6 +75,7 @@ class Manifest:
             "split_seed": self.split_seed,
             "split_fractions": list(self.split_fractions) if self.split_fractions else None,
             "split_repairs": self.split_repairs,
+            "split_copies_moved": self.split_copies_moved,
             "n_skipped": len(self.skipped),
         }
 
@@ -89,8 +92,10 @@ class Manifest:
             return None
         fr = "/".join(f"{f:g}" for f in self.split_fractions or ())
         n = self.split_repairs
+        k = self.split_copies_moved
         return (f"split: seeded hash per image (seed {self.split_seed}, fractions {fr}); "
-                f"{n} image{'' if n == 1 else 's'} moved so every class/label is in every split it needs")
+                f"{n} image{'' if n == 1 else 's'} moved so every class/label is in every split it needs; "
+                f"{k} cop{'y' if k == 1 else 'ies'} of duplicated images moved to their first copy's split")
 
     def fingerprint(self) -> str:
         """Hash of ids, splits and labels (not image bytes): identifies the labelled dataset."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featpipe.data.duplicates import content_keys
 from featpipe.data.manifest import Manifest
 from featpipe.data.splitting import assign_splits, check_fractions
 from featpipe.errors import DatasetError
@@ -136,32 +137,35 @@ def _fill_missing_splits(
     fractions: Sequence[float],
     val_fraction: float | None,
     seed: int,
-) -> tuple[tuple[float, float, float] | None, int]:
+    content: Callable[[np.ndarray], list[str | None]],
+) -> tuple[tuple[float, float, float] | None, int, int]:
     """Carve the missing val and/or test split out of the train rows, stratified and stable; in place.
 
     A missing val split takes ``val_fraction`` (default: the val share of ``fractions``) of the train
-    rows, a missing test split the test share of ``fractions``. Returns the ``(train, val, test)``
-    fractions applied to the train rows (``None`` when nothing was carved) and the repair count.
+    rows, a missing test split the test share of ``fractions``. Copies among the train rows stay
+    together (``content(rows)``: their content keys, see :func:`content_keys`). Returns the
+    ``(train, val, test)`` fractions applied to the train rows (``None`` when nothing was carved), the
+    repair count and the number of copies moved to their first copy's split.
     """
     fractions = check_fractions(fractions)
     present = set(splits.tolist())
     if "train" not in present:
-        return None, 0
+        return None, 0, 0
     need_val, need_test = "val" not in present, "test" not in present
     if not (need_val or need_test):
-        return None, 0
+        return None, 0, 0
     fv = fractions[1] if val_fraction is None else float(val_fraction)
     if not 0 <= fv < 1:
         raise DatasetError(f"val_fraction must be >= 0 and < 1, got {val_fraction}")
     fv = fv if need_val else 0.0
     ft = fractions[2] if need_test else 0.0
     if fv == 0 and ft == 0:
-        return None, 0
+        return None, 0, 0
     fr = check_fractions((1.0 - fv - ft, fv, ft))
     tr = np.flatnonzero(splits == "train")
-    res = assign_splits([ids[i] for i in tr], labels[tr], task, fr, seed)
+    res = assign_splits([ids[i] for i in tr], labels[tr], task, fr, seed, content(tr))
     splits[tr] = res.splits
-    return fr, res.repairs
+    return fr, res.repairs, res.copies_moved
 
 
 def _check_options(fn: Callable, options: dict, kind: str) -> None:
@@ -218,7 +222,7 @@ def from_class_folders(
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
     ids = _unique_ids([os.path.relpath(p, root) for p in paths])
-    split = assign_splits(ids, labels, task, fractions, seed)
+    split = assign_splits(ids, labels, task, fractions, seed, content_keys([str(p) for p in paths]))
     return Manifest(
         name=name or root.name,
         source=str(root),
@@ -232,6 +236,7 @@ def from_class_folders(
         split_seed=seed,
         split_fractions=fractions,
         split_repairs=split.repairs,
+        split_copies_moved=split.copies_moved,
         skipped=skipped,
     )
 
@@ -289,8 +294,9 @@ def from_split_folders(
     ids = _unique_ids([os.path.relpath(p, root) for p in paths])
     lab_idx = np.flatnonzero(labeled)
     sub = splits[lab_idx].astype(str)
-    fr, repairs = _fill_missing_splits(
-        sub, labels[lab_idx], [ids[i] for i in lab_idx], task, fractions, val_fraction, seed
+    fr, repairs, copies = _fill_missing_splits(
+        sub, labels[lab_idx], [ids[i] for i in lab_idx], task, fractions, val_fraction, seed,
+        lambda sel: content_keys([str(paths[lab_idx[i]]) for i in sel]),
     )
     splits[lab_idx] = sub
     return Manifest(
@@ -306,6 +312,7 @@ def from_split_folders(
         split_seed=seed if fr is not None else None,
         split_fractions=fr,
         split_repairs=repairs,
+        split_copies_moved=copies,
         skipped=skipped,
     )
 
@@ -627,14 +634,18 @@ def from_csv(
     if lab_idx.size == 0:
         raise DatasetError(f"{csv_path}: no labeled rows (split values: {', '.join(sorted(set(split_raw)))})")
     lab_ids = [ids[i] for i in lab_idx]
+    lab_paths = [abs_paths[i] for i in lab_idx]
     if scol is None:
         split_fr = check_fractions(fractions)
-        res = assign_splits(lab_ids, labels[lab_idx], task, split_fr, seed)
+        res = assign_splits(lab_ids, labels[lab_idx], task, split_fr, seed, content_keys(lab_paths))
         splits[lab_idx] = res.splits
-        split_seed, repairs = seed, res.repairs
+        split_seed, repairs, copies = seed, res.repairs, res.copies_moved
     else:
         sub = splits[lab_idx].astype(str)
-        split_fr, repairs = _fill_missing_splits(sub, labels[lab_idx], lab_ids, task, fractions, val_fraction, seed)
+        split_fr, repairs, copies = _fill_missing_splits(
+            sub, labels[lab_idx], lab_ids, task, fractions, val_fraction, seed,
+            lambda sel: content_keys([lab_paths[i] for i in sel]),
+        )
         splits[lab_idx] = sub
         split_seed = seed if split_fr is not None else None
     return Manifest(
@@ -650,6 +661,7 @@ def from_csv(
         split_seed=split_seed,
         split_fractions=split_fr,
         split_repairs=repairs,
+        split_copies_moved=copies,
         skipped=skipped,
     )
 
@@ -730,7 +742,8 @@ def from_label_lists(
             labels[r, j] = 1
     rel = [pattern.format(id=i) for i in ids_present]
     ids = _unique_ids(rel)
-    split = assign_splits(ids, labels, "multilabel", fractions, seed)
+    keys = content_keys([str(img_dir / r) for r in rel])
+    split = assign_splits(ids, labels, "multilabel", fractions, seed, keys)
     return Manifest(
         name=name or (img_dir.parent.name if ann.parent == img_dir.parent else img_dir.name),
         source=str(ann.parent if ann.parent == img_dir.parent else img_dir),
@@ -744,6 +757,7 @@ def from_label_lists(
         split_seed=seed,
         split_fractions=fractions,
         split_repairs=split.repairs,
+        split_copies_moved=split.copies_moved,
         skipped=skipped,
     )
 
@@ -854,8 +868,9 @@ def from_npz(
         splits[~labeled & np.isin(splits.astype(str), ("train", "val", "test"))] = "unlabeled"
         lab_idx = np.flatnonzero(labeled)
         sub = splits[lab_idx].astype(str)
-        fr, repairs = _fill_missing_splits(
-            sub, labels[lab_idx], [str(i) for i in lab_idx], task, fractions, val_fraction, seed
+        fr, repairs, copies = _fill_missing_splits(
+            sub, labels[lab_idx], [str(i) for i in lab_idx], task, fractions, val_fraction, seed,
+            lambda sel: content_keys([""] * len(sel), images, lab_idx[sel]),
         )
         splits[lab_idx] = sub
         seed_used = seed if fr is not None else None
@@ -863,9 +878,10 @@ def from_npz(
         fr = check_fractions(fractions)
         splits = np.array(["unlabeled"] * n, dtype=object)
         lab_idx = np.flatnonzero(labeled)
-        res = assign_splits([str(i) for i in lab_idx], labels[lab_idx], task, fr, seed)
+        keys = content_keys([str(i) for i in lab_idx], images, lab_idx)
+        res = assign_splits([str(i) for i in lab_idx], labels[lab_idx], task, fr, seed, keys)
         splits[lab_idx] = res.splits
-        repairs = res.repairs
+        repairs, copies = res.repairs, res.copies_moved
         seed_used = seed
     if not labeled.any():
         raise DatasetError(f"{p}: no labeled rows")
@@ -884,6 +900,7 @@ def from_npz(
         split_seed=seed_used,
         split_fractions=fr,
         split_repairs=repairs,
+        split_copies_moved=copies,
         skipped=[],
         array=images,
     )

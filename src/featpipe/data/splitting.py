@@ -2,8 +2,11 @@
 
 Each image's split comes from a seeded hash of its id compared with the cumulative fractions, so it
 never depends on the other images: adding images to a dataset leaves every old image where it was.
+Copies of one image (rows with the same content key) first join the split of the copy with the
+smallest id, so no content is in two splits; rows without copies keep their own hash split.
 Stratification is then *repaired*, not redone: a class (or a label, in multilabel) with no image in
-a split it needs gets the fewest moves that fix it, and the number of moved images is reported.
+a split it needs gets the fewest moves that fix it (copies are never moved apart), and the number of
+moved images is reported.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class SplitAssignment:
-    """Split name per row, and how many rows were moved away from their hash split to stratify."""
+    """Split name per row, how many rows were moved away from their hash split to stratify, and how
+    many copies of a duplicated image were moved to their first copy's split."""
 
     splits: np.ndarray
     repairs: int
+    copies_moved: int = 0
 
 
 def id_uniform(ids: Sequence[str], seed: int) -> np.ndarray:
@@ -86,7 +91,7 @@ def _required(n_members: int, active: np.ndarray) -> np.ndarray:
 
 def _repair(
     group_rows: list[np.ndarray], row_groups: list[np.ndarray] | None, out: np.ndarray, u: np.ndarray,
-    fr: np.ndarray,
+    fr: np.ndarray, movable: np.ndarray | None = None,
 ) -> int:
     """Fill every empty required split of every group with one image each; returns the moves.
 
@@ -95,6 +100,7 @@ def _repair(
     The image moved comes from a split that can spare it (it holds >= 2 of the group, or is not
     required); among those, one whose move leaves no other group's required split empty, and then
     the one whose hash lies closest to the target split (so repairs stay put as images are added).
+    Rows not ``movable`` (copies of another row) are never moved.
     """
     active = fr > 0
     sizes = np.array([len(r) for r in group_rows], dtype=np.int64)
@@ -108,6 +114,8 @@ def _repair(
                 continue
             spare = (counts[g] >= 2) | ~required[g]
             cand = rows_g[spare[out[rows_g]] & (out[rows_g] != j)]
+            if movable is not None:
+                cand = cand[movable[cand]]
             if row_groups is not None and len(cand):
                 # a move must not empty a required split of another group the image belongs to
                 ok = [all(h == g or not required[h, out[r]] or counts[h, out[r]] >= 2 for h in row_groups[r])
@@ -130,6 +138,7 @@ def assign_splits(
     task: str,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    groups: Sequence[str | None] | None = None,
 ) -> SplitAssignment:
     """Stable stratified split of labeled rows: ``"train"``/``"val"``/``"test"`` per row.
 
@@ -137,6 +146,9 @@ def assign_splits(
     ``"multilabel"``. A row's split is its id's seeded hash against the cumulative fractions; then a
     class or label with >= 3 images that is missing from a split with a non-zero fraction, or with 1-2
     images and none in train, gets one image moved there (``repairs`` counts the moved rows).
+    ``groups`` (e.g. :func:`featpipe.data.duplicates.content_keys`): rows sharing a key that is not
+    ``None`` are copies of one image; they all take the split of the one with the smallest id before
+    the repair, which never moves them (``copies_moved`` counts rows moved to join their copies).
     """
     fr = np.asarray(check_fractions(fractions), dtype=np.float64)
     y = np.asarray(labels)
@@ -154,8 +166,11 @@ def assign_splits(
         raise DatasetError("split ids must be unique")
     if len(y) == 0:
         return SplitAssignment(np.zeros(0, dtype="<U5"), 0)
+    if groups is not None and len(groups) != len(ids):
+        raise DatasetError(f"{len(groups)} content keys for {len(ids)} ids")
     u = id_uniform([str(i) for i in ids], seed)
     out = _hash_splits(u, fr)
+    movable, copies_moved = _join_copies(ids, groups, u, out)
     if task == "multilabel":
         member = y.astype(bool)
         group_rows = [np.flatnonzero(member[:, g]) for g in range(member.shape[1])]
@@ -165,8 +180,31 @@ def assign_splits(
         order = np.argsort(inverse, kind="stable")
         group_rows = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
         row_groups = None
-    moves = _repair(group_rows, row_groups, out, u, fr)
-    return SplitAssignment(np.asarray(SPLIT_NAMES, dtype="<U5")[out], moves)
+    moves = _repair(group_rows, row_groups, out, u, fr, movable)
+    return SplitAssignment(np.asarray(SPLIT_NAMES, dtype="<U5")[out], moves, copies_moved)
+
+
+def _join_copies(ids: Sequence[str], groups: Sequence[str | None] | None, u: np.ndarray,
+                 out: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """Give every copy the split (and hash value) of the copy with the smallest id; in place.
+    Returns which rows the repair may move (``None``: all) and how many rows changed split."""
+    if groups is None:
+        return None, 0
+    by: dict[str, list[int]] = {}
+    for r, g in enumerate(groups):
+        if g is not None:
+            by.setdefault(g, []).append(r)
+    movable = np.ones(len(ids), dtype=bool)
+    moved = 0
+    for rows in by.values():
+        if len(rows) < 2:
+            continue
+        first = min(rows, key=lambda r: str(ids[r]))
+        for r in rows:
+            moved += int(out[r] != out[first])
+            out[r], u[r] = out[first], u[first]
+            movable[r] = False
+    return movable, moved
 
 
 def stratified_split(

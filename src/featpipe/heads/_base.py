@@ -497,3 +497,43 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         if self.task == "multilabel":
             return (p >= 0.5).astype(np.uint8)
         return p.argmax(1)
+
+    def cross_val_proba(self, X, y, params: Any, folds: int = 5, n_classes: int | None = None) -> np.ndarray:
+        """Out-of-fold probabilities of one configuration over ``(X, y)``: every row is scored by the
+        configuration fitted (with its own preprocessing) on the other ``folds`` - 1 folds, seeded.
+
+        ``params`` is a configuration as recorded in ``params_`` (iteration counts included, so nothing
+        is early-stopped on the held-out rows); multilabel: one per label (a list, or a dict keyed by the
+        label index as an int or str), ``None`` for a label to leave out, whose column is then NaN, as is
+        a label with fewer than ``folds`` positives or negatives. Used to find label errors.
+        """
+        self._check_params()
+        X = _check_X(X, "input")
+        y = np.asarray(y)
+        if len(y) != len(X):
+            raise HeadError("features and labels have different numbers of rows")
+        with one_blas_thread():
+            if self.task == "multilabel":
+                Y = y.astype(np.int64)
+                out = np.full(Y.shape, np.nan)
+                for k in range(Y.shape[1]):
+                    p = params.get(k, params.get(str(k))) if isinstance(params, dict) else params[k]
+                    yk = Y[:, k]
+                    if p is None or min(int(yk.sum()), int(len(yk) - yk.sum())) < folds:
+                        continue
+                    out[:, k] = self._oof(dict(p), X, yk, 2, folds)[:, 1]
+                return out
+            y = y.astype(np.int64).ravel()
+            C = int(n_classes if n_classes is not None else y.max() + 1)
+            present = np.unique(y)
+            remap = np.full(C, -1)
+            remap[present] = np.arange(len(present))
+            out = np.zeros((len(y), C))
+            out[:, present] = self._oof(dict(params), X, remap[y], len(present), folds)
+            return out
+
+    def _oof(self, params: dict, X: np.ndarray, y: np.ndarray, K: int, folds: int) -> np.ndarray:
+        fd = self._fold_data(X, y, folds)
+        held, _ = self._held_out(params, [(a, y[ia], b, y[ib], ib) for a, b, ia, ib in fd], len(y), K, False,
+                                 workers=self._parallel_fits(fd[0][0]))
+        return held

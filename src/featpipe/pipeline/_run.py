@@ -410,11 +410,14 @@ class Study:
         if self.c.predict:
             res.predictions = self._predict(fitted)
         if self.c.report.enabled:
-            from featpipe.report import build_report
+            from featpipe.report import LABEL_ISSUES_CSV, build_report, count_label_issues
 
             index = build_report(caches=res.caches, models_dir=self.models_dir, out=self.out / "report",
                                  human_baseline=self.c.report.human_baseline)
             self.echo(f"report: {index}")
+            n = count_label_issues(index.parent)
+            if n is not None:
+                self.echo(f"  {LABEL_ISSUES_CSV}: {n} flagged image{'' if n == 1 else 's'}")
             res.report = str(index)
         return res
 

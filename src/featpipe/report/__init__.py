@@ -1,10 +1,11 @@
 """`featpipe report`: one self-contained folder comparing every cached backbone x fitted head.
 
 ``build_report`` writes ``out/index.html`` (opens offline; PNG plots in ``out/plots/``, thumbnails in
-``out/thumbs/``), ``out/leaderboard.csv`` and ``out/summary.md``. Re-running updates it: plots whose
+``out/thumbs/``), ``out/leaderboard.csv``, ``out/label_issues.csv`` and ``out/summary.md``. Re-running updates it: plots whose
 inputs did not change and thumbnails (keyed by image content hash) are reused, stale plots removed,
 and label-error / duplicate analyses are cached per feature cache in ``out/.analysis/``.
-One module per section: _dataset, _leaderboard, _models, _history, _facts; _outputs writes the files.
+One module per section: _dataset (with _quality: _label_issues, _duplicates), _leaderboard, _models,
+_history, _facts; _outputs writes the files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from featpipe.report import _analysis, _data, _history, _leaderboard, _models
 from featpipe.report._common import _dataset_key, _Plots
 from featpipe.report._dataset import _dataset_section
 from featpipe.report._facts import _run_facts
-from featpipe.report._outputs import _render, _summary_md, _write_csv
+from featpipe.report._outputs import (
+    LABEL_ISSUES_CSV,
+    _render,
+    _summary_md,
+    _write_csv,
+    count_label_issues,
+    write_label_issues,
+)
 
 
 def build_report(
@@ -37,7 +45,8 @@ def build_report(
     ``cache_dir`` (every ``*.h5``) and ``caches`` (explicit files) give feature caches; ``models_dir`` the
     ``featpipe fit-head --out`` folder. With models only, the caches their metrics point to are used when
     they still exist. ``human_baseline`` (a value of the main metric) is drawn as a reference line.
-    ``analyses=False`` skips the label-error and near-duplicate analyses.
+    ``analyses=False`` skips the label-error and duplicate analyses (and removes an old
+    ``label_issues.csv``).
     """
     if human_baseline is not None:
         hb = _analysis.finite(human_baseline)
@@ -71,13 +80,21 @@ def build_report(
             if ok and h:
                 hashes[str(p)] = str(h)
 
-    # datasets (one section per dataset; caches of other backbones on it add analyses)
+    boards, all_rows = _leaderboard.leaderboards(runs, opened, plots, human_baseline)
+    # the runs of each dataset, best on its leaderboard first: the best one checks the labels
+    run_of = {r.slug: r for r in runs}
+    ranked: dict[str, list[Any]] = defaultdict(list)
+    for b in boards:
+        for row in b["rows"]:
+            r = run_of[row["slug"]]
+            ranked[_dataset_key((r.metrics.get("cache") or {}).get("dataset") or {})].append(r)
+
+    # datasets (one section per dataset, several caches when several backbones embedded it)
     by_ds: dict[str, list[Any]] = defaultdict(list)
     for c in opened:
         by_ds[_dataset_key(c.dataset)].append(c)
-    datasets = [_dataset_section(cs, plots, thumbs, hashes, out, analyses) for cs in by_ds.values()]
-
-    boards, all_rows = _leaderboard.leaderboards(runs, opened, plots, human_baseline)
+    datasets = [_dataset_section(cs, plots, thumbs, hashes, out, analyses, ranked.get(k, []))
+                for k, cs in by_ds.items()]
     models = _models.model_sections(boards, runs, plots, thumbs, hashes)
     hist = _history.history_sections(histories, plots)
 
@@ -94,6 +111,11 @@ def build_report(
     }
     html = _render(ctx)
     _write_csv(out / "leaderboard.csv", all_rows)
+    issues = out / LABEL_ISSUES_CSV
+    if analyses:
+        write_label_issues(issues, [r for d in datasets if d["quality"] for r in d["quality"]["csv_rows"]])
+    else:
+        issues.unlink(missing_ok=True)  # not analysed this time: an old list would mislead
     (out / "summary.md").write_text(_summary_md(ctx) + "\n")
     index = out / "index.html"
     tmp = out / ".index.html.tmp"
@@ -103,4 +125,4 @@ def build_report(
     return index
 
 
-__all__ = ["build_report"]
+__all__ = ["LABEL_ISSUES_CSV", "build_report", "count_label_issues"]

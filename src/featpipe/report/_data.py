@@ -198,6 +198,14 @@ class Thumbnails:
             raise OSError("array not found")
         return image_from_array(arr[int(idx)])
 
+    def open_image(self, path: str, target_size: int | None = None):
+        """The RGB image of a cache row's path (a file, or ``<file.npz>#<row>``); raises when unreadable."""
+        if "#" in path and path.split("#")[0].endswith(".npz"):
+            return self._array_image(path)
+        from featpipe.images import load_image
+
+        return load_image(path, target_size=target_size)
+
     def get(self, path: str, content_hash: str | None = None) -> str | None:
         """Relative URL (``thumbs/<key>.jpg``) of the thumbnail of ``path``, or None if unreadable."""
         memo = (str(path), content_hash or "")
@@ -209,12 +217,7 @@ class Thumbnails:
         url: str | None = f"thumbs/{name}"
         if not target.exists():
             try:
-                if "#" in str(path) and str(path).split("#")[0].endswith(".npz"):
-                    img = self._array_image(str(path))
-                else:
-                    from featpipe.images import load_image
-
-                    img = load_image(path, target_size=self.size)
+                img = self.open_image(str(path), target_size=self.size)
                 img.thumbnail((self.size, self.size))
                 tmp = target.with_suffix(".tmp.jpg")
                 img.save(tmp, "JPEG", quality=85)

@@ -1,20 +1,14 @@
-"""Dataset section: classes and counts per split, co-occurrence, thumbnails, failures, analyses."""
+"""Dataset section: classes and counts per split, co-occurrence, thumbnails, failures, data quality."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featpipe.report import _analysis, _data, _plots
-from featpipe.report._common import (
-    THUMBS_PER_CLASS,
-    _backbone_label,
-    _Plots,
-)
+from featpipe.report import _data, _plots, _quality
+from featpipe.report._common import THUMBS_PER_CLASS, _Plots
 
 
 def _dataset_section(
@@ -24,7 +18,10 @@ def _dataset_section(
     hashes: dict[str, str],
     out: Path,
     analyses: bool,
+    ranked_runs: list[Any] | None = None,
 ) -> dict[str, Any]:
+    """One dataset's section; ``ranked_runs``: its fitted heads, best on the leaderboard first (the best
+    one checks the labels)."""
     c = caches[0]
     info = c.dataset
     classes = [str(x) for x in c.classes]
@@ -134,60 +131,8 @@ def _dataset_section(
         "failed": failed,
         "n_failed": len(failed_idx),
         "caches": [Path(x.path).name for x in caches],
-        "analyses": [],
+        "quality": None,
     }
     if analyses:
-        found = [_cache_analyses(cache, thumbs, hashes, out) for cache in caches]
-        # the strongest probe first: its flags are the most trustworthy (a weak backbone flags its own mistakes)
-        section["analyses"] = sorted(found, key=lambda a: -(_analysis.finite(a["li"].get("cv_accuracy")) or -1.0))
+        section["quality"] = _quality.quality_section(caches, ranked_runs, thumbs, hashes, out)
     return section
-
-
-def _cache_analyses(c: Any, thumbs: _data.Thumbnails, hashes: dict[str, str], out: Path) -> dict[str, Any]:
-    """Label issues and near-duplicates of one cache (cached in out/.analysis by cache identity)."""
-    adir = out / ".analysis"
-    adir.mkdir(parents=True, exist_ok=True)
-    params = {"v": 3, "folds": 5, "max_rows": _analysis.MAX_CV_ROWS, "dup_ratio": 0.7, "top": 24}
-    ident = _data.file_digest(Path(c.path))
-    apath = adir / f"{Path(c.path).stem}-{ident}.json"
-    data = None
-    if apath.exists():
-        try:
-            data = json.loads(apath.read_text())
-            if data.get("params") != params:
-                data = None
-        except ValueError:
-            data = None
-    if data is None:
-        t0 = time.perf_counter()
-        li = _analysis.label_issues(
-            c, folds=params["folds"], max_rows=params["max_rows"], seed=c.seed, top=params["top"]
-        )
-        t1 = time.perf_counter()
-        dup = _analysis.near_duplicates(c, ratio=params["dup_ratio"], top=params["top"])
-        data = {
-            "params": params,
-            "label_issues": li,
-            "duplicates": dup,
-            "seconds": {"label_issues": t1 - t0, "duplicates": time.perf_counter() - t1},
-        }
-        for old in adir.glob(f"{Path(c.path).stem}-*.json"):
-            old.unlink(missing_ok=True)
-        apath.write_text(json.dumps(data))
-
-    def item(i: int) -> dict[str, Any]:
-        p = str(c.paths[i])
-        return {"url": thumbs.get(p, hashes.get(p)), "id": str(c.ids[i]), "split": str(c.splits[i])}
-
-    li, dup = data["label_issues"], data["duplicates"]
-    issues = [{**item(d["row"]), **d} for d in li["issues"]]
-    pairs = [{**d, "a": item(d["a"]), "b": item(d["b"])} for d in dup["pairs"]]
-    return {
-        "cache": Path(c.path).name,
-        "backbone": _backbone_label(c.backbone, Path(c.path).stem),
-        "li": li,
-        "issues": issues,
-        "dup": dup,
-        "pairs": pairs,
-        "seconds": data["seconds"],
-    }

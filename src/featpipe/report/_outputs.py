@@ -59,6 +59,32 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text(buf.getvalue())
 
 
+LABEL_ISSUES_CSV = "label_issues.csv"
+LABEL_ISSUES_COLS = ["path", "split", "given", "suggested", "score"]
+
+
+def write_label_issues(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``label_issues.csv``: one row per flagged image of every split, lowest ``score`` (the out-of-fold
+    probability of the given label) first within a dataset; only the header when nothing is flagged."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LABEL_ISSUES_COLS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "score": f"{float(r['score']):.6g}"})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    tmp.replace(path)
+
+
+def count_label_issues(out: str | Path) -> int | None:
+    """How many images ``out/label_issues.csv`` flags (``None`` when the report has none)."""
+    path = Path(out) / LABEL_ISSUES_CSV
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
+
 def _ci(r: dict[str, Any]) -> str:
     if r.get("test_ci_lo") is None:
         return "-"
@@ -84,6 +110,51 @@ def within_sentence(rows: list[dict[str, Any]], metric: str = "score") -> str:
             f"the paired bootstrap 95% interval of the difference in test {metric}, on the same test images, holds 0.")
 
 
+def label_issue_sentence(li: dict[str, Any]) -> str:
+    """One line on the label check: the estimate and its basis, or why nothing was judged."""
+    probe = li.get("probe") or {}
+    acc = li.get("oof_accuracy")
+    model = f"{probe.get('head', '?')} head on {probe.get('backbone') or 'the features'}"
+    if acc is not None:
+        model += f", out-of-fold accuracy {acc:.3f}"
+    if li.get("skipped"):
+        return f"label errors not checked: {li['skipped']}"
+    if li.get("too_weak"):
+        return f"label errors not judged: the checking model ({model}) is too weak: {li['too_weak']}"
+    n = li.get("n_used") or 0
+    est = li.get("n_estimated") or 0.0
+    sub = f", seeded subsample of {n} of {li['n_labeled']} rows" if li.get("subsampled") else ""
+    return (f"estimated {est:.0f} label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%); "
+            f"{li['n_flagged']} images flagged in {LABEL_ISSUES_CSV} ({model}, {li['folds']}-fold{sub}; "
+            f"{li['method']})")
+
+
+def near_copy_sentence(q: dict[str, Any]) -> str:
+    """One line on the near-copy search: its calibrated threshold, or why nothing was searched."""
+    cal, near = q["cal"], q["near"]
+    if cal.get("skipped"):
+        return f"near-copies not searched: {cal['skipped']}"
+    base = (f"{cal['n_copies']} synthetic copies (crop, resize, JPEG re-encode of {cal['n_images']} train images) "
+            f"keep a median cosine of {cal['copy_median']:.3f} to their original; distinct train images reach "
+            f"{cal['distinct_median']:.3f} to their nearest neighbour")
+    if not cal["separable"]:
+        return (f"near-copies not flagged: this backbone does not tell copies from similar images here ({base}; "
+                f"only {100 * cal['copies_found']:.0f}% of the copies would be found)")
+    return (f"{near['n_pairs']} near-copy pairs across splits at cosine >= {cal['threshold']:.3f} ({base}; "
+            f"{100 * cal['copies_found']:.0f}% of the copies are found at this threshold, "
+            f"{100 * (cal['distinct_above'] or 0):.1f}% of distinct images reach it)")
+
+
+def _quality_md(q: dict[str, Any]) -> list[str]:
+    ex = q["exact"]
+    return [
+        f"- label check on {q['backbone']}: {label_issue_sentence(q['li'])}",
+        f"- exact duplicates: {ex['n_groups']} groups of identical images ({ex['n_rows']} rows), "
+        f"{ex['n_cross_split']} spanning two splits, {ex['n_label_conflicts']} with different labels",
+        f"- {near_copy_sentence(q)}",
+    ]
+
+
 def _summary_md(ctx: dict[str, Any]) -> str:
     L = [
         "# featpipe report",
@@ -98,21 +169,9 @@ def _summary_md(ctx: dict[str, Any]) -> str:
             f"- {d['n_images']} images, {d['n_ok']} embedded, {d['n_failed']} failed, "
             f"{d['n_skipped']} skipped by the loader"
         )
-        for a in d["analyses"]:
-            li, dup = a["li"], a["dup"]
-            sub = f" (subsample of {li['n_used']})" if li.get("subsampled") else ""
-            if li.get("cv_accuracy") is not None:
-                sub += f", out-of-fold probe accuracy {li['cv_accuracy']:.3f}"
-            li_txt = (
-                li["skipped"]
-                or f"{li['n_flagged']} suspected label errors"
-                + (" ((image, label) values)" if d["task"] == "multilabel" else "")
-                + f" among {li['n_labeled']} rows{sub}"
-            )
-            L.append(
-                f"- {a['backbone']}: {li_txt}; {dup['n_pairs']} near-duplicate pairs across splits "
-                f"(nearest-neighbour distance ratio <= {dup['ratio']})"
-            )
+        q = d.get("quality")
+        if q:
+            L += _quality_md(q)
         L.append("")
     for b in ctx["boards"]:
         L.append(f"## Leaderboard: {b['dataset']} ({b['metric']}, sorted by validation)")

@@ -1,0 +1,99 @@
+"""Data-quality section of one dataset: label issues, exact duplicates, near-copies across splits.
+
+Everything is judged on one cache: that of the best run on the leaderboard (its head checks the labels),
+or without fitted heads the cache where a logistic head scores best on validation. Results are cached
+in ``out/.analysis/`` by the cache file's identity and the checking model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from featpipe.report import _data, _duplicates, _label_issues
+from featpipe.report._common import _backbone_label
+
+VERSION = 4  # bump when an analysis changes: cached results are then recomputed
+CARDS = 24
+
+
+def _probe(caches: list[Any], ranked_runs: list[Any]) -> _label_issues.Probe | None:
+    by_key = {str(c.key): c for c in caches}
+    for rank, r in enumerate(ranked_runs, 1):
+        c = by_key.get(str((r.metrics.get("cache") or {}).get("key")))
+        if c is None:
+            continue
+        p = _label_issues.probe_from_run(r.metrics, c, _backbone_label(c.backbone, Path(c.path).stem), rank)
+        if p is not None:
+            return p
+    labels = {str(c.path): _backbone_label(c.backbone, Path(c.path).stem) for c in caches}
+    return _label_issues.default_probe(caches, labels)
+
+
+def _analyse(c: Any, probe: _label_issues.Probe | None, thumbs: _data.Thumbnails, out: Path) -> dict[str, Any]:
+    adir = out / ".analysis"
+    adir.mkdir(parents=True, exist_ok=True)
+    ident = json.dumps({"v": VERSION, "cache": _data.file_digest(Path(c.path)),
+                        "probe": probe.describe() if probe else None, "config": probe.config if probe else None},
+                       sort_keys=True, default=str)
+    digest = hashlib.sha1(ident.encode()).hexdigest()[:12]
+    stem = Path(c.path).stem
+    apath = adir / f"{stem}-{digest}.json"
+    if apath.exists():
+        try:
+            return json.loads(apath.read_text())
+        except ValueError:
+            pass
+    t0 = time.perf_counter()
+    li = (_label_issues.find_label_issues(probe, seed=c.seed) if probe is not None else
+          {"skipped": "no head could be fitted to check the labels (every class needs labelled train rows)",
+           "flags": [], "n_flagged": 0})
+    t1 = time.perf_counter()
+    exact = _duplicates.exact_duplicates(c, top=CARDS)
+    cal = _duplicates.calibrate(c, thumbs.open_image, seed=c.seed)
+    near = _duplicates.near_copies(c, cal["threshold"], top=CARDS) if cal.get("separable") else None
+    data = {"label_issues": li, "exact": exact, "calibration": cal, "near": near,
+            "seconds": {"label_issues": t1 - t0, "duplicates": time.perf_counter() - t1}}
+    for old in adir.glob(f"{stem}-*.json"):
+        old.unlink(missing_ok=True)
+    tmp = apath.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(apath)
+    return data
+
+
+def quality_section(caches: list[Any], ranked_runs: list[Any], thumbs: _data.Thumbnails,
+                    hashes: dict[str, str], out: Path) -> dict[str, Any]:
+    """The section's context; ``csv_rows`` holds every flagged image for ``label_issues.csv``."""
+    probe = _probe(caches, ranked_runs)
+    c = probe.cache if probe is not None else caches[0]
+    data = _analyse(c, probe, thumbs, out)
+
+    def item(i: int) -> dict[str, Any]:
+        p = str(c.paths[i])
+        return {"url": thumbs.get(p, hashes.get(p)), "id": str(c.ids[i]), "split": str(c.splits[i])}
+
+    li = data["label_issues"]
+    issues = [{**item(f["row"]), **f} for f in li.get("flags", [])[:CARDS]]
+    groups = [{**g, "items": [item(r) for r in g["rows"][:4]], "more": max(len(g["rows"]) - 4, 0)}
+              for g in data["exact"]["groups"]]
+    near = data["near"]
+    pairs = [{**p, "a": item(p["a"]), "b": item(p["b"])} for p in (near or {}).get("pairs", [])]
+    csv_rows = [{"path": str(c.paths[f["row"]]), "split": str(c.splits[f["row"]]), "given": f["given"],
+                 "suggested": f["suggested"], "score": f["score"]} for f in li.get("flags", [])]
+    return {
+        "cache": Path(c.path).name,
+        "backbone": _backbone_label(c.backbone, Path(c.path).stem),
+        "li": li,
+        "issues": issues,
+        "exact": data["exact"],
+        "groups": groups,
+        "cal": data["calibration"],
+        "near": near,
+        "pairs": pairs,
+        "seconds": data["seconds"],
+        "csv_rows": csv_rows,
+    }
