@@ -68,8 +68,10 @@ def test_plan_fits_the_time_left_and_respects_the_epoch_bound():
     # mid-epoch 3 (4 steps done in it): the rest of epoch 3 is 6 + 2.5 s
     epochs, total = plan_epochs(40.0, 10, 24, est, 1000, epochs_done=2)
     assert (epochs, total) == (4, 40)
-    # not even the current epoch fits: train what does, then validate once
+    # not even the current epoch fits: train what does, then validate once; nothing fits: no more steps
     assert plan_epochs(20.0, 10, 0, est, 1000) == (1, 7)
+    assert plan_epochs(5.0, 10, 30, est, 1000, epochs_done=3) == (4, 30)
+    assert plan_epochs(500.0, 10, 30, est, 3, epochs_done=3) == (3, 30)  # the --epochs bound is reached
     for left in (15.0, 37.0, 80.0, 500.0):
         e, t = plan_epochs(left, 10, 0, est, 1000)
         assert t * est.step + e * (est.val + est.save) + est.final <= left
@@ -171,16 +173,26 @@ def test_deadline_stop_keeps_the_best_checkpoint(folder, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_lp_ft_counts_its_linear_probe_inside_the_budget(folder, tmp_path):
+    from featpipe.backbones import resolve_spec
+    from featpipe.embed import embed_dataset
+
     budget = 10.0
     cfg = FinetuneConfig(backbone=TINY, pretrained=False, recipe="lp-ft", image_size=32, precision="fp32",
                          batch_size=8, patience=1000, budget=budget, cache_dir=str(tmp_path / "cache"))
-    wall, res = _wall(lambda: finetune(load_dataset(folder), cfg, tmp_path / "run", progress=False,
-                                       log=lambda s: None))
+    m = load_dataset(folder)
+    wall, res = _wall(lambda: finetune(m, cfg, tmp_path / "run", progress=False, log=lambda s: None))
     assert wall <= budget + 1.5
-    b = res.history["budget"]
-    probe = res.history["linear_probe"]["seconds"]
-    assert probe > 0 and b["plans"][0]["elapsed"] >= probe  # the plan starts from what the probe left
+    b, lp = res.history["budget"], res.history["linear_probe"]
+    assert lp["seconds"] > 0 and b["plans"][0]["elapsed"] >= lp["seconds"]  # the plan starts from what it left
     assert b["actual_seconds"] <= budget + 0.5
+    # no cache to reuse: the probe took the validation images and training images inside its share
+    assert lp["cache"] is None and 0 < lp["train_images"] <= lp["of_train_images"] == 41
+    assert not list((tmp_path / "cache").glob("*.h5"))
+    # a complete cache is reused as before
+    embed_dataset(m, resolve_spec(TINY, pretrained=False, image_size=32, precision="auto"),
+                  cache_dir=tmp_path / "cache", progress=False)
+    res = finetune(m, cfg, tmp_path / "run2", progress=False, log=lambda s: None)
+    assert res.history["linear_probe"]["cache_reused"]
 
 
 # ------------------------------------------------------------------------------ data defaults

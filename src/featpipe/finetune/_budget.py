@@ -114,8 +114,10 @@ def plan_epochs(left: float, steps_per_epoch: int, steps_done: int, est: Estimat
     """(epochs, total training steps) that fit in ``left`` seconds from now, the closing pass included.
 
     ``steps_done`` steps of epoch ``epochs_done + 1`` have run. At least the current epoch is planned
-    (cut to the steps that fit when even it does not); never more than ``max_epochs``.
+    (cut to the steps that fit, maybe none, when even it does not); never more than ``max_epochs``.
     """
+    if epochs_done >= max_epochs:
+        return epochs_done, steps_done
     left = left - est.final
     in_epoch = steps_done - epochs_done * steps_per_epoch
     this_epoch = (steps_per_epoch - in_epoch) * est.step + est.val + est.save

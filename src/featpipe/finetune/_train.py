@@ -286,7 +286,9 @@ class _Run:
     # ------------------------------------------------------------------------------ linear probe
     def linear_probe(self) -> dict[str, Any]:
         """Fit featpipe's logistic head (C tuned on val) on frozen features of the same input size,
-        reusing or filling the feature cache, and start the classifier layer from it."""
+        reusing or filling the feature cache, and start the classifier layer from it. Inside a time
+        budget a cache that would need embedding is not filled: the probe takes the validation images
+        and as many training images (in random order) as a fifth of the time left allows."""
         from featpipe.cache import FeatureCache
         from featpipe.embed import embed_dataset
         from featpipe.heads import make_head
@@ -295,22 +297,74 @@ class _Run:
         lp_spec = resolve_spec(self.cfg.backbone, weights=self.cfg.weights, pretrained=self.cfg.pretrained,
                                layer=self.cfg.layer, image_size=self.cfg.image_size, precision="auto",
                                seed=self.cfg.seed, device=self.device)
-        res = embed_dataset(self.manifest, lp_spec, cache_dir=self.cfg.cache_dir, device=self.device,
-                            progress=self.progress, seed=self.cfg.seed)
-        cache = FeatureCache.open(res.path)
-        tr, va = (np.asarray(cache.split_indices(s), dtype=np.int64) for s in ("train", "val"))
-        X, Y = np.asarray(cache.features, dtype=np.float64), np.asarray(cache.labels)
+        info: dict[str, Any]
+        if self.clock is not None and not self._complete_cache(lp_spec):
+            Xtr, Ytr, Xva, Yva, n_all = self._probe_features(0.2 * self.clock.left())
+            info = {"cache": None, "cache_reused": False, "train_images": len(Xtr), "of_train_images": n_all}
+        else:
+            res = embed_dataset(self.manifest, lp_spec, cache_dir=self.cfg.cache_dir, device=self.device,
+                                progress=self.progress, seed=self.cfg.seed)
+            cache = FeatureCache.open(res.path)
+            tr, va = (np.asarray(cache.split_indices(s), dtype=np.int64) for s in ("train", "val"))
+            X, Y = np.asarray(cache.features, dtype=np.float64), np.asarray(cache.labels)
+            Xtr, Ytr, Xva, Yva = X[tr], Y[tr], X[va], Y[va]
+            info = {"cache": str(res.path), "cache_reused": res.n_computed == 0}
         head = make_head("logistic", task=self.task, preprocess="standardize", class_weight=self.cfg.class_weight,
                          metric=self.metric, seed=self.cfg.seed)
         kw = {} if self.task == "multilabel" else {"n_classes": len(self.classes)}
-        head.fit(X[tr], Y[tr], X[va], Y[va], **kw)
+        head.fit(Xtr, Ytr, Xva, Yva, **kw)
         init_from_linear_probe(self.net.fc, head, self.task)
-        val = _score(Y[va], head.val_proba_, self.task, self.classes, self.metric)["main"]
-        info = {"cache": str(res.path), "cache_reused": res.n_computed == 0, "params": head.params_,
-                f"val_{self.metric}": val, "seconds": time.perf_counter() - t0}
+        val = _score(Yva, head.val_proba_, self.task, self.classes, self.metric)["main"]
+        info = {**info, "params": head.params_, f"val_{self.metric}": val, "seconds": time.perf_counter() - t0}
+        where = ("cache reused" if info["cache_reused"] else "cache filled") if info["cache"] else (
+            f"{info['train_images']} of {info['of_train_images']} training images, inside the budget")
         self.log(f"linear probe: val {self.metric} {val:.4f} (C={head.params_.get('C', '-')}, "
-                 f"{info['seconds']:.0f}s, cache {'reused' if info['cache_reused'] else 'filled'})")
+                 f"{info['seconds']:.0f}s, {where})")
         return info
+
+    def _complete_cache(self, spec: BackboneSpec) -> bool:
+        """Whether ``cache_dir`` holds this dataset's features from this backbone with nothing left to embed."""
+        from featpipe.cache import find_cache, rows_to_embed
+        from featpipe.errors import CacheError
+
+        try:
+            path = find_cache(self.cfg.cache_dir, self.manifest, spec)
+            return path is not None and rows_to_embed(path, self.manifest)[0] == 0
+        except CacheError:
+            return False
+
+    @torch.no_grad()
+    def _probe_features(self, seconds: float) -> tuple[np.ndarray, ...]:
+        """Frozen pooled features of every validation image and of training images in a seeded random
+        order until ``seconds`` have passed (at least two batches): (X_train, y_train, X_val, y_val, n_train)."""
+        c = self.cfg
+        assert c.batch_size is not None
+        deadline = time.monotonic() + seconds
+        backbone = self.net.backbone
+        backbone.eval()
+
+        def features(rows: np.ndarray, stop: bool) -> tuple[np.ndarray, np.ndarray]:
+            feats, good_rows = [], []
+            stored = not stop and self.val_store is not None and self._val_slot is not None
+            batches = self._stored_batches(rows, self.val_store, self._val_slot, lambda u8, _k: eval_batch(
+                u8, self._eval_scale, self._eval_shift)) if stored else self._loader(rows, self.transforms["eval"])
+            for k, (x, good, bad) in enumerate(batches):
+                self.failed.update({int(r): e for r, e in bad})
+                if x is not None:
+                    with autocast(c.precision, self.device):
+                        f = backbone(x.to(self.device).contiguous(memory_format=torch.channels_last))
+                    feats.append(f.float().cpu().numpy().astype(np.float64))
+                    good_rows.append(good.numpy())
+                if stop and k >= 1 and time.monotonic() > deadline:
+                    break
+            if not feats:
+                raise FinetuneError("no image for the linear probe could be read")
+            return np.concatenate(feats), np.concatenate(good_rows)
+
+        Xva, va = features(self.rows["val"], stop=False)
+        order = np.random.default_rng(c.seed).permutation(self.rows["train"])
+        Xtr, tr = features(order, stop=True)
+        return Xtr, self._labels[tr], Xva, self._labels[va], len(order)
 
     # -------------------------------------------------------------------------------- epochs
     def _loader(self, rows: np.ndarray, transform: Callable, shuffle: bool = False, epoch: int = 0,
@@ -681,9 +735,9 @@ class _Planner:
         if self.est is None:
             enough = (self.n_steps >= 2 + self.CALIBRATION_STEPS
                       and self.measured >= min(10.0, 0.02 * self.clock.seconds))
-            if (enough or self.clock.elapsed() > 0.1 * self.clock.seconds) and self.timer.value is not None:
-                self.plan("measured the first steps", grow=True)
-            return False
+            if not ((enough or self.clock.elapsed() > 0.1 * self.clock.seconds) and self.timer.value is not None):
+                return False
+            self.plan("measured the first steps", grow=True)
         if self._steps_done() >= self.run.plan.total:
             return True  # the plan ends inside this epoch
         if self.short():
@@ -705,9 +759,9 @@ class _Planner:
 
     def deadline_stop(self, epoch: int) -> None:
         self.rec["stopped_at_deadline"] = True
-        self.run.log(f"budget {_fmt_seconds(self.clock.seconds)}: the machine is slower than planned; "
-                     f"stopping in epoch {epoch} at {_fmt_seconds(self.clock.elapsed())} to keep the closing "
-                     f"pass inside the budget (best epoch so far is kept)")
+        self.run.log(f"budget {_fmt_seconds(self.clock.seconds)}: no time left for more training steps; "
+                     f"stopping in epoch {epoch} at {_fmt_seconds(self.clock.elapsed())} to keep the final "
+                     f"evaluation inside the budget (the best epoch so far is kept)")
 
     # ------------------------------------------------------------------------------- planning
     def _measure_eval(self) -> tuple[float, float]:
@@ -743,8 +797,9 @@ class _Planner:
         done = self._steps_done()
         epochs_done = run.epoch - 1 if done < run.epoch * spe else run.epoch
         epochs, total = plan_epochs(self.clock.left(), spe, done, self.est, c.epochs, epochs_done)
+        before = run.plan.total
         if not grow:
-            epochs, total = min(epochs, self.epochs), min(total, run.plan.total)
+            epochs, total = min(epochs, self.epochs), min(total, before)
         self.epochs = run.planned_epochs = epochs
         run.plan.total = total
         if done < run.plan.warm:  # still warming up: the warm-up fits the planned length
@@ -761,6 +816,8 @@ class _Planner:
         self.run.log(f"budget {_fmt_seconds(self.clock.seconds)}: {why}: {epochs} epochs of {spe} steps "
                      f"({total} steps at {e.step:.2f}s, validation {e.val:.1f}s, closing pass ~{e.final:.0f}s): "
                      f"done at ~{_fmt_seconds(planned)}")
+        if total <= done < before:
+            self.deadline_stop(run.epoch)  # not one more step fits where more were planned
 
     def epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
         """After an epoch's validation: the measured epoch replaces the estimates and the plan is
