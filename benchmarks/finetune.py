@@ -3,10 +3,13 @@ scratch-cnn at native size, and bf16 vs fp32 training throughput measured in the
 
 Usage:
     python benchmarks/finetune.py [--data ../shared/data/cifar10-small] [--out runs/bench-finetune]
-        [--image-size 128] [--epochs 10] [--scratch-epochs N] [--skip precision,lpft,roundtrip,scratch,report]
+        [--image-size 128] [--epochs 10 | --budget 10m] [--scratch-epochs N]
+        [--skip precision,lpft,roundtrip,scratch,report]
 
 Bars (issue 7): LP-FT test accuracy >= 0.85 within 30 min wall on a 2-core CPU; embed finetuned: +
-fit-head logistic within 0.02 of the fine-tuned model's own test accuracy. Timings on a shared machine
+fit-head logistic within 0.02 of the fine-tuned model's own test accuracy. Issue 19: with
+``--budget 10m`` the LP-FT run ends within 10 minutes of wall time, start-up included, and reaches
+the 0.858 of the 10-epoch run. Timings on a shared machine
 are noisy: the load average is printed at start and end. Nothing here runs in the test suite.
 """
 
@@ -75,6 +78,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-finetune")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--budget", default=None, help="e.g. 10m: the LP-FT run plans itself into this time "
+                    "(--epochs is then only an upper bound, unless left at its default)")
     ap.add_argument("--scratch-epochs", type=int, default=None, help="default: the recipe's (30)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip", default="", help="comma list of: precision,lpft,roundtrip,scratch,report")
@@ -91,8 +96,9 @@ def main() -> None:
 
     run = out / "lite0-lpft"
     if "lpft" not in skip:
+        length = ["--budget", a.budget] if a.budget else ["--epochs", str(a.epochs)]
         secs, stdout = featpipe("finetune", "--data", a.data, "--backbone", "efficientnet_lite0",
-                                "--image-size", str(a.image_size), "--epochs", str(a.epochs), "--precision",
+                                "--image-size", str(a.image_size), *length, "--precision",
                                 a.precision, "--cache-dir", str(cache), "--out", str(run), "--force", "-q")
         summary["lpft_wall_s"] = secs
         print(stdout.strip(), flush=True)
@@ -109,6 +115,17 @@ def main() -> None:
               f"(bar 0.85: {'PASS' if acc >= 0.85 else 'FAIL'}), best epoch {h['best_epoch']}/{len(h['epochs'])}, "
               f"linear probe val {lp.get('val_accuracy', float('nan')):.4f} in {lp.get('seconds', 0):.0f}s, "
               f"wall {summary.get('lpft_wall_s', m['fit_seconds']):.0f}s (bar 1800s)  [{load()}]", flush=True)
+        b = h.get("budget")
+        if b:
+            from featpipe.finetune._budget import parse_duration
+
+            wall = float(summary.get("lpft_wall_s", b["actual_seconds"]))
+            summary["budget"] = {k: b[k] for k in ("seconds", "planned_epochs", "planned_seconds", "actual_seconds",
+                                                   "stopped_at_deadline")}
+            print(f"budget {b['seconds']:.0f}s: planned {b['planned_epochs']} epochs / {b['planned_seconds']:.0f}s, "
+                  f"run's own clock {b['actual_seconds']:.0f}s, process wall {wall:.0f}s (bar: within "
+                  f"{parse_duration(a.budget):.0f}s: {'PASS' if wall <= parse_duration(a.budget) else 'FAIL'}), "
+                  f"stopped at deadline: {b['stopped_at_deadline']}", flush=True)
 
         if "roundtrip" not in skip:
             s1, stdout = featpipe("embed", "--data", a.data, "--backbone", f"finetuned:{run}", "--cache-dir",

@@ -96,21 +96,28 @@ def test_augmentation_only_on_train(tmp_path):
     assert none["train"] is none["eval"]
 
 
-def test_validation_and_test_use_the_eval_transform(folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("decode_once", [False, None])
+def test_validation_and_test_use_the_eval_transform(folder, tmp_path, monkeypatch, decode_once):
     from featpipe.finetune import _train
 
     used: dict[str, set[int]] = {}
-    orig = _train._Run._loader
+    orig, orig_stored = _train._Run._loader, _train._Run._stored_batches
 
     def spy(self, rows, transform, *args, **kwargs):
         kind = "train" if transform is self.transforms["train"] else "eval"
         used.setdefault(kind, set()).update(int(r) for r in rows)
         return orig(self, rows, transform, *args, **kwargs)
 
+    def spy_stored(self, rows, store, *args, **kwargs):  # the decoded fast path
+        used.setdefault("train" if store is self.store else "eval", set()).update(int(r) for r in rows)
+        return orig_stored(self, rows, store, *args, **kwargs)
+
     monkeypatch.setattr(_train._Run, "_loader", spy)
+    monkeypatch.setattr(_train._Run, "_stored_batches", spy_stored)
     m = load_dataset(folder)
-    finetune(m, FinetuneConfig(**SMALL, epochs=1, augment="strong"), tmp_path / "run", progress=False,
-             log=lambda s: None)
+    res = finetune(m, FinetuneConfig(**SMALL, epochs=1, augment="strong", decode_once=decode_once),
+                   tmp_path / "run", progress=False, log=lambda s: None)
+    assert res.history["decoded_once"] is (decode_once is None)
     split = np.asarray(m.splits)
     assert {split[r] for r in used["train"]} == {"train"}
     assert {split[r] for r in used["eval"]} == {"val"}  # test rows only pass through the frozen bundle

@@ -561,9 +561,9 @@ def describe_backbones() -> list[dict[str, Any]]:
             ok = False
         rows.append({"name": name, "source": "onnx (" + PACKAGED_ONNX[name][0] + ")", "offline": ok,
                      "description": DESCRIPTIONS.get(name, "") + note})
-    rows.append({"name": SCRATCH, "source": "random init", "offline": True,
-                 "description": "small conv net trained from scratch by featpipe finetune (--width, --depth, "
-                 "--in-channels); finetuned:RUN embeds with a finetune run's backbone"})
+    from featpipe.backbones._scratch import scratch_description
+
+    rows.append({"name": SCRATCH, "source": "random init", "offline": True, "description": scratch_description()})
     for name in KNOWN_HUB:
         try:
             cfg = _pretrained_cfg(name)

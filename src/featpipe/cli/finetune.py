@@ -27,8 +27,14 @@ from featpipe.metrics import METRICS
               "ft: end to end from the start.")
 @click.option("--unfreeze", default="all", show_default=True,
               help="head | last-N | all: which backbone stages train (featpipe backbones --stages NAME).")
-@click.option("--epochs", type=POSITIVE, default=None, help="Maximum epochs (default 10; scratch-cnn 30).")
-@click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
+@click.option("--epochs", type=POSITIVE, default=None,
+              help="Maximum epochs (default 10; scratch-cnn 30; with --budget: as many as fit).")
+@click.option("--budget", default=None, metavar="DURATION",
+              help="Time budget, e.g. 30m, 90s, 1h: the run measures its first steps, plans epochs and "
+              "schedule to end (start-up, linear probe and final evaluation included) within it, and stops "
+              "early with the best epoch if the machine slows down.")
+@click.option("--batch-size", type=POSITIVE, default=None,
+              help="Default: 128 for inputs <= 64px, 64 up to 96px, else 32.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Head learning rate (default 1e-3; scratch-cnn 3e-3).")
 @click.option("--backbone-lr-mult", type=click.FloatRange(min=0), default=None,
@@ -59,13 +65,16 @@ from featpipe.metrics import METRICS
               "saw them) or train (default from random init).")
 @click.option("--width", type=POSITIVE, default=32, show_default=True, help="scratch-cnn: channels of the first block.")
 @click.option("--depth", type=POSITIVE, default=3, show_default=True, help="scratch-cnn: number of double-conv blocks.")
-@click.option("--in-channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
-              help="scratch-cnn: 1 = grayscale-native.")
+@click.option("--in-channels", type=click.Choice(["1", "3"]), default=None,
+              help="scratch-cnn: 1 = grayscale-native (default when every sampled image is gray, else 3).")
 @click.option("--patience", type=POSITIVE, default=None, help="Early-stopping patience in epochs (default 3; scratch-cnn 6).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="Autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--workers", type=NON_NEGATIVE, default=None, help="Image decode workers (default: by device).")
+@click.option("--decode-once/--no-decode-once", default=None,
+              help="Decode the training images once into memory and augment whole batches in torch "
+              "(default: when they fit in an eighth of the RAM and share one size).")
 @click.option("--threads", type=POSITIVE, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Feature caches for the linear probe (an existing one at the same input size is reused).")
@@ -77,10 +86,10 @@ from featpipe.metrics import METRICS
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col, unlabeled_empty,
              backbone, weights, no_pretrained, layer, image_size, out,
-             recipe, unfreeze, epochs, batch_size, optimizer, lr, backbone_lr_mult, momentum, nesterov,
+             recipe, unfreeze, epochs, budget, batch_size, optimizer, lr, backbone_lr_mult, momentum, nesterov,
              weight_decay, schedule, warmup_epochs, clip_grad, label_smoothing, pos_weight, class_weight, metric,
              augment, hflip, scale, rotate, shift, color_jitter, grayscale, dropout, bn, width, depth, in_channels,
-             patience, precision, device, workers, threads, cache_dir, seed, checkpoint_every, resume, force, quiet):
+             patience, precision, device, workers, decode_once, threads, cache_dir, seed, checkpoint_every, resume, force, quiet):
     """Fine-tune a backbone end to end on a dataset (same manifest and split as embed), or train
     scratch-cnn from random init. Writes the same metrics.json / model.joblib as fit-head, so
     report and predict use it like any run, and best.pt, which embed accepts as finetuned:RUN.
@@ -88,16 +97,24 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
     \b
     Examples:
       featpipe finetune --data cifar/ --backbone efficientnet_lite0 --image-size 128 --out runs/lite0
-      featpipe finetune --data faces/ --backbone scratch-cnn --in-channels 1 --out runs/scratch
+      featpipe finetune --data cifar/ --budget 10m --out runs/lite0-10m
+      featpipe finetune --data faces/ --backbone scratch-cnn --budget 30m --out runs/scratch
       featpipe finetune --data photos/ --pos-weight auto --unfreeze last-3 --out runs/photos
       featpipe finetune --data cifar/ --out runs/lite0 --resume
       featpipe embed --data cifar/ --backbone finetuned:runs/lite0
     """
+    import time
+
+    started = time.monotonic()
     import torch
 
     from featpipe.cli._common import open_dataset
     from featpipe.finetune import FinetuneConfig
     from featpipe.finetune import finetune as run_finetune
+    from featpipe.finetune._budget import seconds_since_process_start
+
+    if _is_the_program():  # the budget counts the interpreter's start-up and imports too
+        started = time.monotonic() - seconds_since_process_start()
 
     if threads:
         torch.set_num_threads(threads)
@@ -109,18 +126,19 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
                f"{len(manifest.classes)} classes", err=True)
     cfg = FinetuneConfig(
         backbone=backbone, weights=weights, pretrained=not no_pretrained, layer=layer, image_size=image_size,
-        recipe=recipe, unfreeze=unfreeze, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        recipe=recipe, unfreeze=unfreeze, epochs=epochs, budget=budget, batch_size=batch_size, optimizer=optimizer, lr=lr,
         backbone_lr_mult=backbone_lr_mult, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         schedule=schedule, warmup_epochs=warmup_epochs, clip_grad=clip_grad or None,
         label_smoothing=label_smoothing, pos_weight=pos_weight,
         class_weight=None if class_weight == "none" else class_weight, metric=metric, augment=augment,
         hflip=hflip, scale=scale, rotate=rotate, shift=shift, color_jitter=color_jitter, grayscale=grayscale,
-        dropout=dropout, bn=bn, width=width, depth=depth, in_channels=int(in_channels), patience=patience, seed=seed,
-        precision=precision, device=device, num_workers=workers, cache_dir=cache_dir,
+        dropout=dropout, bn=bn, width=width, depth=depth, in_channels=int(in_channels) if in_channels else None,
+        patience=patience, seed=seed, precision=precision, device=device, num_workers=workers,
+        decode_once=decode_once, cache_dir=cache_dir,
         checkpoint_every=checkpoint_every,
     )
     res = run_finetune(manifest, cfg, out, resume=resume, force=force, progress=not quiet,
-                       log=lambda m: click.echo(m, err=True))
+                       log=lambda m: click.echo(m, err=True), clock_start=started)
     m = res.metrics
     test = res.test_score
     click.echo(f"best epoch {res.best_epoch}: val {m['metric']} {m['scores']['val']['main']:.4f}"
@@ -129,3 +147,12 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
         click.echo(f"skipped {len(res.failures)} unreadable images (e.g. {res.failures[0][0]}: "
                    f"{res.failures[0][1]})", err=True)
     click.echo(f"run: {res.out}  (embed with --backbone finetuned:{res.out})")
+
+
+def _is_the_program() -> bool:
+    """Whether this process was started as the ``featpipe`` command (not a test runner calling it)."""
+    import sys
+    from pathlib import Path
+
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return argv0.name == "featpipe" or argv0.parts[-2:] == ("featpipe", "__main__.py")

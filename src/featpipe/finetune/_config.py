@@ -10,6 +10,7 @@ from typing import Any
 from featpipe.backbones._base import PRECISION_CHOICES
 from featpipe.backbones._registry import DEFAULT_BACKBONE
 from featpipe.errors import FinetuneError
+from featpipe.finetune._budget import MAX_BUDGET_EPOCHS, parse_duration
 from featpipe.hardware import auto_precision
 
 RECIPES = ("lp-ft", "ft")
@@ -26,6 +27,12 @@ AUGMENT_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+def default_batch_size(image_size: int | None) -> int:
+    """Small inputs take bigger batches: a 48px step costs little, and per-step overhead would dominate."""
+    side = image_size or 224
+    return 128 if side <= 64 else 64 if side <= 96 else 32
+
+
 @dataclass
 class FinetuneConfig:
     """One fine-tune run. ``None`` fields take a default that depends on the backbone or the data
@@ -38,8 +45,9 @@ class FinetuneConfig:
     image_size: int | None = None  # None: 128 for small images (<= 64px) on pretrained nets, else the model's
     recipe: str | None = None  # lp-ft (pretrained) | ft (scratch-cnn, or to skip the linear probe)
     unfreeze: str = "all"  # head | last-N | all
-    epochs: int | None = None  # 10 pretrained, 30 scratch-cnn
-    batch_size: int = 32
+    epochs: int | None = None  # 10 pretrained, 30 scratch-cnn; with a budget: the most the plan may use
+    budget: float | str | None = None  # seconds (or "30m", "1h"): plan the run to end within it
+    batch_size: int | None = None  # 128 for inputs <= 64px, 64 up to 96px, else 32
     optimizer: str = "adamw"
     lr: float | None = None  # head learning rate; 1e-3 pretrained, 3e-3 scratch
     backbone_lr_mult: float | None = None  # backbone lr = lr * this; 0.25 pretrained, 1 scratch
@@ -64,14 +72,18 @@ class FinetuneConfig:
     bn: str | None = None  # frozen (pretrained: BatchNorm keeps its statistics) | train (random init)
     width: int = 32
     depth: int = 3
-    in_channels: int = 3
+    in_channels: int | None = None  # scratch-cnn: 1 when the data is all grayscale, else 3
     checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
     patience: int | None = None  # epochs without val improvement: 3 pretrained, 6 scratch (noisier)
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
     num_workers: int | None = None
+    decode_once: bool | None = None  # None: when the decoded training images fit in memory
     cache_dir: str = "cache"
+
+    def __post_init__(self) -> None:
+        self.budget = parse_duration(self.budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,7 +115,8 @@ class FinetuneConfig:
              f"--unfreeze must be head, all or last-N, got {self.unfreeze!r}")
         need(not (self.scratch and self.unfreeze != "all"), "scratch-cnn trains from random init: --unfreeze all")
         need(self.epochs is None or self.epochs >= 1, "--epochs must be >= 1")
-        need(self.batch_size >= 1, "--batch-size must be >= 1")
+        need(self.batch_size is None or self.batch_size >= 1, "--batch-size must be >= 1")
+        need(self.in_channels in (None, 1, 3), "--in-channels must be 1 or 3")
         need(self.checkpoint_every >= 0, "--checkpoint-every must be >= 0")
         need(self.lr is None or self.lr > 0, "--lr must be > 0")
         need(self.patience is None or self.patience >= 1, "--patience must be >= 1")
@@ -115,14 +128,16 @@ class FinetuneConfig:
             need(v is None or 0 <= v <= 1, f"--{k} must be a probability in [0, 1]")
         need(self.scale is None or 0 < self.scale <= 1, "--scale (min crop area) must be in (0, 1]")
 
-    def resolved(self, native_size: int | None = None, model_size: int | None = None) -> FinetuneConfig:
+    def resolved(self, native_size: int | None = None, model_size: int | None = None,
+                 gray: bool = False) -> FinetuneConfig:
         """A copy with every ``None`` default filled in (``native_size``: typical image side of the data,
-        ``model_size``: the backbone's default input side)."""
+        ``model_size``: the backbone's default input side, ``gray``: every sampled image is gray)."""
         self.validate()
         c = dataclasses.replace(self)
         s = c.scratch
         c.recipe = c.recipe or ("ft" if s or not c.pretrained else "lp-ft")
-        c.epochs = c.epochs or (30 if s else 10)
+        c.epochs = c.epochs or (MAX_BUDGET_EPOCHS if c.budget else 30 if s else 10)
+        c.in_channels = c.in_channels or (1 if s and gray else 3)
         c.patience = c.patience or (6 if s else 3)
         c.lr = c.lr or (3e-3 if s else 1e-3)
         c.backbone_lr_mult = c.backbone_lr_mult if c.backbone_lr_mult is not None else (1.0 if s else 0.25)
@@ -138,6 +153,7 @@ class FinetuneConfig:
                 c.image_size = min(128, model_size or 128)
             else:
                 c.image_size = model_size
+        c.batch_size = c.batch_size or default_batch_size(c.image_size)
         preset = AUGMENT_PRESETS[c.augment]
         for k, v in preset.items():
             if getattr(c, k) is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,34 @@ def decode(manifest: Manifest, row: int, draft_size: int | None = None) -> Image
     return load_image(path, target_size=draft_size)
 
 
-def native_size(manifest: Manifest, rows: np.ndarray, n: int = 32) -> int | None:
-    """Median shorter side of the first ``n`` readable images (picks the default input size)."""
-    sides = []
-    for r in rows[:n]:
+@dataclass
+class ImageProbe:
+    """What a sample of the training images says: median shorter side (the default input size), their
+    common size (w, h) if they share one, and whether every one is gray (R = G = B)."""
+
+    side: int | None
+    size: tuple[int, int] | None
+    gray: bool
+
+
+def probe_images(manifest: Manifest, rows: np.ndarray, n: int = 32) -> ImageProbe:
+    """Decode ``n`` readable images spread over ``rows`` (class folders are contiguous: the first ``n``
+    rows would be one class)."""
+    rows = np.asarray(rows)
+    pick = rows[np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int))] if len(rows) else rows
+    sizes, gray = [], True
+    for r in pick:
         try:
-            sides.append(min(decode(manifest, int(r)).size))
+            img = decode(manifest, int(r))
         except ImageError:
             continue
-    return int(np.median(sides)) if sides else None
+        sizes.append(img.size)
+        a = np.asarray(img)
+        gray = gray and bool((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all())
+    if not sizes:
+        return ImageProbe(None, None, False)
+    common = sizes[0] if all(s == sizes[0] for s in sizes) else None
+    return ImageProbe(int(np.median([min(s) for s in sizes])), common, gray)
 
 
 class ImageRows(Dataset):

@@ -104,6 +104,9 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
             "train_seconds": history.get("train_seconds"), "precision": cfg.precision,
             "device": run.device, "threads": torch.get_num_threads(),
             "linear_probe": history.get("linear_probe"), "n_unreadable": len(run.failed),
+            "decoded_once": history.get("decoded_once", False), "batch_size": cfg.batch_size,
+            # planned and actual time of a run inside --budget (actual: up to these metrics)
+            "budget": {**history["budget"], "actual_seconds": run.clock.elapsed()} if run.clock else None,
         },
     }
     predictions = predictions_record(manifest.ids, manifest.paths, Y, idx, probas, preds)

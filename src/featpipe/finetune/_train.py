@@ -27,8 +27,18 @@ from featpipe.backbones._scratch import scratch_arch
 from featpipe.backbones._torch import autocast
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FinetuneError
+from featpipe.finetune._budget import (
+    Clock,
+    Estimates,
+    LRPlan,
+    StepTimer,
+    budget_record,
+    plan_epochs,
+    warmup_steps,
+)
 from featpipe.finetune._config import FinetuneConfig
-from featpipe.finetune._data import ImageRows, build_transforms, collate, native_size
+from featpipe.finetune._data import ImageRows, build_transforms, collate, probe_images
+from featpipe.finetune._decoded import DecodedImages, TrainAugment, decode_rows, eval_batch, memory_budget
 from featpipe.finetune._net import (
     ClassifierNet,
     freeze,
@@ -41,6 +51,7 @@ from featpipe.folders import writable_folder
 from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
 
 LAST_CHECKPOINT = "last.pt"
+STATE_VERSION = 2  # 2: the learning-rate schedule is an LRPlan (a budget's plan can change its length)
 # config fields that do not change the result (a resumed run may change them)
 _RUNTIME_FIELDS = ("device", "num_workers", "cache_dir", "checkpoint_every")
 
@@ -71,6 +82,11 @@ def _seed_all(seed: int) -> None:
 def _epoch_seed(seed: int, epoch: int) -> int:
     """Seed of one epoch's shuffle, augmentation and dropout: a resumed run replays the epoch exactly."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:4], "little")
+
+
+def _batch_seed(epoch_seed: int, step: int) -> int:
+    """Seed of one batch's augmentation on the decoded fast path (a function of the epoch and step)."""
+    return (epoch_seed * 1_000_003 + step) % 2**63
 
 
 def _rng_state() -> dict[str, Any]:
@@ -174,18 +190,23 @@ class _Run:
             raise FinetuneError(f"dataset {manifest.name!r} has an empty validation split: early stopping and "
                                 "thresholds are tuned on validation; re-split with a val fraction")
         self.device = resolve_device(cfg.device)
-        probe = _base_spec(cfg, None) if cfg.image_size is None else None
-        native = native_size(manifest, self.rows["train"]) if cfg.image_size is None else None
-        self.cfg = cfg.resolved(native, _model_default_size(probe) if probe else None)
+        model_size = None if cfg.image_size is not None or cfg.scratch else _model_default_size(_base_spec(cfg, None))
+        self.probe = probe_images(manifest, self.rows["train"])
+        self.cfg = cfg.resolved(self.probe.side, model_size, gray=self.probe.gray)
         note = precision_note(self.cfg.precision, self.device, cfg.precision)
         if note:
             self.log(note)
+        if cfg.scratch and cfg.in_channels is None and self.cfg.in_channels == 1:
+            log("every sampled image is gray: scratch-cnn takes one input channel (--in-channels 3 to override)")
         self.metric = self.cfg.metric or DEFAULT_METRIC[self.task]
         main_metric_key(self.metric, self.task)  # an unknown metric fails before any training
         # DataLoader worker processes: on CPU one, augmenting beside the training step; a GPU gets embed's count
         auto_workers = default_workers(self.device) if self.device.startswith("cuda") else 1
         self.workers = auto_workers if self.cfg.num_workers is None else self.cfg.num_workers
         self.spec = _base_spec(self.cfg, self.cfg.image_size)
+        self.clock: Clock | None = None
+        self.failed: dict[int, str] = {}
+        self.epoch, self.planned_epochs = 0, None  # the epoch in progress; a budget's planned count
 
     # ------------------------------------------------------------------------------- building
     def build(self) -> None:
@@ -196,6 +217,8 @@ class _Run:
         self.transforms = build_transforms(c, self.data_config)
         crop = float(self.data_config.get("crop_pct", 1.0)) or 1.0
         self.draft = int(math.ceil(max(self.data_config["input_size"][1:]) / crop))
+        self._labels = np.asarray(self.manifest.labels)
+        self.store, self.val_store = self._decode_once()
         bnet = backbone.net  # type: ignore[attr-defined]
         self.feature_dim = backbone.feature_dim
         n_out = len(self.classes)
@@ -239,28 +262,66 @@ class _Run:
             return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0)
         return torch.optim.AdamW(groups, lr=c.lr)
 
-    def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        from torch.optim import lr_scheduler as S
-
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """Warm-up + cosine / one-cycle / constant over ``epochs`` epochs (a budget's plan re-sets the
+        length once it has measured the steps: :attr:`plan`)."""
         c = self.cfg
         assert c.epochs is not None
         total = c.epochs * self.steps_per_epoch
-        warm = min(int(round(c.warmup_epochs * self.steps_per_epoch)), max(total - 1, 0))
-        if c.schedule == "onecycle":
-            return S.OneCycleLR(self.opt, max_lr=[g["lr"] for g in self.opt.param_groups], total_steps=total,
-                                pct_start=max(warm / total, 0.05))
-        if c.schedule == "constant":
-            return S.LinearLR(self.opt, start_factor=0.01, total_iters=warm) if warm else S.ConstantLR(self.opt, 1.0, 0)
-        cosine = S.CosineAnnealingLR(self.opt, T_max=max(total - warm, 1))
-        if not warm:
-            return cosine
-        return S.SequentialLR(self.opt, [S.LinearLR(self.opt, start_factor=0.01, total_iters=warm), cosine],
-                              milestones=[warm])
+        self.plan = LRPlan(c.schedule, total, warmup_steps(c.warmup_epochs, self.steps_per_epoch, total,
+                                                          budget=c.budget is not None))
+        return torch.optim.lr_scheduler.LambdaLR(self.opt, self.plan)
+
+    # ------------------------------------------------------------------------ decode-once fast path
+    def _decode_once(self) -> tuple[DecodedImages | None, DecodedImages | None]:
+        """Decode the training images once into a uint8 array (native size, never above the training
+        size) and the validation images through the eval geometry, when both fit the memory budget
+        (:func:`memory_budget`) and the sampled training images share one size."""
+        from featpipe.backbones._torch import _uint8_split
+        from featpipe.embed import default_workers
+
+        c, probe = self.cfg, self.probe
+        self._slot = self._val_slot = None
+        if c.decode_once is False or probe.side is None:
+            return None, None
+        if probe.size is None and not c.decode_once:
+            self.log("training images differ in size: decoding them per image and epoch")
+            return None, None
+        geometry, self._eval_scale, self._eval_shift = _uint8_split(self.transforms["eval"], self.data_config, "cpu")
+        oh, ow = (int(v) for v in self.data_config["input_size"][1:])
+        w, h = probe.size or (ow, oh)
+        k = min(1.0, max(oh, ow) / min(w, h))  # kept at native size, shrunk only above the training size
+        size = (max(1, round(w * k)), max(1, round(h * k)))
+        ch = 1 if probe.gray else 3
+        n_tr, n_va = len(self.rows["train"]), len(self.rows["val"])
+        need = n_tr * size[0] * size[1] * ch + (n_va * oh * ow * ch if geometry else 0)
+        if c.decode_once is None and need > memory_budget():
+            self.log(f"decoded training images would take {need / 2**20:.0f} MB (over the "
+                     f"{memory_budget() / 2**20:.0f} MB budget): decoding them per image and epoch")
+            return None, None
+        t0 = time.perf_counter()
+        workers = self.workers if c.num_workers is not None else default_workers(self.device)
+        interp = str(self.data_config.get("interpolation", "bilinear"))
+        store = decode_rows(self.manifest, self.rows["train"], size=size, interpolation=interp, workers=workers,
+                            draft=self.draft)
+        val = decode_rows(self.manifest, self.rows["val"], pil_part=geometry, workers=workers,
+                          draft=self.draft) if geometry else None
+        self._slot = store.index(len(self.manifest))
+        self._val_slot = val.index(len(self.manifest)) if val is not None else None
+        self.train_augment = TrainAugment(c, self.data_config, channels=1 if store.gray and c.in_channels == 1 else 3)
+        mb = (store.data.nbytes + (val.data.nbytes if val is not None else 0)) / 2**20
+        self.log(f"decoded {len(store.rows)} training images once ({size[0]}x{size[1]}"
+                 f"{', gray' if store.gray else ''}{', ' + str(store.n_resized) + ' resized' if store.n_resized else ''}"
+                 f") and {len(val.rows) if val is not None else 0} validation images, {mb:.0f} MB in "
+                 f"{time.perf_counter() - t0:.1f}s; augmenting whole batches in torch")
+        return store, val
 
     # ------------------------------------------------------------------------------ linear probe
     def linear_probe(self) -> dict[str, Any]:
         """Fit featpipe's logistic head (C tuned on val) on frozen features of the same input size,
-        reusing or filling the feature cache, and start the classifier layer from it."""
+        reusing or filling the feature cache, and start the classifier layer from it. Inside a time
+        budget a cache that would need embedding is not filled: the probe takes the validation images
+        and as many training images (in random order) as a fifth of the time left allows."""
         from featpipe.cache import FeatureCache
         from featpipe.embed import embed_dataset
         from featpipe.heads import make_head
@@ -269,31 +330,85 @@ class _Run:
         lp_spec = resolve_spec(self.cfg.backbone, weights=self.cfg.weights, pretrained=self.cfg.pretrained,
                                layer=self.cfg.layer, image_size=self.cfg.image_size, precision="auto",
                                seed=self.cfg.seed, device=self.device)
-        res = embed_dataset(self.manifest, lp_spec, cache_dir=self.cfg.cache_dir, device=self.device,
-                            progress=self.progress, seed=self.cfg.seed)
-        cache = FeatureCache.open(res.path)
-        tr, va = (np.asarray(cache.split_indices(s), dtype=np.int64) for s in ("train", "val"))
-        X, Y = np.asarray(cache.features, dtype=np.float64), np.asarray(cache.labels)
+        info: dict[str, Any]
+        if self.clock is not None and not self._complete_cache(lp_spec):
+            Xtr, Ytr, Xva, Yva, n_all = self._probe_features(0.2 * self.clock.left())
+            info = {"cache": None, "cache_reused": False, "train_images": len(Xtr), "of_train_images": n_all}
+        else:
+            res = embed_dataset(self.manifest, lp_spec, cache_dir=self.cfg.cache_dir, device=self.device,
+                                progress=self.progress, seed=self.cfg.seed)
+            cache = FeatureCache.open(res.path)
+            tr, va = (np.asarray(cache.split_indices(s), dtype=np.int64) for s in ("train", "val"))
+            X, Y = np.asarray(cache.features, dtype=np.float64), np.asarray(cache.labels)
+            Xtr, Ytr, Xva, Yva = X[tr], Y[tr], X[va], Y[va]
+            info = {"cache": str(res.path), "cache_reused": res.n_computed == 0}
         head = make_head("logistic", task=self.task, preprocess="standardize", class_weight=self.cfg.class_weight,
                          metric=self.metric, seed=self.cfg.seed)
         kw = {} if self.task == "multilabel" else {"n_classes": len(self.classes)}
-        head.fit(X[tr], Y[tr], X[va], Y[va], **kw)
+        head.fit(Xtr, Ytr, Xva, Yva, **kw)
         init_from_linear_probe(self.net.fc, head, self.task)
-        val = _score(Y[va], head.val_proba_, self.task, self.classes, self.metric)["main"]
-        info = {"cache": str(res.path), "cache_reused": res.n_computed == 0, "params": head.params_,
-                f"val_{self.metric}": val, "seconds": time.perf_counter() - t0}
+        val = _score(Yva, head.val_proba_, self.task, self.classes, self.metric)["main"]
+        info = {**info, "params": head.params_, f"val_{self.metric}": val, "seconds": time.perf_counter() - t0}
+        where = ("cache reused" if info["cache_reused"] else "cache filled") if info["cache"] else (
+            f"{info['train_images']} of {info['of_train_images']} training images, inside the budget")
         self.log(f"linear probe: val {self.metric} {val:.4f} (C={head.params_.get('C', '-')}, "
-                 f"{info['seconds']:.0f}s, cache {'reused' if info['cache_reused'] else 'filled'})")
+                 f"{info['seconds']:.0f}s, {where})")
         return info
+
+    def _complete_cache(self, spec: BackboneSpec) -> bool:
+        """Whether ``cache_dir`` holds this dataset's features from this backbone with nothing left to embed."""
+        from featpipe.cache import find_cache, rows_to_embed
+        from featpipe.errors import CacheError
+
+        try:
+            path = find_cache(self.cfg.cache_dir, self.manifest, spec)
+            return path is not None and rows_to_embed(path, self.manifest)[0] == 0
+        except CacheError:
+            return False
+
+    @torch.no_grad()
+    def _probe_features(self, seconds: float) -> tuple[np.ndarray, ...]:
+        """Frozen pooled features of every validation image and of training images in a seeded random
+        order until ``seconds`` have passed (at least two batches): (X_train, y_train, X_val, y_val, n_train)."""
+        c = self.cfg
+        assert c.batch_size is not None
+        deadline = time.monotonic() + seconds
+        backbone = self.net.backbone
+        backbone.eval()
+
+        def features(rows: np.ndarray, stop: bool) -> tuple[np.ndarray, np.ndarray]:
+            feats, good_rows = [], []
+            stored = not stop and self.val_store is not None and self._val_slot is not None
+            batches = self._stored_batches(rows, self.val_store, self._val_slot, lambda u8, _k: eval_batch(
+                u8, self._eval_scale, self._eval_shift)) if stored else self._loader(rows, self.transforms["eval"])
+            for k, (x, good, bad) in enumerate(batches):
+                self.failed.update({int(r): e for r, e in bad})
+                if x is not None:
+                    with autocast(c.precision, self.device):
+                        f = backbone(x.to(self.device).contiguous(memory_format=torch.channels_last))
+                    feats.append(f.float().cpu().numpy().astype(np.float64))
+                    good_rows.append(good.numpy())
+                if stop and k >= 1 and time.monotonic() > deadline:
+                    break
+            if not feats:
+                raise FinetuneError("no image for the linear probe could be read")
+            return np.concatenate(feats), np.concatenate(good_rows)
+
+        Xva, va = features(self.rows["val"], stop=False)
+        order = np.random.default_rng(c.seed).permutation(self.rows["train"])
+        Xtr, tr = features(order, stop=True)
+        return Xtr, self._labels[tr], Xva, self._labels[va], len(order)
 
     # -------------------------------------------------------------------------------- epochs
     def _loader(self, rows: np.ndarray, transform: Callable, shuffle: bool = False, epoch: int = 0,
-                seed: int | None = None, offset: int = 0) -> DataLoader:
+                seed: int | None = None, offset: int = 0, workers: int | None = None) -> DataLoader:
         g = torch.Generator()
         g.manual_seed(_epoch_seed(self.cfg.seed, epoch))  # worker seeds come from it, not the global RNG
         ds = ImageRows(self.manifest, rows, transform, self.draft, seed=seed, offset=offset)
+        assert self.cfg.batch_size is not None
+        n = self.workers if workers is None else workers
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=g, collate_fn=collate,
-                          num_workers=self.workers if len(rows) > self.cfg.batch_size else 0,
+                          num_workers=n if len(rows) > self.cfg.batch_size else 0,
                           pin_memory=self.device.startswith("cuda"))
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -304,13 +419,41 @@ class _Run:
         return order[: self.steps_per_epoch * self.cfg.batch_size] if self.drop_last else order
 
     def _targets(self, rows: torch.Tensor) -> torch.Tensor:
-        y = torch.as_tensor(np.asarray(self.manifest.labels)[rows.numpy()])
+        y = torch.as_tensor(self._labels[rows.numpy()])
         return (y.float() if self.task == "multilabel" else y.long()).to(self.device)
 
+    def _stored_batches(self, rows: np.ndarray, store: DecodedImages, slot: np.ndarray, make: Callable,
+                        first: int = 0):
+        """(batch, good rows, [(row, reason)] of unreadable ones) from a decoded store, as the loader gives."""
+        bs = self.cfg.batch_size
+        assert bs is not None
+        for k in range(first, first + math.ceil(len(rows) / bs)):
+            chunk = rows[(k - first) * bs:(k - first + 1) * bs]
+            pos = slot[chunk]
+            ok = pos >= 0
+            bad = [(int(r), store.failed.get(int(r), "not decoded")) for r in chunk[~ok]]
+            x = make(store.data[pos[ok]], k) if ok.any() else None
+            yield x, torch.as_tensor(chunk[ok], dtype=torch.long), bad
+
+    def _train_batches(self, epoch: int, start: int, eseed: int):
+        """This epoch's training batches from step ``start`` on (decoded store or the per-image loader)."""
+        bs = self.cfg.batch_size
+        assert bs is not None
+        order = self.epoch_order(epoch)[start * bs:]
+        if self.store is None:
+            return self._loader(order, self.transforms["train"], epoch=epoch, seed=eseed, offset=start * bs)
+
+        def make(u8: np.ndarray, k: int) -> torch.Tensor:
+            return self.train_augment(u8, torch.Generator().manual_seed(_batch_seed(eseed, k)))
+
+        return self._stored_batches(order, self.store, self._slot, make, first=start)
+
     def train_epoch(self, epoch: int, last_val: float | None = None, partial: dict[str, Any] | None = None,
-                    on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                    on_step: Callable[[dict[str, Any]], None] | None = None,
+                    after_step: Callable[[float], bool] | None = None) -> dict[str, Any]:
         """One epoch; ``partial`` continues it after ``partial["step"]`` batches (a mid-epoch checkpoint),
-        ``on_step`` is called with the epoch's partial state every ``checkpoint_every`` batches."""
+        ``on_step`` is called with the epoch's partial state every ``checkpoint_every`` batches,
+        ``after_step`` with each step's seconds (data included); it returns True to end the epoch there."""
         from featpipe.progress import progress_bar
 
         c = self.cfg
@@ -319,14 +462,15 @@ class _Run:
             _seed_all(eseed)  # dropout; a mid-epoch resume restored the RNG state saved with ``partial``
             partial = {"step": 0, "seen": 0, "loss_sum": 0.0, "seconds": 0.0, "logits": [], "rows": []}
         set_train_mode(self.net, self.prefixes, self.cfg.bn or "train")
+        assert c.batch_size is not None
         start = int(partial["step"]) * c.batch_size
-        loader = self._loader(self.epoch_order(epoch)[start:], self.transforms["train"], epoch=epoch, seed=eseed,
-                              offset=start)
-        bar = progress_bar(self.steps_per_epoch * c.batch_size, f"epoch {epoch}/{c.epochs}", enabled=self.progress,
-                           initial=start, leave=False)
+        loader = self._train_batches(epoch, int(partial["step"]), eseed)
+        bar = progress_bar(self.steps_per_epoch * c.batch_size, f"epoch {epoch}/{self.planned_epochs or c.epochs}",
+                           enabled=self.progress, initial=start, leave=False)
         t0, step, seen, loss_sum = time.perf_counter(), int(partial["step"]), int(partial["seen"]), partial["loss_sum"]
         logits_all = [np.asarray(z) for z in partial["logits"]]  # tensors in a checkpoint
         rows_all = [np.asarray(r) for r in partial["rows"]]
+        t_step, cut = time.perf_counter(), False
         for x, rows, bad in loader:
             self.failed.update({int(r): e for r, e in bad})
             step += 1
@@ -362,25 +506,39 @@ class _Run:
             if on_step and c.checkpoint_every and step % c.checkpoint_every == 0 and step < self.steps_per_epoch:
                 on_step({"step": step, "seen": seen, "loss_sum": loss_sum, "logits": logits_all, "rows": rows_all,
                          "seconds": float(partial["seconds"]) + time.perf_counter() - t0})
+            now = time.perf_counter()
+            if after_step is not None and after_step(now - t_step) and step < self.steps_per_epoch:
+                cut = True
+                break
+            t_step = now
         bar.close()
         seconds = float(partial["seconds"]) + time.perf_counter() - t0
+        row: dict[str, Any] = {"steps": step, "cut": cut}  # a cut comes after a trained step: seen > 0
         if not seen:
             raise FinetuneError("no training image could be read")
         r = np.concatenate(rows_all)
-        y = np.asarray(self.manifest.labels)[r]
-        train_main = _score(y, _proba(np.concatenate(logits_all), self.task), self.task, self.classes,
-                            self.metric)["main"]
-        return {"train_loss": loss_sum / seen, "train_metric": train_main, "train_seconds": seconds,
+        train_main = _score(self._labels[r], _proba(np.concatenate(logits_all), self.task), self.task,
+                            self.classes, self.metric)["main"]
+        return {**row, "train_loss": loss_sum / seen, "train_metric": train_main, "train_seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else 0.0,
                 "lr": [g["lr"] for g in self.opt.param_groups][-1]}
 
     @torch.no_grad()
-    def logits(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Eval-mode logits for ``rows`` (eval transform, never augmented) and which rows were readable."""
+    def logits(self, rows: np.ndarray, per_image: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Eval-mode logits for ``rows`` (eval transform, never augmented) and which rows were readable;
+        decoded validation images come from their store unless ``per_image``."""
         self.net.eval()
         out = np.full((len(rows), len(self.classes)), np.nan, dtype=np.float32)
         pos = {int(r): i for i, r in enumerate(rows)}
-        for x, good, bad in self._loader(rows, self.transforms["eval"]):
+        stored = (not per_image and self.val_store is not None and self._val_slot is not None
+                  and bool(np.isin(rows, self.rows["val"]).all()))
+        if stored:
+            assert self.val_store is not None and self._val_slot is not None
+            batches = self._stored_batches(np.asarray(rows), self.val_store, self._val_slot,
+                                           lambda u8, _k: eval_batch(u8, self._eval_scale, self._eval_shift))
+        else:
+            batches = self._loader(rows, self.transforms["eval"], workers=None if not per_image else 0)
+        for x, good, bad in batches:
             self.failed.update({int(r): e for r, e in bad})
             if x is None:
                 continue
@@ -395,7 +553,7 @@ class _Run:
         t0 = time.perf_counter()
         rows = self.rows["val"]
         z, ok = self.logits(rows)
-        y = np.asarray(self.manifest.labels)[rows]
+        y = self._labels[rows]
         zt = torch.as_tensor(z[ok])
         yt = torch.as_tensor(y[ok]).float() if self.task == "multilabel" else torch.as_tensor(y[ok]).long()
         loss = float(self.eval_criterion(zt, yt)) if ok.any() else math.nan
@@ -425,8 +583,8 @@ class _Run:
                        "logits": [torch.from_numpy(np.asarray(z)) for z in partial["logits"]],
                        "rows": [torch.from_numpy(np.asarray(r)) for r in partial["rows"]]}
         return {
-            "format": "featpipe-finetune-state", "epoch": epoch, "partial": partial,
-            "config": _plain(self.cfg.to_dict()),
+            "format": "featpipe-finetune-state", "state_version": STATE_VERSION, "epoch": epoch, "partial": partial,
+            "config": _plain(self.cfg.to_dict()), "elapsed": self.clock.elapsed() if self.clock else None,
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "history": _plain(history), "best": _plain(best), "rng": _rng_state(),
@@ -448,12 +606,15 @@ class _Run:
 
 def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str | Path = "runs/finetune", *,
              resume: bool = False, force: bool = False, progress: bool = True,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+             log: Callable[[str], None] | None = None, clock_start: float | None = None) -> FinetuneResult:
     """Fine-tune a backbone on ``manifest`` and write every artifact into ``out``.
 
     ``resume`` continues from ``out/last.pt`` (written at every epoch end, so a killed run loses at
-    most the epoch in progress and ends exactly as an uninterrupted run on CPU).
+    most the epoch in progress and ends exactly as an uninterrupted run on CPU). With a budget
+    (``config.budget`` seconds) the run is planned to end, artifacts written, within it from
+    ``clock_start`` (``time.monotonic()``; default: now); a resumed run has what its first part left.
     """
+    t_enter = time.monotonic() if clock_start is None else clock_start
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     last = out / LAST_CHECKPOINT
@@ -474,6 +635,9 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
             setattr(stored, k, getattr(cfg, k))
         cfg = stored
     run = _Run(manifest, cfg, out, log, progress)
+    if run.cfg.budget is not None:
+        used = float(saved.get("elapsed") or 0.0) if saved is not None else 0.0
+        run.clock = Clock(float(run.cfg.budget), start=t_enter - used)
     if saved is not None and manifest.fingerprint() != saved["history"].get("dataset_fingerprint"):
         raise FinetuneError(f"{out} was trained on another dataset or split; resume needs the same data")
     writable_folder(out, "fine-tune output")
@@ -491,6 +655,8 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
             "backbone": run.spec.to_dict(), "dataset": manifest.info(), "dataset_fingerprint": manifest.fingerprint(),
             "linear_probe": lp, "seed": c.seed, "device": run.device, "precision": c.precision,
             "threads": torch.get_num_threads(), "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "in_channels_from": _in_channels_from(cfg, c), "decoded_once": run.store is not None,
+            "budget": budget_record(run.clock),
         }
         best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "val_loss": math.inf, "bad_epochs": 0}
         start, partial = 1, None
@@ -506,17 +672,25 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
         partial = saved.get("partial")
         where = f" and {partial['step']} steps of epoch {start}" if partial else ""
         log(f"resuming {out} after epoch {saved['epoch']}{where}")
-    assert c.epochs is not None
-    for epoch in range(start, c.epochs + 1):
-        if best["bad_epochs"] >= c.patience:
+    assert c.epochs is not None and c.patience is not None
+    planner = _Planner(run, history["budget"]) if run.clock is not None else None
+    epoch = start
+    while epoch <= (planner.epochs if planner else c.epochs):
+        if best["bad_epochs"] >= c.patience or (planner is not None and run.sched.last_epoch >= run.plan.total):
+            break
+        if planner is not None and history["epochs"] and planner.short():
+            planner.deadline_stop(epoch)
             break
         last_val = history["epochs"][-1]["val_metric"] if history["epochs"] else None
 
         def checkpoint(p: dict[str, Any], epoch: int = epoch, best: dict[str, Any] = best) -> None:
             _atomic_save(run.state(epoch - 1, history, best, p), last)
 
-        row = {"epoch": epoch, **run.train_epoch(epoch, last_val, partial, checkpoint), **run.validate()}
+        run.epoch = epoch
+        row = {"epoch": epoch, **run.train_epoch(epoch, last_val, partial, checkpoint,
+                                                 planner.after_step if planner else None), **run.validate()}
         partial = None
+        t_save = time.perf_counter()
         score, vloss = row["val_metric"], row["val_loss"]
         better = score > best["score"] or (score == best["score"] and vloss < best["val_loss"])
         if better:
@@ -527,18 +701,31 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
         row["best"] = better
         history["epochs"].append(row)
         history["best_epoch"] = best["epoch"]
-        history["stopped_early"] = best["bad_epochs"] >= c.patience and epoch < c.epochs
+        if planner is not None:
+            planner.epoch_end(epoch, row)
+        planned = planner.epochs if planner else c.epochs
+        history["stopped_early"] = best["bad_epochs"] >= c.patience and epoch < planned
         _atomic_save(run.state(epoch, history, best), last)
         _write_json(out / "history.json", history)
-        log(f"epoch {epoch}/{c.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-            f"val {run.metric} {score:.4f}{' *' if better else ''} ({row['train_seconds']:.1f}s, "
+        if planner is not None:
+            planner.save_seconds(time.perf_counter() - t_save)
+        cut = f", cut at step {row['steps']}" if row["cut"] else ""
+        log(f"epoch {epoch}/{planned}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val {run.metric} {score:.4f}{' *' if better else ''} ({row['train_seconds']:.1f}s{cut}, "
             f"{row['images_per_second']:.1f} img/s, val {row['val_seconds']:.1f}s)")
         if history["stopped_early"]:
             log(f"early stop: no val improvement for {c.patience} epochs; best epoch {best['epoch']}")
+        if row["cut"]:
+            break
+        epoch += 1
     history["train_seconds"] = float(sum(e["train_seconds"] + e["val_seconds"] for e in history["epochs"]))
     from featpipe.finetune._outputs import write_outputs
 
     metrics = write_outputs(run, history)
+    if run.clock is not None:
+        history["budget"]["actual_seconds"] = run.clock.elapsed()
+        log(f"budget {_fmt_seconds(run.clock.seconds)}: finished in {_fmt_seconds(run.clock.elapsed())} "
+            f"(planned {_fmt_seconds(history['budget']['planned_seconds'] or 0.0)})")
     history["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     _write_json(out / "history.json", history)
     failures = [(manifest.ids[r], e) for r, e in sorted(run.failed.items())]
@@ -548,6 +735,161 @@ def finetune(manifest: Manifest, config: FinetuneConfig | None = None, out: str 
 
 _STATE_PARTS = {"epoch": int, "config": dict, "model": dict, "optimizer": dict, "scheduler": dict,
                 "history": dict, "best": dict, "rng": dict}
+
+
+def _in_channels_from(given: FinetuneConfig, resolved: FinetuneConfig) -> str | None:
+    if not resolved.scratch:
+        return None
+    if given.in_channels is not None:
+        return "option"
+    return "data (every sampled image gray)" if resolved.in_channels == 1 else "default (colour images)"
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f}s"
+
+
+class _Planner:
+    """A run inside a time budget: measures the first steps and one evaluation, plans the epochs and
+    the schedule's length to end (closing pass included) before the deadline, re-plans at epoch ends
+    (shorter only, after the first), and ends an epoch early when the machine has slowed down so
+    much that the rest would not fit. Its record is ``history["budget"]``."""
+
+    CALIBRATION_STEPS = 5  # measured steps (after 2 warm-up steps) before the first plan
+
+    def __init__(self, run: _Run, record: dict[str, Any]) -> None:
+        assert run.clock is not None and run.cfg.epochs is not None
+        self.run, self.clock, self.rec = run, run.clock, record
+        self.timer = StepTimer()
+        last = record["plans"][-1] if record["plans"] else None
+        self.est = Estimates(last["step_seconds"], last["val_seconds"], last["final_seconds"],
+                             last["save_seconds"]) if last else None
+        self.epochs = int(record["planned_epochs"] or run.cfg.epochs)
+        run.planned_epochs = record["planned_epochs"]
+        self.first_epoch = True  # the first epoch end of this process re-plans both ways
+        self.n_steps, self.measured = 0, 0.0
+
+    # --------------------------------------------------------------------------------- steps
+    def after_step(self, seconds: float) -> bool:
+        """Called after each training step; True ends the epoch here."""
+        self.n_steps += 1
+        if self.n_steps > 2:  # the first steps pay for allocations and worker start
+            self.timer.add(seconds)
+            self.measured += seconds
+        if self.est is None:
+            enough = (self.n_steps >= 2 + self.CALIBRATION_STEPS
+                      and self.measured >= min(10.0, 0.02 * self.clock.seconds))
+            if not ((enough or self.clock.elapsed() > 0.1 * self.clock.seconds) and self.timer.value is not None):
+                return False
+            self.plan("measured the first steps", grow=True)
+        if self._steps_done() >= self.run.plan.total:
+            return True  # the plan ends inside this epoch
+        if self.short():
+            self.deadline_stop(self.run.epoch)
+            return True
+        return False
+
+    def _steps_done(self) -> int:
+        return int(self.run.sched.last_epoch)
+
+    def short(self) -> bool:
+        """Whether one more step, a validation and the closing pass would overrun the deadline."""
+        if self.est is None:
+            return False
+        typical = self.timer.value or self.est.step
+        step = max(typical, self.timer.last or 0.0)  # the next step may be as slow as the last one
+        slow = max(1.0, typical / max(self.est.step, 1e-9))  # evaluation slows down as training did
+        return self.clock.left() < step + (self.est.val + self.est.final) * slow + self.est.save
+
+    def deadline_stop(self, epoch: int) -> None:
+        self.rec["stopped_at_deadline"] = True
+        self.run.log(f"budget {_fmt_seconds(self.clock.seconds)}: no time left for more training steps; "
+                     f"stopping in epoch {epoch} at {_fmt_seconds(self.clock.elapsed())} to keep the final "
+                     f"evaluation inside the budget (the best epoch so far is kept)")
+
+    # ------------------------------------------------------------------------------- planning
+    def _measure_eval(self) -> tuple[float, float]:
+        """(validation pass, closing pass) seconds from one timed evaluation of a few validation images:
+        the closing pass embeds every split image by image with the best checkpoint."""
+        run = self.run
+        bs = run.cfg.batch_size or 32
+        rows = run.rows["val"][: max(2 * bs, 64)]
+        n_all = sum(len(run.rows[s]) for s in ("train", "val", "test"))
+        t = time.perf_counter()
+        run.logits(rows, per_image=True)
+        per_image = (time.perf_counter() - t) / max(len(rows), 1)
+        val = per_image * len(run.rows["val"])
+        if run.val_store is not None:
+            t = time.perf_counter()
+            run.logits(rows)
+            val = (time.perf_counter() - t) / max(len(rows), 1) * len(run.rows["val"])
+        set_train_mode(run.net, run.prefixes, run.cfg.bn or "train")
+        return val, 1.1 * per_image * n_all + 2.0
+
+    def plan(self, why: str, grow: bool, epoch_step: float | None = None) -> None:
+        run, c = self.run, self.run.cfg
+        assert c.epochs is not None
+        spe = run.steps_per_epoch
+        if self.est is None:
+            val, final = self._measure_eval()
+            n_params = sum(p.numel() for p in run.net.parameters())
+            # last.pt holds weights + two AdamW moments; best.pt the weights (at ~100 MB/s)
+            self.est = Estimates(step=epoch_step or self.timer.value or 0.0, val=val, final=final,
+                                 save=0.2 + 4 * 4 * n_params / 100e6)
+        elif epoch_step is not None:
+            self.est.step = epoch_step
+        done = self._steps_done()
+        epochs_done = run.epoch - 1 if done < run.epoch * spe else run.epoch
+        epochs, total = plan_epochs(self.clock.left(), spe, done, self.est, c.epochs, epochs_done)
+        before = run.plan.total
+        if not grow:
+            epochs, total = min(epochs, self.epochs), min(total, before)
+        self.epochs = run.planned_epochs = epochs
+        run.plan.total = total
+        if done < run.plan.warm:  # still warming up: the warm-up fits the planned length
+            run.plan.warm = max(warmup_steps(c.warmup_epochs, spe, total, budget=True), done)
+        e = self.est
+        rest = (total - done) * e.step + (epochs - epochs_done) * (e.val + e.save) + e.final
+        planned = self.clock.elapsed() + rest
+        self.rec["plans"].append({
+            "why": why, "elapsed": self.clock.elapsed(), "epoch": run.epoch, "step": done, "epochs": epochs,
+            "total_steps": total, "warmup_steps": run.plan.warm, "step_seconds": e.step, "val_seconds": e.val,
+            "final_seconds": e.final, "save_seconds": e.save, "planned_seconds": planned,
+        })
+        self.rec["planned_epochs"], self.rec["planned_seconds"] = epochs, planned
+        self.run.log(f"budget {_fmt_seconds(self.clock.seconds)}: {why}: {epochs} epochs of {spe} steps "
+                     f"({total} steps at {e.step:.2f}s, validation {e.val:.1f}s, closing pass ~{e.final:.0f}s): "
+                     f"done at ~{_fmt_seconds(planned)}")
+        if total <= done < before:
+            self.deadline_stop(run.epoch)  # not one more step fits where more were planned
+
+    def epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+        """After an epoch's validation: the measured epoch replaces the estimates and the plan is
+        re-made (both ways after this process's first epoch, else only shorter)."""
+        if row["cut"]:
+            return
+        steps = max(int(row["steps"]), 1)
+        step = row["train_seconds"] / steps
+        if self.est is not None:
+            self.est.val = row["val_seconds"]
+        grow, self.first_epoch = self.first_epoch, False
+        before = (self.epochs, self.run.plan.total)
+        if self.est is None:
+            self.plan("measured the first epoch", grow=True, epoch_step=step)
+            return
+        epochs, total = self._peek(step)
+        if (epochs, total) != before and (grow or epochs < before[0] or total < before[1]):
+            self.plan(f"re-planned after epoch {epoch}", grow=grow, epoch_step=step)
+
+    def _peek(self, step: float) -> tuple[int, int]:
+        assert self.est is not None and self.run.cfg.epochs is not None
+        est = Estimates(step, self.est.val, self.est.final, self.est.save)
+        return plan_epochs(self.clock.left(), self.run.steps_per_epoch, self._steps_done(), est,
+                           self.run.cfg.epochs, self.run.epoch)
+
+    def save_seconds(self, seconds: float) -> None:
+        if self.est is not None:
+            self.est.save = seconds
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -569,6 +911,9 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise FinetuneError(f"cannot read {path}: {str(e).splitlines()[0][:120]}; pass --force to start over") from None
     if not isinstance(st, dict) or st.get("format") != "featpipe-finetune-state":
         raise FinetuneError(f"{path} is not a featpipe fine-tune state; pass --force to start over")
+    if st.get("state_version") != STATE_VERSION:
+        raise FinetuneError(f"{path} was written by an older featpipe (another schedule format); pass --force "
+                            "to start over")
     bad = [k for k, t in _STATE_PARTS.items() if not isinstance(st.get(k), t)]
     bad += [f"best.{k}" for k in ("epoch", "score", "val_loss", "bad_epochs") if k not in st.get("best", {})]
     if not isinstance(st.get("history", {}).get("epochs"), list):

@@ -458,7 +458,7 @@ class Study:
         from featpipe.finetune import FinetuneConfig
         from featpipe.versions import library_versions
 
-        keys = ("layer", "image_size", "unfreeze", "epochs", "patience", "batch_size", "lr", "optimizer",
+        keys = ("layer", "image_size", "unfreeze", "epochs", "budget", "patience", "batch_size", "lr", "optimizer",
                 "schedule", "weight_decay", "label_smoothing", "augment", "class_weight", "precision",
                 "in_channels", "width", "depth", "dropout")
         opts = {k: getattr(ft, k) for k in keys if getattr(ft, k) is not None}

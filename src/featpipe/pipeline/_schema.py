@@ -178,6 +178,9 @@ class FinetuneConfig(Section):
     image_size: int | None = Field(None, gt=0, description="Training input size.")
     unfreeze: str = Field("all", pattern=r"^(head|all|last-\d+)$", description="`head`, `last-N` or `all`.")
     epochs: int | None = Field(None, gt=0, description="Most epochs (early stopping may end sooner).")
+    budget: str | None = Field(None, description="Time budget, e.g. `30m`, `90s`, `1h`: epochs and schedule "
+                               "are planned from the measured first steps to end within it (linear probe "
+                               "and final evaluation included).")
     patience: int | None = Field(None, gt=0, description="Early-stopping patience in epochs.")
     batch_size: int | None = Field(None, gt=0, description="Training batch size.")
     lr: float | None = Field(None, gt=0, description="Head learning rate (the backbone's is lower).")
@@ -188,10 +191,25 @@ class FinetuneConfig(Section):
     augment: Literal["none", "light", "strong"] | None = Field(None, description="Training-split augmentation.")
     class_weight: Literal["balanced"] | None = Field(None, description="`balanced`: weight classes by frequency.")
     precision: Literal[*PRECISION_CHOICES] | None = Field(None, description="Training precision.")
-    in_channels: Literal[1, 3] | None = Field(None, description="`scratch-cnn`: 1 for grayscale-native.")
+    in_channels: Literal[1, 3] | None = Field(None, description="`scratch-cnn`: 1 for grayscale-native "
+                                              "(default when the images are gray).")
     width: int | None = Field(None, gt=0, description="`scratch-cnn` width.")
     depth: int | None = Field(None, gt=0, description="`scratch-cnn` depth.")
     dropout: float | None = Field(None, ge=0, lt=1, description="`scratch-cnn` dropout.")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        from featpipe.errors import FinetuneError
+        from featpipe.finetune._budget import parse_duration
+
+        try:
+            parse_duration(v)
+        except FinetuneError as e:
+            raise ValueError(str(e)) from None
+        return str(v)
 
 
 class PredictConfig(Section):
