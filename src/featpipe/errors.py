@@ -61,6 +61,7 @@ _DISTRIBUTIONS = {"cv2": "opencv-python-headless", "ray": "ray[data]"}
 def import_optional(module: str, extra: str, feature: str) -> ModuleType:
     """Import ``module`` for ``feature``; when it is missing, one line naming ``featpipe[extra]``."""
     try:
+        importlib.import_module(module.split(".")[0])  # the package first: a submodule may be loaded already
         return importlib.import_module(module)
     except ImportError:
         dist = _DISTRIBUTIONS.get(module.split(".")[0], module.split(".")[0])
