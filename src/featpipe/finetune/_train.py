@@ -287,7 +287,8 @@ class _Run:
         if probe.size is None and not c.decode_once:
             self.log("training images differ in size: decoding them per image and epoch")
             return None, None
-        geometry, self._eval_scale, self._eval_shift = _uint8_split(self.transforms["eval"], self.data_config, "cpu")
+        geometry, _, self._eval_scale, self._eval_shift = _uint8_split(self.transforms["eval"], self.data_config,
+                                                                       "cpu")
         oh, ow = (int(v) for v in self.data_config["input_size"][1:])
         w, h = probe.size or (ow, oh)
         k = min(1.0, max(oh, ow) / min(w, h))  # kept at native size, shrunk only above the training size
@@ -911,9 +912,6 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise FinetuneError(f"cannot read {path}: {str(e).splitlines()[0][:120]}; pass --force to start over") from None
     if not isinstance(st, dict) or st.get("format") != "featpipe-finetune-state":
         raise FinetuneError(f"{path} is not a featpipe fine-tune state; pass --force to start over")
-    if st.get("state_version") != STATE_VERSION:
-        raise FinetuneError(f"{path} was written by an older featpipe (another schedule format); pass --force "
-                            "to start over")
     bad = [k for k, t in _STATE_PARTS.items() if not isinstance(st.get(k), t)]
     bad += [f"best.{k}" for k in ("epoch", "score", "val_loss", "bad_epochs") if k not in st.get("best", {})]
     if not isinstance(st.get("history", {}).get("epochs"), list):
@@ -921,6 +919,9 @@ def _read_state(path: Path) -> dict[str, Any]:
     if bad:
         raise FinetuneError(f"{path} is a malformed fine-tune state (missing or wrong: {', '.join(bad[:4])}); "
                             "pass --force to start over")
+    if st.get("state_version") != STATE_VERSION:
+        raise FinetuneError(f"{path} was written by an older featpipe (another schedule format); pass --force "
+                            "to start over")
     return st
 
 
