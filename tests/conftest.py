@@ -39,3 +39,28 @@ def tiny_spec():
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "imgs", {"cat": 12, "dog": 12, "fox": 12})
+
+
+# ----------------------------------------------------------------------------------- fine-tune tests
+
+# a tiny scratch net that trains in well under a second per run
+SMALL = {"backbone": "scratch-cnn", "width": 8, "depth": 2, "batch_size": 8, "precision": "fp32",
+         "label_smoothing": 0.0}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A small class-folder set for fine-tune runs."""
+    return make_class_folders(tmp_path / "imgs", {"cat": 20, "dog": 20, "fox": 20}, size=16)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny nets gain nothing from threads (and spin on a loaded machine); and the kill
+    test compares with a subprocess run under OMP_NUM_THREADS=1, so both use the same kernels."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,27 +28,11 @@ from featpipe.errors import BackboneError
 from featpipe.finetune import FinetuneConfig, build_transforms, finetune
 from featpipe.model import load_model
 
-from conftest import TINY, make_class_folders
+from conftest import SMALL, TINY, make_class_folders
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-# a tiny scratch net that trains in well under a second per run
-SMALL = {"backbone": "scratch-cnn", "width": 8, "depth": 2, "batch_size": 8, "precision": "fp32",
-         "label_smoothing": 0.0}
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    return make_class_folders(tmp_path / "imgs", {"cat": 20, "dog": 20, "fox": 20}, size=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    # tiny nets gain nothing from threads (and spin on a loaded machine); and the kill test compares
-    # with a subprocess run under OMP_NUM_THREADS=1, so both use the same kernels
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_loss_decreases_and_learns_a_toy_set(folder, tmp_path):

@@ -21,23 +21,9 @@ from featpipe.errors import FinetuneError
 from featpipe.finetune import FinetuneConfig, finetune
 from featpipe.finetune._budget import Estimates, LRPlan, parse_duration, plan_epochs
 
-from conftest import TINY, make_class_folders
+from conftest import SMALL, TINY, make_class_folders
 
-SMALL = {"backbone": "scratch-cnn", "width": 8, "depth": 2, "batch_size": 8, "precision": "fp32",
-         "label_smoothing": 0.0}
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    return make_class_folders(tmp_path / "imgs", {"cat": 20, "dog": 20, "fox": 20}, size=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets gain nothing from threads, and spin on a loaded machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
