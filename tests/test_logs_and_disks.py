@@ -44,6 +44,16 @@ def test_progress_off_a_terminal_is_plain_lines_at_most_one_per_interval(monkeyp
     assert re.match(r"embed x: 500/500 img \(100%\), [\d.]+[kMG]?img/s, elapsed 00:00, ETA 00:00$", lines[1]), lines[1]
 
 
+def test_progress_with_a_zero_interval_prints_every_update_however_fast(monkeypatch):
+    monkeypatch.setenv("FEATPIPE_PROGRESS_SECONDS", "0")
+    out = io.StringIO()
+    bar = progress_bar(12, "embed x", file=out)
+    for _ in range(3):  # three updates well inside tqdm's own 0.1 s redraw interval
+        bar.update(4)
+    bar.close()
+    assert [ln.split(": ")[1].split()[0] for ln in out.getvalue().splitlines()] == ["0/12", "4/12", "8/12", "12/12"]
+
+
 def test_progress_on_a_terminal_is_tqdm_bar():
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
