@@ -284,6 +284,7 @@ def test_multilabel_labels_with_few_val_positives_are_selected_by_cv():
     sel = m.selection_
     assert sel["cv_labels"] == ["zero"] and sel["by"] == "validation split; 5-fold CV on train+val for 1 label(s)"
     assert sel["auto_cv"].startswith("label 'zero' has fewer than 5 validation positives or negatives")
+    assert sel["auto_cv"].endswith("(1 of 2 labels), and every label refitted on train+val")
     assert m.skipped_labels_ == [] and m.oof_proba_.shape == (tr.sum() + va.sum(), 2)
 
 

@@ -296,9 +296,9 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             "by": by, "metric": self.metric_, "folds": folds if use_cv.any() else None, "seed": self.seed,
             "optimistic": True,  # the best of several configurations on the same rows
             "auto_cv": None if auto is None else (
-                f"{auto}: too few to select on; "
-                + (f"{int(use_cv.sum())} of {len(use_cv)} labels " if not use_cv.all() else "")
-                + f"chosen by {folds}-fold CV on train+val instead and refitted on train+val"),
+                f"{auto}: too few to select on; chosen by {folds}-fold CV on train+val instead"
+                + (f" ({int(use_cv.sum())} of {len(use_cv)} labels), and every label" if not use_cv.all() else
+                   ", and") + " refitted on train+val"),
         }
         if self.task == "multilabel":
             if use_cv.any() and not use_cv.all():
