@@ -312,3 +312,13 @@ def test_default_fit_uses_every_labelled_row_and_out_of_fold_thresholds():
     ref = LogisticRegression(C=1e-1, max_iter=500, random_state=0).fit(
         m.head_.preprocessor_.transform(np.vstack([Xtr, Xva])), np.concatenate([Ytr[:, 0], Yva[:, 0]]))
     np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-4)  # fitted on train+val
+
+
+def test_out_of_fold_folds_shrink_to_what_train_and_val_hold():
+    X, y, _ = digits(200)
+    rows = np.concatenate([np.flatnonzero(y == d)[:4] for d in (3, 8)])  # 4 + 4 rows in train+val
+    Xs, ys = X[rows], (y[rows] == 8).astype(int)
+    tr = np.array([0, 1, 2, 4, 5, 6])
+    h = LogisticHead(task="binary", C_grid=(1e-2, 1.0), refine_steps=0).fit(Xs[tr], ys[tr], Xs[[3, 7]], ys[[3, 7]])
+    assert h.refit_ == "train+val" and h.oof_folds_ == 4 and h.selection_["by"] == "4-fold CV on train+val"
+    assert not np.isnan(h.oof_proba_).any()

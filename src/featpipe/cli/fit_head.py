@@ -134,8 +134,9 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         for r in runs:
             d = write_run(r, out_dir)
             results.append(r.metrics)
-            if r.metrics["selection"].get("auto_cv"):
-                click.echo(f"  {r.head}: {r.metrics['selection']['auto_cv']}", err=True)
+            for note in (r.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
+                if note:
+                    click.echo(f"  {r.head}: {note}", err=True)
             for s in r.metrics["skipped_labels"]:
                 click.echo(f"  {r.head}: label {s['label']!r} skipped: {s['reason']}", err=True)
             click.echo(f"wrote {d}", err=True)

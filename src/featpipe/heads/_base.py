@@ -38,6 +38,12 @@ MIN_VAL_ROWS = 30
 MIN_VAL_PER_CLASS = 5
 
 
+def most_folds(y: np.ndarray, y_val: np.ndarray) -> int:
+    """The most stratified folds train+val allows: its largest stratum (class, or rarest label) in rows."""
+    pool = np.vstack([y, y_val]) if y.ndim == 2 else np.concatenate([y, y_val])
+    return int(np.unique(_rarest_label(pool) if pool.ndim == 2 else pool, return_counts=True)[1].max())
+
+
 def small_validation(y: np.ndarray, y_val: np.ndarray, folds: int) -> tuple[np.ndarray, str | None]:
     """Which groups the validation split is too small to select on, where train+val can make ``folds`` folds.
 
@@ -278,14 +284,22 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                 raise HeadError("multilabel targets must be multi-hot matrices with the same number of columns")
         else:
             y, y_val = y.astype(np.int64).ravel(), y_val.astype(np.int64).ravel()
-        folds = self.cv or self.oof_folds  # an automatic CV uses the out-of-fold pass's folds
+        # the out-of-fold pass (and an automatic CV) use up to oof_folds folds: as many as train+val allows
+        self.oof_folds_ = min(self.oof_folds, most_folds(y, y_val))
+        folds = self.cv or self.oof_folds_
+        groups = y.shape[1] if y.ndim == 2 else 1
         if self.cv:
-            use_cv, auto = np.ones(y.shape[1] if y.ndim == 2 else 1, bool), None
-        elif self.cv is None:
+            use_cv, auto = np.ones(groups, bool), None
+        elif self.cv is None and self.oof_folds_ >= 2:
             use_cv, auto = small_validation(y, y_val, folds)
         else:
-            use_cv, auto = np.zeros(y.shape[1] if y.ndim == 2 else 1, bool), None
+            use_cv, auto = np.zeros(groups, bool), None
         self.refit_ = "train+val" if use_cv.any() else self.refit
+        refit_note = None
+        if self.refit_ == "train+val" and not use_cv.any() and self.oof_folds_ < 2:
+            self.refit_ = "train"  # no out-of-fold pass possible: thresholds stay tuned on val
+            refit_note = ("train+val holds no class (or rarest-label group) with 2 rows, too few for out-of-fold "
+                          "probabilities: the final model is the one fitted on train")
         if use_cv.all():
             by = f"{folds}-fold CV on train+val"
         elif use_cv.any():
@@ -300,6 +314,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                 + (f" ({int(use_cv.sum())} of {len(use_cv)} labels), and every label" if not use_cv.all() else
                    ", and") + " refitted on train+val"),
         }
+        if refit_note:
+            self.selection_["refit_note"] = refit_note
         if self.task == "multilabel":
             if use_cv.any() and not use_cv.all():
                 self.selection_["cv_labels"] = np.flatnonzero(use_cv).tolist()
@@ -449,9 +465,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             refit_params = self._refit_params(best.params, model)
             oof = None
             if self.refit_ == "train+val":
-                self.oof_folds_ = self.oof_folds
                 keep = np.flatnonzero(yp >= 0)
-                fd = self._fold_data(Xp[keep], yp[keep], self.oof_folds)
+                fd = self._fold_data(Xp[keep], yp[keep], self.oof_folds_)
                 held, _ = self._held_out(refit_params, [(a, yp[keep][ia], b, yp[keep][ib], ib)
                                                         for a, b, ia, ib in fd], len(keep), K, False,
                                          workers=self._parallel_fits(fd[0][0]))
@@ -491,12 +506,13 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         oof = np.zeros((len(Xp), C)) if self.refit_ == "train+val" else None
         label_metric = get_metric(self.metric_, "multilabel").per_label
         fd = self._fold_data(Xp, Yp, folds) if use_cv.any() else None
-        self.oof_folds_ = folds if use_cv.any() else self.oof_folds
+        if use_cv.any():
+            self.oof_folds_ = folds
         if not use_cv.all():
             pre = self._pre().fit(X)
             Xt, Xv = pre.transform(X), pre.transform(X_val)
             if oof is not None:  # automatic CV shares the out-of-fold pass's folds
-                fd_oof = fd if fd is not None and folds == self.oof_folds else self._fold_data(Xp, Yp, self.oof_folds)
+                fd_oof = fd if fd is not None else self._fold_data(Xp, Yp, self.oof_folds_)
         if self.refit_ == "train+val":
             pre = self._pre().fit(Xp)
             Xa = pre.transform(Xp)

@@ -433,8 +433,9 @@ class Study:
             for run in fit_cache(cache, head, seed=self.c.seed, head_params={head: params} if params else None,
                                  **self._fit_kwargs()):
                 run.metrics["stage"] = {"fingerprint": fingerprint(inputs), "inputs": inputs}
-                if run.metrics["selection"].get("auto_cv"):
-                    self.echo(f"  {ref}/{run.head}: {run.metrics['selection']['auto_cv']}")
+                for note in (run.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
+                    if note:
+                        self.echo(f"  {ref}/{run.head}: {note}")
                 res.models.append(str(write_run(run, self.models_dir)))
                 done.append({"dir": d, "metrics": run.metrics})
         return done
