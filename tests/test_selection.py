@@ -91,7 +91,7 @@ def test_multilabel_each_label_is_selected_by_its_form_of_the_metric(metric):
 
 def test_lgbm_early_stops_on_the_metric():
     ((Xtr, ytr), (Xva, yva), _), _ = _split("multiclass")
-    h = LGBMHead(metric="balanced_accuracy", n_estimators=60, early_stopping_rounds=60, n_jobs=1, refit="train",
+    h = LGBMHead(metric="balanced_accuracy", n_estimators=60, early_stopping_rounds=60, n_jobs=1, refit="train", cv=0,
                  grid=({"num_leaves": 7, "learning_rate": 0.2, "min_child_samples": 5, "feature_fraction": 1.0},),
                  pca=16).fit(Xtr, ytr, Xva, yva, n_classes=10)
     Xv = h.preprocessor_.transform(Xva)
@@ -107,7 +107,7 @@ def test_lgbm_early_stops_on_the_metric():
 def test_mlp_early_stops_on_the_metric():
     ((Xtr, ytr), (Xva, yva), _), _ = _split("multiclass", n=300)
     kw = {"hidden": (16,), "max_epochs": 12, "patience": 12, "weight_decay_grid": (1e-4,), "metric": "macro_f1",
-          "refit": "train"}
+          "refit": "train", "cv": 0}  # early stopping on the val split
     h = MLPHead(**kw).fit(Xtr, ytr, Xva, yva, n_classes=10)
     Xt, Xv = h.preprocessor_.transform(Xtr), h.preprocessor_.transform(Xva)
     best, want = (-np.inf, -np.inf), None
