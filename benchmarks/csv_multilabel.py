@@ -7,8 +7,11 @@ an EMPTY cell (legal: an image with no labels). featpipe reads it without any la
 detected), splits it with the stable per-image hash split, embeds it and fits its logistic head with
 tuned thresholds. The reference is ``StandardScaler + OneVsRestClassifier(LogisticRegression())`` fitted
 on the same train rows, predicting ``proba >= 0.5``. Both are scored with sklearn's micro-F1 on the same
-test rows (with a paired bootstrap interval of the difference), for several split seeds; the bar is a
-mean difference >= 0.01 for featpipe's default (refit on train).
+test rows (with a paired bootstrap interval of the difference), for several split seeds. featpipe runs
+its default (refit on train+val, thresholds from out-of-fold probabilities, labels with fewer than 5
+val positives chosen by CV) beside the alternatives: ``refit=train, cv=0`` (the earlier default: the
+model fitted on train, thresholds tuned on the val split), ``cv=0`` (the default without its automatic
+CV) and ``cv=5`` (every label by CV; automatic CV implies a train+val refit, as ``cv`` does). The bar: the default's mean difference >= 0.01, and no alternative ahead of it by more than 0.002.
 
 Usage:
     python benchmarks/csv_multilabel.py [--data ../shared/data/photos-multilabel] [--backbone efficientnet_lite0]
@@ -29,6 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "photos-multilabel"
+VARIANTS = {"default": {}, "refit=train, cv=0": {"refit": "train", "cv": 0}, "cv=0": {"cv": 0}, "cv=5": {"cv": 5}}
 
 
 def write_csv(data: Path, out: Path, drop: set[str], limit: int | None) -> tuple[int, int, list[str]]:
@@ -76,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     for split_seed in [int(x) for x in args.split_seeds.split(",")]:
         diffs.append(_one_split(csv_path, labels, args, split_seed))
     print()
-    for variant in diffs[0]:
-        m = float(np.mean([d[variant] for d in diffs]))
-        print(f"mean difference over split seeds {args.split_seeds}, featpipe {variant}: {m:+.4f} "
-              f"(bar: >= +0.01) -> {'PASS' if m >= 0.01 else 'FAIL'}")
-    mean = float(np.mean([d["refit=train"] for d in diffs]))
-    return 0 if mean >= 0.01 else 3
+    means = {v: float(np.mean([d[v] for d in diffs])) for v in diffs[0]}
+    for variant, m in means.items():
+        print(f"mean difference over split seeds {args.split_seeds}, featpipe {variant}: {m:+.4f}")
+    best = max(means, key=means.get)
+    ok = means["default"] >= 0.01 and means[best] - means["default"] <= 0.002
+    print(f"default {means['default']:+.4f} (bar: >= +0.01), best variant {best} {means[best]:+.4f} "
+          f"(bar: default within 0.002 of it) -> {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 3
 
 
 def _one_split(csv_path: Path, labels: list[str], args: argparse.Namespace, split_seed: int) -> dict[str, float]:
@@ -124,18 +130,20 @@ def _one_split(csv_path: Path, labels: list[str], args: argparse.Namespace, spli
     print(f"{'model':52s} {'val':>7s} {'test':>7s} {'diff':>8s}  paired 95% bootstrap of diff")
     print(f"{'OvR LogisticRegression, standardized, threshold 0.5':52s} {'':>7s} {plain:7.4f}")
     out = {}
-    for refit in ("train", "train+val"):
-        run = fit_cache(cache, "logistic", seed=args.seed, refit=refit)[0]
+    for variant, kw in VARIANTS.items():
+        run = fit_cache(cache, "logistic", seed=args.seed, **kw)[0]
         proba = run.model.predict_proba(X[te])
         pred = np.asarray(run.model.decide(proba))
         tuned = f1_score(Y[te], pred, average="micro")
         assert abs(tuned - run.metrics["scores"]["test"]["main"]) < 1e-9  # metrics.json says the same
         d = paired_bootstrap("micro_f1", "multilabel", Y[te], (proba, pred), (plain_proba, plain_pred), seed=args.seed)
         lo, hi = d["ci"]
-        name = f"featpipe logistic bundle, refit={refit}"
+        name = f"featpipe logistic bundle, {variant}"
         print(f"{name:52s} {run.metrics['scores']['val']['main']:7.4f} {tuned:7.4f} {tuned - plain:+8.4f}  "
               f"[{lo:+.4f}, {hi:+.4f}]")
-        out[f"refit={refit}"] = tuned - plain
+        if run.metrics["selection"].get("auto_cv"):
+            print(f"  {variant}: {run.metrics['selection']['auto_cv']}")
+        out[variant] = tuned - plain
     return out
 
 

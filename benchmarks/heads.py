@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--cache-dir", type=Path, default=REPO / "cache")
     ap.add_argument("--heads", default="logistic,mlp,lgbm")
-    ap.add_argument("--refit", default="train", choices=["train", "train+val"])
+    ap.add_argument("--refit", default=None, choices=["train", "train+val"], help="default: fit-head's (train+val)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the fit-head artifacts here")
     args = ap.parse_args(argv)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               f"train {len(cache.split_indices('train'))} / val {len(cache.split_indices('val'))} / test {len(te)}")
         for head in args.heads.split(","):
             t0 = time.perf_counter()
-            (run,) = fit_cache(cache, head, refit=args.refit, seed=args.seed)
+            (run,) = fit_cache(cache, head, seed=args.seed, **({"refit": args.refit} if args.refit else {}))
             secs = time.perf_counter() - t0
             if args.out:
                 write_run(run, args.out)
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             extra = "".join(f"  {k} {row[k]:.4f}" for k in ("f1@0.5", "f1@global", "f1@per-class") if k in row)
             test_txt = "-" if row["test"] is None else f"{row['test']:.4f}"
-            print(f"  {head:8s} fit {secs:7.1f}s  val {row['val']:.4f}  test {test_txt}  ({m['metric']}){extra}")
+            print(f"  {head:8s} fit {secs:7.1f}s  val {row['val']:.4f}  test {test_txt}  ({m['metric']}, refit "
+                  f"{m['refit']}){extra}")
     base = {r["cache"]: r["fit_s"] for r in rows if r["head"] == "logistic"}
     if base:
         print("\nfit time relative to the logistic head on the same cache (measured in this run):")

@@ -12,7 +12,7 @@ included; the epoch with the best validation accuracy is kept, then scored once 
 
 featpipe's way: the `featpipe embed` and `featpipe fit-head --head all` commands (fresh processes,
 start-up included); its test accuracy is that of the head with the best validation score. It runs
-end to end twice, each in its own cache (--refits): with fit-head's default `--refit train`, and with
+end to end twice, each in its own cache (--refits): with `--refit train`, and with fit-head's default
 `--refit train+val`, which refits the chosen configuration on every labelled row.
 
 All use the same images and the same split: a class-balanced subset of the given class-folder
@@ -189,8 +189,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--forms", default="plain,matched", help="studies' way forms to run: plain, matched")
     ap.add_argument("--refits", default="train,train+val",
-                    help="featpipe runs, each end to end in its own cache: fit-head --refit train (the default) "
-                         "and/or train+val (the chosen configuration refitted on every labelled row)")
+                    help="featpipe runs, each end to end in its own cache: fit-head --refit train and/or "
+                         "train+val (the default: the chosen configuration refitted on every labelled row)")
     ap.add_argument("--epoch-way-on", default=None, help=argparse.SUPPRESS)  # internal: one fresh process
     ap.add_argument("--form", default="plain", help=argparse.SUPPRESS)
     args = ap.parse_args()

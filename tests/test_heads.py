@@ -17,7 +17,7 @@ from _digits import task_data, write_cache
 
 FAST = {
     "logistic": {"C_grid": (1e-3, 1e-1, 1e1), "refine_steps": 1},
-    "mlp": {"hidden": (32, 16), "max_epochs": 20, "patience": 4, "weight_decay_grid": (1e-4,)},
+    "mlp": {"hidden": (32, 16), "max_epochs": 20, "patience": 4, "weight_decay_grid": (1e-4,), "oof_folds": 2},
     "lgbm": {"grid": ({"num_leaves": 7, "learning_rate": 0.2, "min_child_samples": 5, "feature_fraction": 0.8},
                       {"num_leaves": 15, "learning_rate": 0.2, "min_child_samples": 10, "feature_fraction": 1.0}),
              "n_estimators": 40, "early_stopping_rounds": 10, "n_jobs": 1},
@@ -79,7 +79,7 @@ def test_same_seed_gives_identical_model(name):
 
 def test_refit_train_val_keeps_chosen_config_and_lgbm_iterations():
     ((Xtr, ytr), (Xva, yva), (Xte, _)), _ = _split("multiclass")
-    a = LGBMHead(**FAST["lgbm"]).fit(Xtr, ytr, Xva, yva)
+    a = LGBMHead(refit="train", **FAST["lgbm"]).fit(Xtr, ytr, Xva, yva)
     b = LGBMHead(refit="train+val", **FAST["lgbm"]).fit(Xtr, ytr, Xva, yva)
     assert a.params_ == b.params_
     assert b.model_.n_estimators == a.params_["n_estimators"]

@@ -52,7 +52,7 @@ def test_out_of_core_heads_match_in_memory_ones(tmp_path, task, head):
               "mlp": {"max_epochs": 30}, "logistic": {"epochs": 3}}
     (ooc,) = fit_cache(open_cache(path, "1KB"), head, head_params=params)
     mem_params = {"lgbm": {"grid": [{"num_leaves": 7, "min_child_samples": 5}], "pca": 16}}
-    (mem,) = fit_cache(FeatureCache.open(path), head, head_params=mem_params)
+    (mem,) = fit_cache(FeatureCache.open(path), head, head_params=mem_params, refit="train", cv=0)  # as out of core
     assert ooc.metrics["out_of_core"] and "out of core" in ooc.metrics["head_type"]
     assert not mem.metrics["out_of_core"]
     a, b = ooc.metrics["scores"]["test"]["main"], mem.metrics["scores"]["test"]["main"]
@@ -68,7 +68,9 @@ def test_out_of_core_heads_match_in_memory_ones(tmp_path, task, head):
                                ooc.predictions["proba"][ooc.predictions["split"] == "test"], atol=1e-5)
 
 
-def test_out_of_core_refuses_train_val_refit(tmp_path):
+def test_out_of_core_fits_the_final_model_on_train_and_refuses_cv(tmp_path):
     path = write_cache(tmp_path / "c.h5", "multiclass")
+    (run,) = fit_cache(open_cache(path, "1KB"), "logistic", head_params={"logistic": {"epochs": 2}})
+    assert run.metrics["refit"] == "train" and run.model.refit == "train"  # the default train+val needs RAM
     with pytest.raises(HeadError, match="refit on train only"):
-        fit_cache(open_cache(path, "1KB"), "logistic", refit="train+val")
+        fit_cache(open_cache(path, "1KB"), "logistic", cv=3)

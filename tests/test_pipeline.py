@@ -239,6 +239,18 @@ def test_unchanged_rerun_skips_and_one_changed_head_refits_alone(tmp_path: Path)
     r = _invoke("run", pipe, "--dry-run", "--set", "heads[1].params.n_estimators=50")
     assert "will run (1 images: 1 new images)" in r.output
     assert "logistic: will run (its features are (re)computed first)" in r.output
+    # a head fitted when the default refit was train (and not recorded) is not up to date any more
+    from featpipe.pipeline._run import fingerprint
+
+    mf = next(models.rglob("logistic/metrics.json"))
+    m = json.loads(mf.read_text())
+    assert m["stage"]["inputs"]["fit"]["refit"] == "train+val" and m["refit"] == "train+val"
+    del m["stage"]["inputs"]["fit"]["refit"]
+    m["stage"]["fingerprint"] = fingerprint(m["stage"]["inputs"])
+    mf.write_text(json.dumps(m))
+    (tmp_path / "data" / "red" / "new.png").unlink()
+    r = _invoke("run", pipe, "--dry-run", "--set", "heads[1].params.n_estimators=50")
+    assert "logistic: will run (fit refit: None -> 'train+val')" in r.output, r.output
 
 
 def test_unavailable_weights_stop_before_work_unless_skipped(tmp_path: Path):

@@ -42,7 +42,7 @@ def test_multiclass_metric_selects_C_by_that_metric():
     chosen = {}
     for metric, fn in (("accuracy", accuracy_score),
                        ("f1", lambda y, p: f1_score(y, p, average="macro"))):
-        h = LogisticHead(metric=metric, C_grid=C_GRID, refine_steps=0).fit(Xtr, ytr, Xva, yva, n_classes=10)
+        h = LogisticHead(metric=metric, C_grid=C_GRID, refine_steps=0, cv=0).fit(Xtr, ytr, Xva, yva, n_classes=10)
         assert h.best_val_score_ == pytest.approx(fn(yva, h.val_proba_.argmax(1)))
         assert h.best_val_score_ == max(s["val_score"] for s in h.search_)
         chosen[metric] = h.params_["C"]
@@ -51,7 +51,8 @@ def test_multiclass_metric_selects_C_by_that_metric():
 
 def test_multiclass_roc_auc_is_scored_on_probabilities():
     (Xtr, ytr), (Xva, yva) = _imbalanced_multiclass()
-    h = LogisticHead(metric="roc_auc", C_grid=(1e-2, 1.0), refine_steps=0).fit(Xtr, ytr, Xva, yva, n_classes=10)
+    h = LogisticHead(metric="roc_auc", C_grid=(1e-2, 1.0), refine_steps=0, cv=0).fit(Xtr, ytr, Xva, yva,
+                                                                                      n_classes=10)
     P = h.val_proba_
     ref = np.mean([roc_auc_score(yva == k, P[:, k]) for k in range(10) if 0 < (yva == k).sum() < len(yva)])
     assert h.best_val_score_ == pytest.approx(ref)
@@ -90,7 +91,7 @@ def test_multilabel_each_label_is_selected_by_its_form_of_the_metric(metric):
 
 def test_lgbm_early_stops_on_the_metric():
     ((Xtr, ytr), (Xva, yva), _), _ = _split("multiclass")
-    h = LGBMHead(metric="balanced_accuracy", n_estimators=60, early_stopping_rounds=60, n_jobs=1,
+    h = LGBMHead(metric="balanced_accuracy", n_estimators=60, early_stopping_rounds=60, n_jobs=1, refit="train", cv=0,
                  grid=({"num_leaves": 7, "learning_rate": 0.2, "min_child_samples": 5, "feature_fraction": 1.0},),
                  pca=16).fit(Xtr, ytr, Xva, yva, n_classes=10)
     Xv = h.preprocessor_.transform(Xva)
@@ -105,7 +106,8 @@ def test_lgbm_early_stops_on_the_metric():
 
 def test_mlp_early_stops_on_the_metric():
     ((Xtr, ytr), (Xva, yva), _), _ = _split("multiclass", n=300)
-    kw = {"hidden": (16,), "max_epochs": 12, "patience": 12, "weight_decay_grid": (1e-4,), "metric": "macro_f1"}
+    kw = {"hidden": (16,), "max_epochs": 12, "patience": 12, "weight_decay_grid": (1e-4,), "metric": "macro_f1",
+          "refit": "train", "cv": 0}  # early stopping on the val split
     h = MLPHead(**kw).fit(Xtr, ytr, Xva, yva, n_classes=10)
     Xt, Xv = h.preprocessor_.transform(Xtr), h.preprocessor_.transform(Xva)
     best, want = (-np.inf, -np.inf), None
@@ -133,7 +135,7 @@ def test_refit_train_val_tunes_thresholds_on_out_of_fold_probabilities():
     np.testing.assert_allclose(m.oof_proba_[:, 1], oof, atol=1e-6)
     assert m.thresholds_ == tune_binary_threshold(yp, oof, "f1").global_
     assert "out-of-fold" in m.threshold_["tuned_on"] and "5-fold, seed 3" in m.threshold_["tuned_on"]
-    plain = FeaturepipeModel("logistic", "binary", classes, head_params=hp).fit(Xtr, ytr, Xva, yva)
+    plain = FeaturepipeModel("logistic", "binary", classes, refit="train", head_params=hp).fit(Xtr, ytr, Xva, yva)
     assert "validation" in plain.threshold_["tuned_on"] and plain.oof_proba_ is None
 
 
@@ -212,3 +214,111 @@ def test_cli_cv_and_pipeline_fit_cv(tmp_path):
     assert m["refit"] == "train+val" and m["metric"] == "macro_f1"
     r = CliRunner().invoke(main, ["fit-head", "--cache", str(p), "--cv", "1"])
     assert r.exit_code == 2 and "--cv" in r.output
+
+
+# ------------------------------------------------- small validation splits and the train+val default
+
+
+def _tiny():
+    """10 + 10 digits (3 vs 8) split 8/1/1 per class, as a 16/2/2 CSV split; the two val rows carry
+    each other's label, so every C scores the same on them: rows that cannot tell configurations apart."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:10] for d in (3, 8)])
+    lab = np.repeat([0, 1], 10)
+    lab[[8, 18]] = lab[[18, 8]]
+    return X[rows].astype(np.float32), lab, np.array((["train"] * 8 + ["val", "test"]) * 2)
+
+
+def test_tied_C_goes_to_the_centre_of_the_tied_run_not_the_strongest_regularisation():
+    X, y, split = _tiny()
+    tr, va = split == "train", split == "val"
+    h = LogisticHead(task="binary", cv=0, refit="train").fit(X[tr], y[tr], X[va], y[va])
+    assert len({s["val_score"] for s in h.search_}) == 1  # no C is better on these rows
+    # the log-loss tie-break took the least confident model: C = 1.8e-7, below the grid (1e-6 .. 1e2)
+    assert h.params_["C"] == pytest.approx(1e-2)  # the centre of the tied grid
+
+
+def test_tiny_validation_split_selects_by_cv_says_so_and_records_it(tmp_path):
+    from featpipe.cli import main
+
+    from _digits import write_arrays_cache
+
+    X, y, split = _tiny()
+    p = write_arrays_cache(tmp_path / "tiny.h5", X, y, split, "binary", ["three", "eight"])
+    out = tmp_path / "models"
+    r = CliRunner().invoke(main, ["fit-head", "--cache", str(p), "--bootstrap", "100", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    said = [ln for ln in r.output.splitlines() if "too few to select on" in ln]
+    assert len(said) == 1 and "2 rows (fewer than 30)" in said[0] and "5-fold CV on train+val" in said[0]
+    m = json.loads((out / "tiny" / "logistic" / "metrics.json").read_text())
+    assert m["selection"]["by"] == "5-fold CV on train+val" and m["selection"]["auto_cv"] in said[0]
+    assert m["refit"] == "train+val" and "out-of-fold" in m["val_scores_from"]
+    assert m["scores"]["fit_rows"]["accuracy"] >= 0.85  # a working model (val-selected: 0.5, all one class)
+    r = CliRunner().invoke(main, ["fit-head", "--cache", str(p), "--cv", "0", "--bootstrap", "100", "--out",
+                                  str(out)])
+    assert r.exit_code == 0 and "too few" not in r.output
+    m = json.loads((out / "tiny" / "logistic" / "metrics.json").read_text())
+    assert m["selection"]["by"] == "validation split" and m["selection"]["auto_cv"] is None
+
+
+def test_a_class_with_few_validation_rows_selects_by_cv():
+    (Xtr, ytr), (Xva, yva) = _imbalanced_multiclass()  # digits 5-9 have 1-4 val rows each
+    h = LogisticHead(C_grid=(1e-2, 1.0), refine_steps=0).fit(Xtr, ytr, Xva, yva, n_classes=10)
+    assert h.selection_["by"] == "5-fold CV on train+val" and h.refit_ == "train+val"
+    assert h.selection_["auto_cv"].startswith("class (index ") and "(fewer than 5)" in h.selection_["auto_cv"]
+
+
+def test_multilabel_labels_with_few_val_positives_are_selected_by_cv():
+    X, y, split = digits(400)
+    Y = np.stack([y % 2 == 0, y == 0], 1).astype(np.uint8)
+    va = np.flatnonzero(split == "val")
+    drop = va[Y[va, 1] == 1][3:]  # leave 3 zeros among the val rows
+    keep = ~np.isin(np.arange(len(y)), drop)
+    X, Y, split = X[keep], Y[keep], split[keep]
+    tr, va = split == "train", split == "val"
+    m = FeaturepipeModel("logistic", "multilabel", ["even", "zero"],
+                         head_params={"C_grid": (1e-2, 1.0), "refine_steps": 0}).fit(X[tr], Y[tr], X[va], Y[va])
+    sel = m.selection_
+    assert sel["cv_labels"] == ["zero"] and sel["by"] == "validation split; 5-fold CV on train+val for 1 label(s)"
+    assert sel["auto_cv"].startswith("label 'zero' has fewer than 5 validation positives or negatives")
+    assert sel["auto_cv"].endswith("(1 of 2 labels), and every label refitted on train+val")
+    assert m.skipped_labels_ == [] and m.oof_proba_.shape == (tr.sum() + va.sum(), 2)
+
+
+def test_every_front_end_defaults_to_a_train_val_refit():
+    import inspect
+
+    from featpipe.cli.fit_head import fit_head
+    from featpipe.fit import fit_cache
+    from featpipe.pipeline._schema import FitConfig
+
+    defaults = {f.__name__: inspect.signature(f).parameters["refit"].default
+                for f in (fit_cache, FeaturepipeModel, LogisticHead, MLPHead, LGBMHead)}
+    defaults["FitConfig"] = FitConfig().refit
+    defaults["fit-head --refit"] = next(p.default for p in fit_head.params if p.name == "refit")
+    assert set(defaults.values()) == {"train+val"}, defaults
+
+
+def test_default_fit_uses_every_labelled_row_and_out_of_fold_thresholds():
+    ((Xtr, Ytr), (Xva, Yva), _), classes = _split("multilabel")
+    m = FeaturepipeModel("logistic", "multilabel", classes,
+                         head_params={"C_grid": (1e-1,), "refine_steps": 0}).fit(Xtr, Ytr, Xva, Yva)
+    assert m.head_.refit_ == "train+val" and m.selection_["by"] == "validation split"
+    assert "out-of-fold" in m.threshold_["tuned_on"] and m.oof_proba_.shape == (len(Xtr) + len(Xva), 4)
+    est = m.head_.estimators_[0]
+    ref = LogisticRegression(C=1e-1, max_iter=500, random_state=0).fit(
+        m.head_.preprocessor_.transform(np.vstack([Xtr, Xva])), np.concatenate([Ytr[:, 0], Yva[:, 0]]))
+    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-4)  # fitted on train+val
+
+
+def test_out_of_fold_folds_shrink_to_what_train_and_val_hold():
+    X, y, _ = digits(200)
+    rows = np.concatenate([np.flatnonzero(y == d)[:4] for d in (3, 8)])  # 4 + 4 rows in train+val
+    Xs, ys = X[rows], (y[rows] == 8).astype(int)
+    tr = np.array([0, 1, 2, 4, 5, 6])
+    h = LogisticHead(task="binary", C_grid=(1e-2, 1.0), refine_steps=0).fit(Xs[tr], ys[tr], Xs[[3, 7]], ys[[3, 7]])
+    assert h.refit_ == "train+val" and h.oof_folds_ == 4 and h.selection_["by"] == "4-fold CV on train+val"
+    assert not np.isnan(h.oof_proba_).any()

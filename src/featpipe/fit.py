@@ -2,10 +2,11 @@
 
 Hyper-parameters and thresholds are chosen on train + val only; test is scored once at the end, with a
 seeded 95% bootstrap interval. Validation scores are *selection* scores: the best of several
-configurations on the same rows, so optimistic (recorded as such). With ``refit="train+val"`` (or
-``cv=K``) the final model's thresholds are tuned on out-of-fold probabilities over train+val, its train
-score is its score on the rows it was fitted on and the gap is that minus its out-of-fold score, so both
-numbers describe one model.
+configurations on the same rows, so optimistic (recorded as such). With ``refit="train+val"`` (the
+default; or ``cv=K``, or a validation split too small to select on) the final model is fitted on every
+labelled row and its thresholds are tuned on out-of-fold probabilities over train+val, its train score
+is its score on the rows it was fitted on and the gap is that minus its out-of-fold score, so both
+numbers describe one model. Out of core the final model is fitted on train (see :data:`OUT_OF_CORE`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import featpipe
 from featpipe.cache import FeatureCache
 from featpipe.errors import HeadError
 from featpipe.heads import STREAMING_SUFFIX, head_names
+from featpipe.heads._base import DEFAULT_REFIT
 from featpipe.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate
 from featpipe.model import FeaturepipeModel
 from featpipe.runs import write_run_files
@@ -103,7 +105,7 @@ def _rows(cache: Any, split: str) -> np.ndarray:
 
 
 def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, class_weight: str | None = None,
-              refit: str = "train", preprocess: str = "standardize", seed: int = 0,
+              refit: str = DEFAULT_REFIT, preprocess: str = "standardize", seed: int = 0,
               head_params: dict[str, dict[str, Any]] | None = None, min_positives: int = 5,
               threshold_mode: str = "per-class", cv: int | None = None,
               n_bootstrap: int = BOOTSTRAP["n_resamples"]) -> list[HeadRun]:
@@ -111,7 +113,10 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
 
     ``head_params`` maps a head name to extra constructor arguments (e.g. a smaller grid); ``cv=K``
     chooses hyper-parameters by K-fold CV over train+val instead of the val split (then refits on
-    train+val); ``n_bootstrap`` resamples of the test rows give each test score its interval.
+    train+val); ``cv=None`` does so only where the val split is too small to select on
+    (``selection.auto_cv`` in the metrics says why), ``cv=0`` never. ``n_bootstrap`` resamples of the
+    test rows give each test score its interval. Out of core (a cache larger than the memory budget)
+    the final model is fitted on train: ``refit`` is then recorded as ``"train"``.
     """
     names = head_names(head)
     task = cache.task
@@ -141,7 +146,10 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             backbone_spec={**cache.backbone, "preprocessing": cache.config.get("preprocessing")},
             train_fingerprint=fp, min_positives=min_positives,
             threshold_mode=threshold_mode, head_params=_with_cv((head_params or {}).get(name), cv),
-        ).fit(Xs["train"], Y[tr], Xs["val"], Y[va])
+        )
+        if not cache.in_memory:  # a train+val refit needs train+val in memory, several times over
+            model.set_params(refit="train")
+        model.fit(Xs["train"], Y[tr], Xs["val"], Y[va])
         fit_seconds = time.perf_counter() - t0
         refit_used = model.head_.refit_
         probas = {"train": _proba(model, Xs["train"]), "val": model.val_proba_}
@@ -200,8 +208,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             "threshold": model.threshold_,
             "skipped_labels": model.skipped_labels_,
             "scores": scores,
-            "val_scores_from": ("out-of-fold probabilities of the chosen configuration" if cv else
-                                "model fitted on train (held-out)"),
+            "val_scores_from": _val_scores_from(model.selection_),
             "gap": gap,
             "gap_definition": gap_def,
             "fit_seconds": fit_seconds,
@@ -235,7 +242,16 @@ def _proba(model: FeaturepipeModel, X: Any) -> np.ndarray:
 
 
 def _with_cv(params: dict[str, Any] | None, cv: int | None) -> dict[str, Any] | None:
-    return {**(params or {}), "cv": cv} if cv else params
+    return {**(params or {}), "cv": cv} if cv is not None else params
+
+
+def _val_scores_from(selection: dict[str, Any]) -> str:
+    if not selection.get("folds"):
+        return "model fitted on train (held-out)"
+    if "cv_labels" in selection:
+        return ("out-of-fold probabilities of the chosen configuration for the labels chosen by CV "
+                f"({', '.join(map(str, selection['cv_labels']))}); the model fitted on train for the others")
+    return "out-of-fold probabilities of the chosen configuration"
 
 
 def _add_thresholds(scores: dict[str, Any], model: Any) -> None:

@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from featpipe.checksum import sha256_file
 from featpipe.errors import HeadError, ModelError
 from featpipe.heads import make_head
+from featpipe.heads._base import DEFAULT_REFIT
 from featpipe.images import IMAGE_EXTENSIONS
 from featpipe.metrics import DEFAULT_METRIC, main_metric_key
 from featpipe.thresholds import apply_thresholds, tune_thresholds
@@ -79,12 +80,21 @@ def _infer_task(y: np.ndarray) -> str:
     raise ModelFitError(f"cannot fit a classifier on targets of type {kind!r}")
 
 
+def _named(msg: str, names: Sequence[Any]) -> str:
+    """A head's message with class names for its ``(index i)`` references."""
+    for i, c in enumerate(names):
+        msg = msg.replace(f"(index {i})", f"{str(c)!r}")
+    return msg
+
+
 class FeaturepipeModel(ClassifierMixin, BaseEstimator):
     """A classifier on backbone features: head + tuned thresholds + backbone spec, scikit-learn style.
 
     ``fit(X, y)`` holds out a seeded, stratified ``validation_fraction`` of ``(X, y)`` to tune the head
     and the thresholds (like scikit-learn's early-stopping estimators); ``fit(X, y, X_val=..., y_val=...)``
     uses the given validation rows instead (what ``featpipe fit-head`` does with the dataset's val split).
+    The chosen configuration is then refitted on train + validation (``refit="train+val"``, the default;
+    thresholds from its out-of-fold probabilities) or kept as fitted on train (``refit="train"``).
     ``y`` holds class labels (``classes_`` = sorted unique labels), or class indices into ``classes``
     when names are given, or a multi-hot matrix for multilabel. ``task="auto"`` infers the task from ``y``.
 
@@ -96,7 +106,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, head_name: str = "logistic", task: str = "auto", classes: Sequence[str] | None = None,
-                 metric: str | None = None, class_weight: str | None = None, refit: str = "train",
+                 metric: str | None = None, class_weight: str | None = None, refit: str = DEFAULT_REFIT,
                  preprocess: str = "standardize", seed: int = 0, backbone_spec: dict[str, Any] | None = None,
                  train_fingerprint: str | None = None, min_positives: int = 5, threshold_tol: float | None = None,
                  head_params: dict[str, Any] | None = None, threshold_mode: str = "per-class",
@@ -210,10 +220,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         try:
             head.fit(Xtr, ytr, Xva, yva, **({} if task == "multilabel" else {"n_classes": len(names)}))
         except HeadError as e:
-            msg = str(e)
-            for i, c in enumerate(names):  # name classes instead of indices
-                msg = msg.replace(f"(index {i})", f"({c!r})")
-            raise ModelFitError(msg) from None
+            raise ModelFitError(_named(str(e), names)) from None
         self.head_ = head
         self.task_ = task
         self.classes_ = names
@@ -231,6 +238,10 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         self.oof_proba_ = head.oof_proba_
         self.selection_ = dict(head.selection_)
         name = {i: str(c) for i, c in enumerate(names)}
+        if self.selection_.get("auto_cv"):
+            self.selection_["auto_cv"] = _named(self.selection_["auto_cv"], names)
+        if "cv_labels" in self.selection_:
+            self.selection_["cv_labels"] = [name[k] for k in self.selection_["cv_labels"]]
         if task == "multilabel":
             self.params_ = {name[k]: v for k, v in head.params_.items()}
             self.search_ = [{**s, "label": name[s["label"]]} for s in head.search_]

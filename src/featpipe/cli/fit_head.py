@@ -40,6 +40,12 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
     return path
 
 
+def _check_cv(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value == 1:
+        raise click.BadParameter("1 fold is no cross-validation; give 0 (never) or K >= 2", param_hint="--cv")
+    return value
+
+
 @click.command("fit-head")
 @click.option("--cache", "caches", multiple=True, type=click.Path(dir_okay=False),
               help="Feature cache file (repeat for several caches).")
@@ -60,12 +66,14 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
               "ranks runs. Default: f1 (binary), accuracy (multiclass), micro_f1 (multilabel).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
               help="'balanced' weights classes inversely to their frequency (binary: pos_weight = neg/pos).")
-@click.option("--refit", type=click.Choice(["train", "train+val"]), default="train", show_default=True,
-              help="Refit the chosen configuration on train+val before testing; its thresholds are then "
-              "tuned on out-of-fold probabilities over train+val (5-fold, seeded).")
-@click.option("--cv", type=click.IntRange(min=2), default=None,
-              help="Choose hyper-parameters by K-fold CV over train+val instead of the val split (small "
-              "datasets); implies --refit train+val.")
+@click.option("--refit", type=click.Choice(["train", "train+val"]), default="train+val", show_default=True,
+              help="Rows the chosen configuration is finally fitted on. train+val: every labelled row, with "
+              "thresholds tuned on out-of-fold probabilities over train+val (5-fold, seeded); train: the "
+              "model scored on val, thresholds tuned on val. Out of core: train.")
+@click.option("--cv", type=click.IntRange(min=0), default=None, callback=_check_cv,
+              help="Choose hyper-parameters by K-fold CV over train+val instead of the val split; implies "
+              "--refit train+val. Default: 5-fold only where the val split is too small to select on (fewer "
+              "than 30 rows, or a class / label with fewer than 5); 0: never.")
 @click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Resamples of the test rows for each test score's 95% interval (seeded by --seed).")
 @click.option("--preprocess", type=click.Choice(["standardize", "l2", "none"]), default="standardize",
@@ -91,7 +99,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     \b
     Examples:
       featpipe fit-head --cache cache/photos__efficientnet_lite0__ab12cd34ef.h5 --head all
-      featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train+val
+      featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
       featpipe fit-head --cache small.h5 --head all --metric macro_f1 --cv 5
 
@@ -120,7 +128,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         if not cache.in_memory:
             n, dim = cache.features.shape
             click.echo(f"{p.name}: {n} x {dim} features exceed the memory budget: fitting out of core "
-                       "(features read from disk in slabs)", err=True)
+                       "(features read from disk in slabs; the final model is fitted on train)", err=True)
         names = list(dict.fromkeys(n for h in heads for n in head_names(h)))  # in order, each once
         try:
             runs = [r for h in names for r in fit_cache(
@@ -132,6 +140,9 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         for r in runs:
             d = write_run(r, out_dir)
             results.append(r.metrics)
+            for note in (r.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
+                if note:
+                    click.echo(f"  {r.head}: {note}", err=True)
             for s in r.metrics["skipped_labels"]:
                 click.echo(f"  {r.head}: label {s['label']!r} skipped: {s['reason']}", err=True)
             click.echo(f"wrote {d}", err=True)

@@ -3,9 +3,12 @@
 A head is a scikit-learn style estimator. ``fit(X, y, X_val, y_val)`` searches its hyper-parameter
 grid using only train (fitting) and val (scoring) -- or, with ``cv=K``, K-fold CV over train+val -- and
 ranks configurations (and early-stops) by ``metric`` through :func:`featpipe.metrics.selection_score`.
-It keeps the held-out ``val_proba_`` of the chosen configuration and, with ``refit="train+val"``, refits
-that configuration on train+val and keeps ``oof_proba_``: its out-of-fold probabilities over train+val,
-which thresholds of the refit model are tuned on. Multilabel tasks are one-vs-rest: one search per label,
+With ``cv=None`` a validation split too small to select on (see :func:`small_validation`) is replaced by
+``oof_folds``-fold CV over train+val (per label in multilabel tasks); ``cv=0`` always uses the split.
+It keeps the held-out ``val_proba_`` of the chosen configuration and, with ``refit="train+val"`` (the
+default, as scikit-learn's searches refit on all their rows), refits that configuration on train+val and
+keeps ``oof_proba_``: its out-of-fold probabilities over train+val, which thresholds of the refit model
+are tuned on. Multilabel tasks are one-vs-rest: one search per label,
 each by the label's own form of the metric (``Metric.per_label``).
 """
 
@@ -26,7 +29,56 @@ from featpipe.metrics import get_metric, selection_score
 
 PREPROCESS = ("standardize", "l2", "none")
 REFIT = ("train", "train+val")
+DEFAULT_REFIT = "train+val"
 CLASS_WEIGHT = (None, "balanced")
+# Below these a validation split cannot select: on fewer than 30 rows (where the report calls a score a
+# small sample) one row moves accuracy by > 3 points and configurations tie; a class, or a label's
+# positives or negatives, with fewer than 5 rows decides its F1 / recall by single rows.
+MIN_VAL_ROWS = 30
+MIN_VAL_PER_CLASS = 5
+
+
+def most_folds(y: np.ndarray, y_val: np.ndarray) -> int:
+    """The most stratified folds train+val allows: its largest stratum (class, or rarest label) in rows."""
+    pool = np.vstack([y, y_val]) if y.ndim == 2 else np.concatenate([y, y_val])
+    return int(np.unique(_rarest_label(pool) if pool.ndim == 2 else pool, return_counts=True)[1].max())
+
+
+def small_validation(y: np.ndarray, y_val: np.ndarray, folds: int) -> tuple[np.ndarray, str | None]:
+    """Which groups the validation split is too small to select on, where train+val can make ``folds`` folds.
+
+    Single-label (class indices): one flag for the whole task. Multilabel (0/1 matrices): one flag per
+    label. Returns the flags and a one-line reason (``None`` when nothing is too small); classes and
+    labels are written ``(index i)``.
+    """
+    n_val = len(y_val)
+    few_rows = f"the validation split has {n_val} rows (fewer than {MIN_VAL_ROWS})"
+    if y.ndim == 2:
+        pool = np.vstack([y, y_val]).astype(bool)
+        pos, neg = pool.sum(0), (~pool).sum(0)
+        vpos, vneg = y_val.astype(bool).sum(0), (~y_val.astype(bool)).sum(0)
+        small = (pos >= folds) & (neg >= folds) & ((n_val < MIN_VAL_ROWS) | (vpos < MIN_VAL_PER_CLASS)
+                                                    | (vneg < MIN_VAL_PER_CLASS))
+        if not small.any():
+            return small, None
+        if n_val < MIN_VAL_ROWS:
+            return small, few_rows
+        idx = np.flatnonzero(small)
+        names = ", ".join(f"(index {i})" for i in idx[:5]) + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+        return small, (f"label{'s' if len(idx) > 1 else ''} {names} ha{'ve' if len(idx) > 1 else 's'} fewer than "
+                       f"{MIN_VAL_PER_CLASS} validation positives or negatives")
+    pool_counts = np.bincount(np.concatenate([y, y_val]))
+    val_counts = np.bincount(y_val, minlength=len(pool_counts))
+    if pool_counts.sum() < folds:
+        return np.zeros(1, bool), None
+    if n_val < MIN_VAL_ROWS:
+        return np.ones(1, bool), few_rows
+    short = np.flatnonzero((pool_counts >= folds) & (val_counts < MIN_VAL_PER_CLASS))
+    if not len(short):
+        return np.zeros(1, bool), None
+    more = f" (and {len(short) - 1} more classes)" if len(short) > 1 else ""
+    return np.ones(1, bool), (f"class (index {short[0]}) has {val_counts[short[0]]} validation rows (fewer than "
+                              f"{MIN_VAL_PER_CLASS}){more}")
 
 
 class ConstantProba:
@@ -177,6 +229,10 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         """Parameters as recorded in the search (early-stopped heads add their iteration count)."""
         return dict(params)
 
+    def _choose(self, search: list[dict[str, Any]]) -> int:
+        """Index of the chosen entry of ``search``: the best score, ties broken by log-loss, then grid order."""
+        return max(range(len(search)), key=lambda i: (search[i]["val_score"], -search[i]["val_log_loss"], -i))
+
     # -- common -------------------------------------------------------------------------------------
     def _check_params(self) -> None:
         if self.task not in TASKS:
@@ -189,8 +245,9 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             raise HeadError(f"unknown class_weight {self.class_weight!r}; expected None or 'balanced'")
         for name in ("cv", "oof_folds"):
             v = getattr(self, name, None)
-            if v is not None and (not isinstance(v, (int, np.integer)) or v < 2):
-                raise HeadError(f"{name} must be an integer >= 2, got {v!r}")
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 2) and not (name == "cv" and v == 0):
+                raise HeadError(f"{name} must be an integer >= 2{' (or 0: never CV)' if name == 'cv' else ''}, "
+                                f"got {v!r}")
         get_metric(self.metric, self.task)
 
     def fit(self, X, y, X_val=None, y_val=None, n_classes: int | None = None) -> BaseHead:
@@ -221,25 +278,55 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.skipped_labels_: list[dict[str, Any]] = []
         self.metric_ = get_metric(self.metric, self.task).name
-        self.refit_ = "train+val" if self.cv else self.refit
-        self.selection_ = {
-            "by": f"{self.cv}-fold CV on train+val" if self.cv else "validation split",
-            "metric": self.metric_, "folds": self.cv, "seed": self.seed,
-            "optimistic": True,  # the best of several configurations on the same rows
-        }
         if self.task == "multilabel":
             y, y_val = y.astype(np.uint8), y_val.astype(np.uint8)
             if y.ndim != 2 or y_val.ndim != 2 or y.shape[1] != y_val.shape[1]:
                 raise HeadError("multilabel targets must be multi-hot matrices with the same number of columns")
-            self.classes_ = np.arange(y.shape[1])
-            self._fit_multilabel(X, y, X_val, y_val)
         else:
             y, y_val = y.astype(np.int64).ravel(), y_val.astype(np.int64).ravel()
+        # the out-of-fold pass (and an automatic CV) use up to oof_folds folds: as many as train+val allows
+        self.oof_folds_ = min(self.oof_folds, most_folds(y, y_val))
+        folds = self.cv or self.oof_folds_
+        groups = y.shape[1] if y.ndim == 2 else 1
+        if self.cv:
+            use_cv, auto = np.ones(groups, bool), None
+        elif self.cv is None and self.oof_folds_ >= 2:
+            use_cv, auto = small_validation(y, y_val, folds)
+        else:
+            use_cv, auto = np.zeros(groups, bool), None
+        self.refit_ = "train+val" if use_cv.any() else self.refit
+        refit_note = None
+        if self.refit_ == "train+val" and not use_cv.any() and self.oof_folds_ < 2:
+            self.refit_ = "train"  # no out-of-fold pass possible: thresholds stay tuned on val
+            refit_note = ("train+val holds no class (or rarest-label group) with 2 rows, too few for out-of-fold "
+                          "probabilities: the final model is the one fitted on train")
+        if use_cv.all():
+            by = f"{folds}-fold CV on train+val"
+        elif use_cv.any():
+            by = f"validation split; {folds}-fold CV on train+val for {int(use_cv.sum())} label(s)"
+        else:
+            by = "validation split"
+        self.selection_ = {
+            "by": by, "metric": self.metric_, "folds": folds if use_cv.any() else None, "seed": self.seed,
+            "optimistic": True,  # the best of several configurations on the same rows
+            "auto_cv": None if auto is None else (
+                f"{auto}: too few to select on; chosen by {folds}-fold CV on train+val instead"
+                + (f" ({int(use_cv.sum())} of {len(use_cv)} labels), and every label" if not use_cv.all() else
+                   ", and") + " refitted on train+val"),
+        }
+        if refit_note:
+            self.selection_["refit_note"] = refit_note
+        if self.task == "multilabel":
+            if use_cv.any() and not use_cv.all():
+                self.selection_["cv_labels"] = np.flatnonzero(use_cv).tolist()
+            self.classes_ = np.arange(y.shape[1])
+            self._fit_multilabel(X, y, X_val, y_val, use_cv, folds)
+        else:
             C = int(n_classes if n_classes is not None else max(y.max(), y_val.max()) + 1)
             if self.task == "binary" and C != 2:
                 raise HeadError(f"a binary task needs exactly 2 classes, got {C}")
             self.classes_ = np.arange(C)
-            self._fit_single(X, y, X_val, y_val, C)
+            self._fit_single(X, y, X_val, y_val, C, folds if use_cv[0] else None)
         if self.oof_proba_ is not None:
             self.selection_["thresholds_from"] = (f"out-of-fold probabilities of the chosen configuration "
                                                   f"over train+val ({self.oof_folds_}-fold, seed {self.seed})")
@@ -340,13 +427,13 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                 tried.append(params)
             round_ += 1
             todo = [p for p in self._refine(search, round_) if p not in tried]
-        best = max(range(len(results)), key=lambda i: (results[i].key, -i))
         self._last_search = search
-        return results[best]
+        return results[self._choose(search)]
 
-    def _fit_single(self, X, y, X_val, y_val, C: int) -> None:
+    def _fit_single(self, X, y, X_val, y_val, C: int, folds: int | None) -> None:
+        """Select on the val split, or by ``folds``-fold CV over train+val when ``folds`` is given."""
         pool_y = np.concatenate([y, y_val])
-        present = np.unique(pool_y if self.cv else y)
+        present = np.unique(pool_y if folds else y)
         if len(np.unique(y)) < 2:
             raise HeadError(f"the train split has only one class (index {int(np.unique(y)[0])}): need at least two")
         for k in sorted(set(range(C)) - set(present.tolist())):
@@ -357,10 +444,10 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         K = len(present)
         Xp, yp = np.vstack([X, X_val]), remap[pool_y]
         n_tr = len(X)
-        if self.cv:
-            fd = self._fold_data(Xp, yp, self.cv)
+        if folds:
+            fd = self._fold_data(Xp, yp, folds)
             best = self._search([(a, yp[ia], b, yp[ib], ib) for a, b, ia, ib in fd], yp, K, self.task, self.metric_)
-            self.oof_folds_ = self.cv
+            self.oof_folds_ = folds
             oof = best.held
             refit_params = self._merged(self._refit_params, best.params, best.models)
             self.val_proba_ = self._expand(oof[n_tr:], C)
@@ -378,9 +465,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             refit_params = self._refit_params(best.params, model)
             oof = None
             if self.refit_ == "train+val":
-                self.oof_folds_ = self.oof_folds
                 keep = np.flatnonzero(yp >= 0)
-                fd = self._fold_data(Xp[keep], yp[keep], self.oof_folds)
+                fd = self._fold_data(Xp[keep], yp[keep], self.oof_folds_)
                 held, _ = self._held_out(refit_params, [(a, yp[keep][ia], b, yp[keep][ib], ib)
                                                         for a, b, ia, ib in fd], len(keep), K, False,
                                          workers=self._parallel_fits(fd[0][0]))
@@ -407,7 +493,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         out[np.isnan(proba).any(1)] = np.nan  # rows left out of an out-of-fold pass
         return out
 
-    def _fit_multilabel(self, X, Y, X_val, Y_val) -> None:
+    def _fit_multilabel(self, X, Y, X_val, Y_val, use_cv: np.ndarray, folds: int) -> None:
+        """One search per label: on the val split, or by ``folds``-fold CV over train+val where ``use_cv``."""
         C = Y.shape[1]
         self.estimators_: list[Any] = []
         self.search_ = []
@@ -418,15 +505,14 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         val_proba = np.zeros((len(X_val), C))
         oof = np.zeros((len(Xp), C)) if self.refit_ == "train+val" else None
         label_metric = get_metric(self.metric_, "multilabel").per_label
-        if self.cv:
-            fd = self._fold_data(Xp, Yp, self.cv)
-            self.oof_folds_ = self.cv
-        else:
+        fd = self._fold_data(Xp, Yp, folds) if use_cv.any() else None
+        if use_cv.any():
+            self.oof_folds_ = folds
+        if not use_cv.all():
             pre = self._pre().fit(X)
             Xt, Xv = pre.transform(X), pre.transform(X_val)
-            if oof is not None:
-                fd_oof = self._fold_data(Xp, Yp, self.oof_folds)
-                self.oof_folds_ = self.oof_folds
+            if oof is not None:  # automatic CV shares the out-of-fold pass's folds
+                fd_oof = fd if fd is not None else self._fold_data(Xp, Yp, self.oof_folds_)
         if self.refit_ == "train+val":
             pre = self._pre().fit(Xp)
             Xa = pre.transform(Xp)
@@ -434,13 +520,13 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             ytr, yva, ya = Y[:, k].astype(np.int64), Y_val[:, k].astype(np.int64), Yp[:, k].astype(np.int64)
             pos_tr, neg_tr, pos_va = int(ytr.sum()), int((1 - ytr).sum()), int(yva.sum())
             reason = None
-            if self.cv and ya.sum() < self.cv:
-                reason = f"{int(ya.sum())} positive(s) in train+val (need {self.cv} for {self.cv}-fold CV)"
+            if use_cv[k] and ya.sum() < folds:
+                reason = f"{int(ya.sum())} positive(s) in train+val (need {folds} for {folds}-fold CV)"
             elif pos_tr < 2:
                 reason = f"{pos_tr} positive(s) in train (need 2)"
             elif neg_tr < 2:
                 reason = f"{neg_tr} negative(s) in train (need 2)"
-            elif pos_va == 0 and not self.cv:
+            elif pos_va == 0 and not use_cv[k]:
                 reason = "no positive in validation: cannot tune"
             if reason:
                 prior = float(ya.mean()) if self.refit_ == "train+val" else float(ytr.mean())
@@ -452,7 +538,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                     oof[:, k] = prior
                 self.params_[k] = None
                 continue
-            if self.cv:
+            if use_cv[k]:
                 best = self._search([(a, ya[ia], b, ya[ib], ib) for a, b, ia, ib in fd], ya, 2, "binary",
                                     label_metric)
                 refit_params = self._merged(self._refit_params, best.params, best.models)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from featpipe.hardware import available_cpus
-from featpipe.heads._base import BaseHead
+from featpipe.heads._base import DEFAULT_REFIT, BaseHead
 
 DEFAULT_GRID: tuple[dict[str, Any], ...] = (
     {"num_leaves": 15, "learning_rate": 0.1, "min_child_samples": 10, "feature_fraction": 0.8},
@@ -36,7 +36,7 @@ class LGBMHead(BaseHead):
     def __init__(self, task: str = "multiclass", grid: Sequence[dict[str, Any]] = DEFAULT_GRID,
                  n_estimators: int = 1000, early_stopping_rounds: int = 30, n_jobs: int | None = None,
                  pca: int | None = 128, max_bin: int = 63,
-                 preprocess: str = "standardize", class_weight: str | None = None, refit: str = "train",
+                 preprocess: str = "standardize", class_weight: str | None = None, refit: str = DEFAULT_REFIT,
                  metric: str | None = None, cv: int | None = None,
                  oof_folds: int = 5, seed: int = 0):
         self.task = task

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from featpipe.heads._base import BaseHead
+from featpipe.heads._base import DEFAULT_REFIT, BaseHead
 
 COARSE_C = tuple(float(c) for c in np.logspace(-6, 2, 9))
 
@@ -28,7 +28,7 @@ class LogisticHead(BaseHead):
 
     def __init__(self, task: str = "multiclass", C_grid: Sequence[float] = COARSE_C, refine_steps: int = 2,
                  max_iter: int = 500, preprocess: str = "standardize", class_weight: str | None = None,
-                 refit: str = "train", metric: str | None = None, cv: int | None = None,
+                 refit: str = DEFAULT_REFIT, metric: str | None = None, cv: int | None = None,
                  oof_folds: int = 5, seed: int = 0):
         self.task = task
         self.C_grid = C_grid
@@ -48,9 +48,33 @@ class LogisticHead(BaseHead):
     def _refine(self, search: list[dict], round_: int) -> list[dict[str, Any]]:
         if round_ > self.refine_steps:
             return []
-        best = max(search, key=lambda s: (s["val_score"], -s["val_log_loss"]))["params"]["C"]
+        best = search[self._choose(search)]["params"]["C"]
         step = 0.5 ** round_
         return [{"C": float(best * 10 ** -step)}, {"C": float(best * 10 ** step)}]
+
+    def _choose(self, search: list[dict[str, Any]]) -> int:
+        """The best score; between Cs that tie on it, the centre (in log C) of the widest run of tied Cs.
+
+        Rows that cannot tell Cs apart would otherwise hand the tie to log-loss, and on a few rows that
+        favours the least confident model: the smallest C, which the refinement then pushes below the
+        grid (a near-constant model). The centre of the tied run is the threshold rule's plateau-centre
+        applied to C; a single tied C, or runs of one, still go to the lowest log-loss.
+        """
+        score = np.array([s["val_score"] for s in search])
+        nll = np.array([s["val_log_loss"] for s in search])
+        logc = np.log10([s["params"]["C"] for s in search])
+        order = np.argsort(logc, kind="stable")
+        tied = score[order] >= score.max() - 1e-12
+        runs, start = [], None
+        for j, t in enumerate([*tied, False]):
+            if t and start is None:
+                start = j
+            elif not t and start is not None:
+                runs.append(order[start:j])
+                start = None
+        run = max(runs, key=lambda r: (logc[r[-1]] - logc[r[0]], -nll[r].min()))
+        centre = (logc[run[0]] + logc[run[-1]]) / 2
+        return int(min(run, key=lambda i: (abs(logc[i] - centre), nll[i], i)))
 
     def _fit_one(self, params, X, y, sw, n_classes, X_val, y_val, warm=None):
         if isinstance(warm, LogisticRegression) and warm.coef_.shape[0] == (1 if n_classes == 2 else n_classes):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.heads._base import BaseHead
+from featpipe.heads._base import DEFAULT_REFIT, BaseHead
 
 
 class MLPWeights:
@@ -110,7 +110,7 @@ class MLPHead(BaseHead):
     def __init__(self, task: str = "multiclass", hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  weight_decay_grid: Sequence[float] = (1e-4, 1e-2), lr: float = 1e-3, batch_size: int | None = None,
                  max_epochs: int = 200, patience: int = 10, preprocess: str = "standardize",
-                 class_weight: str | None = None, refit: str = "train", metric: str | None = None,
+                 class_weight: str | None = None, refit: str = DEFAULT_REFIT, metric: str | None = None,
                  cv: int | None = None, oof_folds: int = 5, seed: int = 0):
         self.task = task
         self.hidden = hidden

@@ -230,7 +230,9 @@ class Study:
         return list(jobs.items())
 
     def _head_inputs(self, data_fp: str, head: str, params: dict[str, Any]) -> dict[str, Any]:
-        fit = self.c.fit.model_dump(exclude_defaults=True)
+        # refit is always recorded: its default changed (train -> train+val), and heads fitted under the
+        # old default must not pass as up to date
+        fit = {**self.c.fit.model_dump(exclude_defaults=True), "refit": self.c.fit.refit}
         return stage_inputs(data_fp, head, fit, params, self.c.seed)
 
     def plan(self) -> list[Step]:
@@ -448,6 +450,9 @@ class Study:
             for run in fit_cache(cache, head, seed=self.c.seed, head_params={head: params} if params else None,
                                  **self._fit_kwargs()):
                 run.metrics["stage"] = {"fingerprint": fingerprint(inputs), "inputs": inputs}
+                for note in (run.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
+                    if note:
+                        self.echo(f"  {ref}/{run.head}: {note}")
                 res.models.append(str(write_run(run, self.models_dir)))
                 done.append({"dir": d, "metrics": run.metrics})
         return done

@@ -133,15 +133,25 @@ class FitConfig(Section):
 
     metric: str | None = Field(None, description="Selection and threshold metric (default per task).")
     class_weight: Literal["balanced"] | None = Field(None, description="`balanced`: weight classes by frequency.")
-    refit: Literal["train", "train+val"] = Field("train", description="Rows of the final fit.")
+    refit: Literal["train", "train+val"] = Field("train+val", description="Rows of the final fit (thresholds "
+                                                 "from out-of-fold probabilities with `train+val`; out of core: "
+                                                 "`train`).")
     preprocess: Literal["standardize", "l2", "none"] = Field("standardize", description="Feature scaling.")
     min_positives: int = Field(5, ge=0, description="Multi-label: fewest val positives to tune a label's threshold.")
     threshold_mode: Literal["per-class", "global"] = Field("per-class", description="Multi-label thresholds used.")
-    cv: int | None = Field(None, ge=2, description="Choose hyper-parameters by K-fold CV on train+val instead "
-                           "of the val split, then refit on train+val.")
+    cv: int | None = Field(None, ge=0, description="Choose hyper-parameters by K-fold CV on train+val instead "
+                           "of the val split, then refit on train+val (default: 5-fold only where the val split "
+                           "is too small to select on: < 30 rows or < 5 of a class or label; 0: never).")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of the test interval (0: none).")
     max_memory: str | None = Field(None, description="Memory budget of a head's fit, e.g. `8GB` (default: half "
                                    "the RAM); larger caches are fitted out of core.")
+
+    @field_validator("cv")
+    @classmethod
+    def _folds(cls, v: int | None) -> int | None:
+        if v == 1:
+            raise ValueError("1 fold is no cross-validation; give 0 (never) or K >= 2")
+        return v
 
     @field_validator("metric")
     @classmethod
