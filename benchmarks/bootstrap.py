@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--resamples", type=int, default=1000)
     args = ap.parse_args()
-    from featpipe.metrics import bootstrap_ci, get_metric, sklearn_score
+    from featpipe.heads.metrics import bootstrap_ci, get_metric, sklearn_score
 
     rng = np.random.default_rng(0)
     C, n, B = args.classes, args.n, args.resamples

@@ -98,12 +98,12 @@ def _one_split(csv_path: Path, labels: list[str], args: argparse.Namespace, spli
     from sklearn.preprocessing import StandardScaler
 
     from featpipe.backbones import resolve_spec
-    from featpipe.cache import FeatureCache
     from featpipe.data import load_dataset
-    from featpipe.embed import embed_dataset
-    from featpipe.fit import fit_cache
+    from featpipe.features.cache import FeatureCache
+    from featpipe.features.embed import embed_dataset
     from featpipe.hardware import resolve_device
-    from featpipe.metrics import paired_bootstrap
+    from featpipe.heads.metrics import paired_bootstrap
+    from featpipe.runs.fit import fit_cache
 
     manifest = load_dataset(csv_path, seed=split_seed)  # no label option: ';' must be detected
     assert manifest.task == "multilabel" and manifest.classes == labels, (manifest.task, manifest.classes)

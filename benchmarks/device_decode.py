@@ -29,7 +29,7 @@ MODES = ("cpu", "device", "device-jpeg")
 
 
 def inputs_and_features(backbone, paths, mode, batch_size):
-    from featpipe.embed import _decoded_batches, _Decoder, _forward
+    from featpipe.features.embed import _decoded_batches, _Decoder, _forward
 
     decoder = _Decoder([backbone], paths, None, mode)
     xs, feats, status = [], [], []
@@ -62,7 +62,7 @@ def sync(device: str) -> None:
 
 def rates(backbone, paths, mode, batch_size, workers) -> tuple[float, float]:
     """Images/s of the decoders alone and of decode + forward, for one mode."""
-    from featpipe.embed import _decoded_batches, _Decoder, _forward, decode_mode
+    from featpipe.features.embed import _decoded_batches, _Decoder, _forward, decode_mode
 
     decoder = _Decoder([backbone], paths, None, mode)
     rows = np.arange(len(paths))
@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from featpipe.backbones import load_backbone, resolve_spec
-    from featpipe.embed import _keep_freed_memory, default_batch_size, default_workers
+    from featpipe.features.embed import _keep_freed_memory, default_batch_size, default_workers
 
     _keep_freed_memory()
     files = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})

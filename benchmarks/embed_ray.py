@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.backbones import resolve_spec
-from featpipe.cache import FeatureCache
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset
+from featpipe.features.cache import FeatureCache
+from featpipe.features.embed import embed_dataset
 
 
 def subset(src: Path, per_class: int, dst: Path) -> Path:

@@ -156,7 +156,7 @@ def main() -> None:
         raise SystemExit(f"image folder not found: {src}")
 
     from featpipe.backbones import load_backbone, resolve_spec
-    from featpipe.embed import _keep_freed_memory
+    from featpipe.features.embed import _keep_freed_memory
 
     _keep_freed_memory()  # the allocator setting the command uses: without it the raw forward page-faults
 

@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the fit-head artifacts here")
     args = ap.parse_args(argv)
 
-    from featpipe.cache import FeatureCache
-    from featpipe.fit import fit_cache, write_run
-    from featpipe.thresholds import apply_thresholds
+    from featpipe.features.cache import FeatureCache
+    from featpipe.heads.thresholds import apply_thresholds
+    from featpipe.runs.fit import fit_cache, write_run
 
     caches = list(args.caches)
     if args.embed or not caches:

@@ -36,7 +36,7 @@ SHARED = REPO.parent / "shared" / "data" / "cifar10-small"
 def _embed(data: Path, backbone: str, cache_dir: Path, seed: int) -> Path:
     from featpipe.backbones import resolve_spec
     from featpipe.data import load_dataset
-    from featpipe.embed import embed_dataset, resolve_device
+    from featpipe.features.embed import embed_dataset, resolve_device
 
     manifest = load_dataset(data, seed=seed)
     print(f"dataset {data}: {len(manifest)} images, {manifest.split_counts()}; {manifest.split_summary()}")
@@ -52,7 +52,7 @@ def _noisy_copy(path: Path, out: Path, rate: float, seed: int) -> np.ndarray:
     """A copy of the cache with ``rate`` of its labelled rows given another class (uniform); returns them."""
     import h5py
 
-    from featpipe.cache import FeatureCache
+    from featpipe.features.cache import FeatureCache
 
     k = len(FeatureCache.open(path).classes)
     shutil.copy(path, out)
@@ -70,9 +70,9 @@ def _check(cache_path: Path, work: Path, heads: str, seed: int) -> tuple[list[di
     """Fit every head, build the report, return its label_issues.csv rows and the label check's record."""
     import json
 
-    from featpipe.cache import FeatureCache
-    from featpipe.fit import fit_cache, write_run
-    from featpipe.report import build_report
+    from featpipe.features.cache import FeatureCache
+    from featpipe.reporting import build_report
+    from featpipe.runs.fit import fit_cache, write_run
 
     models = work / "models"
     shutil.rmtree(models, ignore_errors=True)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     noisy_path = args.work / "noisy.h5"
     flipped = _noisy_copy(clean_path, noisy_path, args.rate, args.seed)
 
-    from featpipe.cache import FeatureCache
+    from featpipe.features.cache import FeatureCache
 
     paths = np.asarray(FeatureCache.open(clean_path).paths).astype(str)
     n = int(len(paths))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
               f"recall {h / len(truth):.3f}, estimate {noisy_li['withheld']['n_estimated']:.0f}")
     ok = precision >= 0.6 and recall >= 0.6
     if args.digits:
-        from featpipe.samples import write_digits
+        from featpipe.data.samples import write_digits
 
         path = args.digits_cache or _embed(write_digits(args.work / "digits"), args.backbone, args.work / "cache",
                                            args.seed)

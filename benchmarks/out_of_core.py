@@ -21,7 +21,7 @@ import numpy as np
 
 CHILD = """
 import json, re, sys, time
-from featpipe.fit import fit_cache, open_cache
+from featpipe.runs.fit import fit_cache, open_cache
 t = time.perf_counter()
 cache = open_cache(sys.argv[1], sys.argv[3])
 (run,) = fit_cache(cache, sys.argv[2])
@@ -33,7 +33,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": int(hwm.group(1
 
 def write_cache(path: Path, n: int, dim: int, seed: int = 0, block: int = 20000) -> Path:
     """A real featpipe cache of ``n`` rows: 10 Gaussian classes in ``dim`` dims, split 70/15/15."""
-    from featpipe.cache import OK, CacheWriter, create_cache_file
+    from featpipe.features.cache import OK, CacheWriter, create_cache_file
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (10, dim)).astype(np.float32)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.backbones import resolve_spec
-from featpipe.cache import FeatureCache
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset
-from featpipe.fit import fit_cache
+from featpipe.features.cache import FeatureCache
+from featpipe.features.embed import embed_dataset
+from featpipe.runs.fit import fit_cache
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULTS = [(SHARED / "cifar10-small", None), (SHARED / "photos-multilabel", "im{id}.jpg")]

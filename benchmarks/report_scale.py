@@ -26,13 +26,13 @@ import numpy as np
 CHILD = """
 import json, re, sys, time
 t = time.perf_counter()
-from featpipe.cache import FeatureCache
+from featpipe.features.cache import FeatureCache
 if sys.argv[1] == "open":  # the floor: the libraries a report imports, and the cache's arrays
     import matplotlib, sklearn.decomposition, sklearn.linear_model, torch
-    import featpipe.report
+    import featpipe.reporting
     c = FeatureCache.open(sys.argv[2]); n = len(c)
 else:
-    from featpipe.report import build_report
+    from featpipe.reporting import build_report
     build_report(caches=[sys.argv[2]], models_dir=sys.argv[3], out=sys.argv[4])
 hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": int(hwm.group(1)) / 1024}))
@@ -70,11 +70,11 @@ def main() -> int:
     args = ap.parse_args()
 
     from featpipe.backbones import resolve_spec
-    from featpipe.cache import FeatureCache
     from featpipe.data import load_dataset
-    from featpipe.embed import embed_dataset
-    from featpipe.fit import fit_cache, write_run
-    from featpipe.report._common import GALLERY, THUMBS_PER_CLASS
+    from featpipe.features.cache import FeatureCache
+    from featpipe.features.embed import embed_dataset
+    from featpipe.reporting._common import GALLERY, THUMBS_PER_CLASS
+    from featpipe.runs.fit import fit_cache, write_run
 
     work = args.work or Path(tempfile.mkdtemp(prefix="featpipe-scale-"))
     data = work / f"images-{args.n}-{args.size}"

@@ -66,10 +66,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from featpipe.backbones import resolve_spec
-    from featpipe.cache import FeatureCache
     from featpipe.data import load_dataset
-    from featpipe.embed import embed_dataset
-    from featpipe.fit import fit_cache
+    from featpipe.features.cache import FeatureCache
+    from featpipe.features.embed import embed_dataset
+    from featpipe.runs.fit import fit_cache
 
     root, out = Path(args.data_root), Path(args.out)
     sets = []
@@ -111,7 +111,7 @@ def mirrored(cache, spec, folder: Path):
     import numpy as np
 
     from featpipe.backbones import load_backbone
-    from featpipe.embed import run_backbone
+    from featpipe.features.embed import run_backbone
 
     f = folder / (Path(cache.path).stem + ".npy")
     if f.exists():

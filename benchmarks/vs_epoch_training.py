@@ -81,7 +81,7 @@ def featpipe_way(data: Path, work: Path, backbone: str, precision: str,
 
 def paired_difference(a: dict[str, bool], b: dict[str, bool], seed: int, n: int = 2000) -> tuple[float, float, float]:
     """Accuracy of ``a`` minus ``b`` on the same test images, with featpipe's paired bootstrap 95% interval."""
-    from featpipe.metrics import paired_bootstrap
+    from featpipe.heads.metrics import paired_bootstrap
 
     keys = sorted(a)
     if sorted(b) != keys:

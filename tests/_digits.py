@@ -39,7 +39,7 @@ def task_data(task: str, n: int = 600):
 
 def write_cache(path: Path, task: str, n: int = 600, backbone: dict | None = None, split=None) -> Path:
     """A complete featpipe feature cache (real HDF5) holding digits features."""
-    from featpipe.cache import OK, create_cache_file
+    from featpipe.features.cache import OK, create_cache_file
 
     X, labels, sp, classes = task_data(task, n)
     if split is not None:
@@ -63,7 +63,7 @@ def write_cache(path: Path, task: str, n: int = 600, backbone: dict | None = Non
 
 def write_arrays_cache(path: Path, X: np.ndarray, labels: np.ndarray, split, task: str, classes: list[str]) -> Path:
     """A complete featpipe feature cache (real HDF5) holding the given rows."""
-    from featpipe.cache import OK, create_cache_file
+    from featpipe.features.cache import OK, create_cache_file
 
     N = len(X)
     attrs = {

@@ -10,7 +10,7 @@ from PIL import Image
 
 from featpipe.backbones import load_backbone, resolve_spec
 from featpipe.backbones._registry import _packaged_onnx_file
-from featpipe.embed import embed_paths
+from featpipe.features.embed import embed_paths
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,8 +21,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featpipe.backbones import load_backbone, resolve_spec
+from featpipe.bundle.io import load_model
 from featpipe.errors import BackboneError, ModelError
-from featpipe.model import FeaturepipeModel, load_model
+from featpipe.heads.model import FeaturepipeModel
 from test_heads import FAST
 
 from _digits import task_data
@@ -85,7 +86,7 @@ def _image_model(tmp_path: Path, spec, task: str = "multiclass", head: str = "lo
     folder = make_class_folders(tmp_path / "imgs", {"cat": 10, "dog": 10, "fox": 10})
     paths = sorted(str(p) for p in folder.rglob("*.png"))
     bb = load_backbone(spec, "cpu")
-    from featpipe.embed import embed_paths
+    from featpipe.features.embed import embed_paths
 
     feats, ok, _ = embed_paths(spec, paths, device="cpu")
     assert ok.all()
@@ -137,7 +138,7 @@ def _weights_file_model(tmp_path: Path) -> tuple:
 
 
 def _predict_in_fresh_process(bundle: Path, paths: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    code = ("import json, sys; from featpipe.model import load_model; m = load_model(sys.argv[1]); "
+    code = ("import json, sys; from featpipe.bundle.io import load_model; m = load_model(sys.argv[1]); "
             "m.set_params(embed_device='cpu'); print(json.dumps([str(v) for v in m.predict(sys.argv[2:])]))")
     return subprocess.run([sys.executable, "-c", code, str(bundle), *paths], capture_output=True, text=True,
                           timeout=180, cwd=bundle.parent, env={**os.environ, **(env or {})})
@@ -231,7 +232,7 @@ def test_bundle_written_by_featpipe_0_1_loads_as_it_is(tmp_path):
 
 
 def test_skops_export_loads_with_the_allow_list_only(tmp_path):
-    from featpipe.export import load_skops, save_skops
+    from featpipe.bundle.io import load_skops, save_skops
 
     X, Y, split, classes = task_data("multilabel", 300)
     m = FeaturepipeModel(head_name="mlp", classes=classes, head_params=FAST["mlp"]).fit(X, Y)
@@ -260,7 +261,7 @@ def test_onnx_export_matches_predict_proba(tmp_path, tiny_spec, task, head):
     if task == "binary":
         folder = make_class_folders(tmp_path / "imgs", {"cat": 12, "dog": 12})
         paths = sorted(str(p) for p in folder.rglob("*.png"))
-        from featpipe.embed import embed_paths
+        from featpipe.features.embed import embed_paths
 
         feats, _, _ = embed_paths(tiny_spec, paths, device="cpu")
         bb = load_backbone(tiny_spec, "cpu")
@@ -300,8 +301,8 @@ def test_onnx_export_refuses_lightgbm_with_one_line(tmp_path, tiny_spec):
 
 
 def test_cache_prune_keeps_what_bundles_and_pipelines_use_and_is_a_dry_run_by_default(tmp_path):
-    from featpipe.cache import FeatureCache
-    from featpipe.fit import fit_cache, write_run
+    from featpipe.features.cache import FeatureCache
+    from featpipe.runs.fit import fit_cache, write_run
 
     from _digits import write_cache
 

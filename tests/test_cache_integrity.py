@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from featpipe import cache as fcache
-from featpipe.cache import FeatureCache, rows_to_embed
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset
 from featpipe.errors import CacheError
+from featpipe.features import cache as fcache
+from featpipe.features.cache import FeatureCache, rows_to_embed
+from featpipe.features.embed import embed_dataset
 
 from conftest import TINY, TINY_SIZE
 

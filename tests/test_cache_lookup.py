@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featpipe.backbones import resolve_spec
-from featpipe.cache import FeatureCache
 from featpipe.cli import main
+from featpipe.features.cache import FeatureCache
 from featpipe.hardware import resolve_device
 
 from conftest import TINY, TINY_SIZE, make_class_folders
@@ -105,7 +105,7 @@ def test_seed_is_irrelevant_for_pretrained_weights(image_folder, tmp_path):
 
 def test_failed_rows_retry_when_transient_and_with_retry_failed(image_folder, tmp_path):
     from featpipe.data import load_dataset
-    from featpipe.embed import embed_dataset
+    from featpipe.features.embed import embed_dataset
 
     (image_folder / "dog" / "text.jpg").write_text("not an image")  # a decode failure: permanent
     gone = image_folder / "cat" / "005.png"
@@ -136,7 +136,7 @@ def test_retry_failed_on_a_clean_cache_recomputes_nothing(image_folder, tmp_path
 
 def test_cache_named_before_split_identity_is_taken_over(image_folder, tmp_path):
     from featpipe.backbones._base import config_hash
-    from featpipe.cache import cache_filename
+    from featpipe.features.cache import cache_filename
 
     path, _ = _embed(image_folder, tmp_path / "cache", "--no-pretrained")
     c = FeatureCache.open(path)

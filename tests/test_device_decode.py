@@ -14,13 +14,13 @@ from PIL import Image
 
 from featpipe.backbones import load_backbone, resolve_spec
 from featpipe.backbones._resample import pil_resize
-from featpipe.backbones._torch import _uint8_split
-from featpipe.cache import FAILED, OK, features_key
+from featpipe.backbones._torch import uint8_split
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.device_decode import decode_jpegs, resolve_decode, uses_nvjpeg
-from featpipe.embed import _decoded_batches, _Decoder, embed_datasets
 from featpipe.errors import FeaturepipeError
+from featpipe.features.cache import FAILED, OK, features_key
+from featpipe.features.decode import decode_jpegs, resolve_decode, uses_nvjpeg
+from featpipe.features.embed import _decoded_batches, _Decoder, embed_datasets
 
 from conftest import TINY, TINY_SIZE
 
@@ -65,7 +65,7 @@ def test_tensor_geometry_gives_the_pil_geometry(config):
 
     cfg = {"input_size": (3, 40, 40), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_mode": "center", **config}
     transform = create_transform(**cfg, is_training=False)
-    geometry, tensor_geometry, _, _ = _uint8_split(transform, {"mean": list(cfg["mean"]), "std": list(cfg["std"])},
+    geometry, tensor_geometry, _, _ = uint8_split(transform, {"mean": list(cfg["mean"]), "std": list(cfg["std"])},
                                                    "cpu")
     assert tensor_geometry is not None
     for k, (h, w) in enumerate([(32, 32), (17, 60), (90, 45), (300, 220)]):
@@ -80,7 +80,7 @@ def test_no_tensor_geometry_without_an_exact_tensor_form():
 
     for config in ({"interpolation": "nearest", "crop_mode": "center"}, {"interpolation": "bicubic", "crop_mode": "border"}):
         cfg = {"input_size": (3, 40, 40), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.875, **config}
-        _, tensor_geometry, _, _ = _uint8_split(create_transform(**cfg, is_training=False),
+        _, tensor_geometry, _, _ = uint8_split(create_transform(**cfg, is_training=False),
                                                 {"mean": [0.5] * 3, "std": [0.5] * 3}, "cpu")
         assert tensor_geometry is None
 

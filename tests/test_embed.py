@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featpipe.backbones import resolve_spec
-from featpipe.cache import FAILED, OK, FeatureCache, write_lock
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset, embed_paths
 from featpipe.errors import BackboneError, CacheError
+from featpipe.features.cache import FAILED, OK, FeatureCache, write_lock
+from featpipe.features.embed import embed_dataset, embed_paths
 
 from conftest import TINY, TINY_SIZE, make_class_folders
 
@@ -150,7 +150,7 @@ def test_weights_file_loads_into_the_architecture(tmp_path, image_folder):
 def test_second_writer_gets_a_clear_error(image_folder, tiny_spec, tmp_path):
     res = _embed(image_folder, tiny_spec, tmp_path / "cache")
     code = (
-        "import sys, time; from pathlib import Path; from featpipe.cache import write_lock\n"
+        "import sys, time; from pathlib import Path; from featpipe.features.cache import write_lock\n"
         f"with write_lock(Path({str(res.path)!r})):\n    print('locked', flush=True); time.sleep(30)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -15,8 +15,8 @@ from PIL import Image
 from featpipe.backbones import load_backbone, resolve_spec, split_layer
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset, embed_datasets
 from featpipe.errors import BackboneError, FeaturepipeError
+from featpipe.features.embed import embed_dataset, embed_datasets
 
 from conftest import TINY, TINY_SIZE
 
@@ -106,7 +106,7 @@ def test_cli_starts_without_torch_timm_or_sklearn():
 
 @pytest.mark.parametrize("workers,mode", [(2, "slices"), (3, "processes"), (1, "processes")])
 def test_decode_modes_give_the_inline_batches(image_folder, workers, mode):
-    from featpipe.embed import _decoded_batches, _Decoder
+    from featpipe.features.embed import _decoded_batches, _Decoder
 
     (image_folder / "cat" / "broken.png").write_bytes(b"not an image")
     manifest = load_dataset(image_folder)
@@ -119,6 +119,6 @@ def test_decode_modes_give_the_inline_batches(image_folder, workers, mode):
     for a, b in zip(inline, other, strict=True):
         assert list(a.status) == list(b.status) and a.errors == b.errors and a.hashes == b.hashes
         assert all(torch.equal(a.inputs[k], b.inputs[k]) for k in a.inputs)
-    from featpipe.cache import FAILED
+    from featpipe.features.cache import FAILED
 
     assert sum(int((b.status == FAILED).sum()) for b in other) == 1

@@ -16,10 +16,10 @@ import ray
 from click.testing import CliRunner
 from PIL import Image
 
-from featpipe.cache import FAILED, OK, PENDING, FeatureCache, read_attrs
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset
+from featpipe.features.cache import FAILED, OK, PENDING, FeatureCache, read_attrs
+from featpipe.features.embed import embed_dataset
 
 from conftest import TINY, TINY_SIZE, make_class_folders
 

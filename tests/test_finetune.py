@@ -19,14 +19,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featpipe.backbones import load_backbone, resolve_spec
-from featpipe.backbones._registry import file_id
-from featpipe.cache import FeatureCache, features_key
+from featpipe.bundle.io import load_model
+from featpipe.checksum import file_id
 from featpipe.cli import main
 from featpipe.data import Manifest, load_dataset
-from featpipe.embed import embed_dataset
 from featpipe.errors import BackboneError
+from featpipe.features.cache import FeatureCache, features_key
+from featpipe.features.embed import embed_dataset
 from featpipe.finetune import FinetuneConfig, build_transforms, finetune
-from featpipe.model import load_model
 
 from conftest import SMALL, TINY, make_class_folders
 
@@ -150,7 +150,7 @@ def test_bundle_round_trips_in_a_fresh_process_and_predict(folder, tmp_path):
     test = [str(p) for p, s in zip(z["paths"], z["split"], strict=True) if s == "test"]
     want = z["proba"][z["split"] == "test"]
     # load_model tells the bundle where it lies: its checkpoint is found beside it by name and hash
-    code = ("import sys, json; from featpipe.model import load_model; m = load_model(sys.argv[1]); "
+    code = ("import sys, json; from featpipe.bundle.io import load_model; m = load_model(sys.argv[1]); "
             "print(json.dumps(m.predict_proba(sys.argv[2:]).tolist())); print(json.dumps(list(m.predict(sys.argv[2:]))))")
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", code, str(out / "model.joblib"), *test], capture_output=True,
@@ -395,7 +395,7 @@ def test_linear_probe_init_reproduces_the_fitted_head(task):
 def test_report_ranks_finetune_and_fit_head_runs_together(folder, tmp_path):
     import csv
 
-    from featpipe.report import build_report
+    from featpipe.reporting import build_report
 
     m = load_dataset(folder)
     runs = tmp_path / "runs"

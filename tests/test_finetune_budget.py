@@ -160,7 +160,7 @@ def test_deadline_stop_keeps_the_best_checkpoint(folder, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_lp_ft_counts_its_linear_probe_inside_the_budget(folder, tmp_path):
     from featpipe.backbones import resolve_spec
-    from featpipe.embed import embed_dataset
+    from featpipe.features.embed import embed_dataset
 
     budget = 10.0
     cfg = FinetuneConfig(backbone=TINY, pretrained=False, recipe="lp-ft", image_size=32, precision="fp32",

@@ -173,8 +173,8 @@ def _cli(args):
 
 @pytest.mark.parametrize("task", ["binary", "multilabel"])
 def test_fit_cache_artifacts_follow_the_contract(tmp_path, task):
-    from featpipe.cache import FeatureCache
-    from featpipe.fit import fit_cache, write_run
+    from featpipe.features.cache import FeatureCache
+    from featpipe.runs.fit import fit_cache, write_run
 
     cache = FeatureCache.open(write_cache(tmp_path / f"digits-{task}.h5", task, n=300))
     (run,) = fit_cache(cache, "logistic", head_params={"logistic": FAST["logistic"]}, refit="train+val")

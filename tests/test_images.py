@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from featpipe.data.images import image_from_array, load_image, read_bytes_and_hash
 from featpipe.errors import ImageError
-from featpipe.images import image_from_array, load_image, read_bytes_and_hash
 
 from _imgutil import noise
 

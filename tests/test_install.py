@@ -50,7 +50,7 @@ def core_run(tmp_path_factory) -> Path:
 def test_main_job_runs_without_the_optional_packages(core_run):
     assert len(list(core_run.glob("models/*/logistic/model.joblib"))) == 1
     code = WITHOUT_EXTRAS.split("from featpipe.cli")[0] + (
-        "import featpipe.embed, featpipe.fit, featpipe.report, featpipe.pipeline, featpipe.export, featpipe.model\n"
+        "import featpipe.features.embed, featpipe.runs.fit, featpipe.reporting, featpipe.pipeline, featpipe.bundle.export, featpipe.heads.model\n"
         f"leaked = [m for m in {OPTIONAL!r} if sys.modules.get(m) is not None]\n"
         "assert not leaked, leaked\n"
     )

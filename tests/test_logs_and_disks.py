@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset
-from featpipe.fit import fit_cache, open_cache, write_run
+from featpipe.features.embed import embed_dataset
 from featpipe.progress import progress_bar
+from featpipe.runs.fit import fit_cache, open_cache, write_run
 
 from conftest import TINY, TINY_SIZE, make_class_folders
 

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from featpipe.errors import HeadError
-from featpipe.metrics import evaluate, format_table, jsonable, main_metric_key
+from featpipe.heads.metrics import evaluate, format_table, jsonable, main_metric_key
 
 
 def _onehot_proba(pred, C):
@@ -110,7 +110,7 @@ def test_format_table_lists_each_head_with_scores():
 
 # --------------------------------------------------------------------------- one metric table
 
-from featpipe.metrics import (  # noqa: E402
+from featpipe.heads.metrics import (  # noqa: E402
     METRIC_TABLE,
     _weighted_scores,
     bootstrap_ci,
@@ -227,7 +227,7 @@ def _all_constants(task, n, C):
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
 def test_best_constant_is_the_best_of_every_constant_prediction(task):
     """The chance level is the best any constant predictor scores on these rows, for every metric."""
-    from featpipe.metrics import best_constant
+    from featpipe.heads.metrics import best_constant
 
     rng = np.random.default_rng(4)
     n, C = 70, (2 if task == "binary" else 5 if task == "multiclass" else 5)
@@ -273,7 +273,7 @@ def _accuracy_pair(n=300, extra=8, seed=0):
 
 
 def test_paired_bootstrap_separates_what_overlapping_intervals_do_not():
-    from featpipe.metrics import paired_bootstrap
+    from featpipe.heads.metrics import paired_bootstrap
 
     y, a, b = _accuracy_pair()
     ia, ib = bootstrap_ci("accuracy", "multiclass", y, *a), bootstrap_ci("accuracy", "multiclass", y, *b)
@@ -300,7 +300,7 @@ def test_paired_bootstrap_separates_what_overlapping_intervals_do_not():
 
 
 def test_small_test_sets_are_named_and_the_cli_table_warns():
-    from featpipe.metrics import small_sample
+    from featpipe.heads.metrics import small_sample
 
     tiny = evaluate(np.array([0, 1, 1]), np.eye(2)[[0, 1, 1]], np.array([0, 1, 1]), "binary", ["n", "p"])
     assert small_sample(tiny, "binary") == "3 test rows (fewer than 30); 2 classes have fewer than 5 test rows " \
@@ -322,7 +322,7 @@ def test_small_test_sets_are_named_and_the_cli_table_warns():
 def test_calibration_bins_and_expected_calibration_error():
     from sklearn.calibration import calibration_curve
 
-    from featpipe.metrics import calibration
+    from featpipe.heads.metrics import calibration
 
     rng = np.random.default_rng(0)
     p = rng.random(20000)

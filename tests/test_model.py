@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 from sklearn.exceptions import NotFittedError
 
+from featpipe.bundle.io import load_model
 from featpipe.errors import ModelError
-from featpipe.model import FeaturepipeModel, FeaturepipeVersionWarning, load_model
+from featpipe.heads.model import FeaturepipeModel, FeaturepipeVersionWarning
 from test_heads import FAST
 
 from _digits import task_data

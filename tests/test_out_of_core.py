@@ -6,9 +6,9 @@ import joblib
 import numpy as np
 import pytest
 
-from featpipe.cache import FeatureCache, H5Rows
 from featpipe.errors import HeadError
-from featpipe.fit import fit_cache, open_cache, parse_memory, write_run
+from featpipe.features.cache import FeatureCache, H5Rows
+from featpipe.runs.fit import fit_cache, open_cache, parse_memory, write_run
 
 from _digits import write_cache
 

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featpipe.cli import main
+from featpipe.data.samples import write_digits
 from featpipe.errors import PipelineError
 from featpipe.pipeline import load_pipeline, parse_key, readme_with_schema
-from featpipe.samples import write_digits
 
 from conftest import TINY, TINY_SIZE, make_class_folders
 

@@ -15,16 +15,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from featpipe.cache import FeatureCache
 from featpipe.checksum import sha256_file
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset
 from featpipe.errors import FeaturepipeError
-from featpipe.fit import fit_cache, write_run
-from featpipe.report import build_report
-from featpipe.report._duplicates import calibrate, exact_duplicates, near_copies
-from featpipe.report._label_issues import Probe, confident_learning, find_label_issues, probe_from_run
+from featpipe.features.cache import FeatureCache
+from featpipe.features.embed import embed_dataset
+from featpipe.reporting import build_report
+from featpipe.reporting._duplicates import calibrate, exact_duplicates, near_copies
+from featpipe.reporting._label_issues import Probe, confident_learning, find_label_issues, probe_from_run
+from featpipe.runs.fit import fit_cache, write_run
 
 from conftest import TINY, TINY_SIZE, make_class_folders
 
@@ -391,7 +391,7 @@ def test_exact_copies_and_near_copies_across_given_splits(tmp_path):
     ex = exact_duplicates(c)
     assert ex["n_groups"] == 1 and ex["n_cross_split"] == 1
     assert {ids[r] for r in ex["groups"][0]["rows"]} == {"train/cool/05", "test/cool/same"}
-    from featpipe.images import load_image
+    from featpipe.data.images import load_image
 
     cal = calibrate(c, load_image, seed=0)
     assert cal["separable"] and cal["copies_found"] >= 0.8 and cal["distinct_above"] <= 0.05
@@ -410,8 +410,8 @@ def test_exact_copies_and_near_copies_across_given_splits(tmp_path):
 def test_similar_digits_are_not_reported_as_near_copies(tmp_path):
     """Digit images of one class look alike; without a single copy among them the report flags no pair
     (the nearest-neighbour ratio test flagged dozens), and says the backbone cannot tell copies here."""
-    from featpipe.images import load_image
-    from featpipe.samples import write_digits
+    from featpipe.data.images import load_image
+    from featpipe.data.samples import write_digits
 
     data = write_digits(tmp_path / "digits", per_class=20)
     res = embed_dataset(load_dataset(data), _spec(), cache_dir=tmp_path / "cache", progress=False)
@@ -516,8 +516,8 @@ def test_nothing_to_report_and_bad_inputs_are_one_line_errors(study, tmp_path):
 
 def test_leaderboard_chart_identity_covers_every_run():
     """A change in any run (here the last of twelve) or a reference line gives the chart a new name."""
-    from featpipe.report._data import ModelRun
-    from featpipe.report._leaderboard import _leaderboard_fingerprint
+    from featpipe.reporting._data import ModelRun
+    from featpipe.reporting._leaderboard import _leaderboard_fingerprint
 
     def runs(last: str) -> list[ModelRun]:
         return [
@@ -536,9 +536,9 @@ def test_paired_difference_separates_runs_whose_intervals_overlap():
     """Two runs on the same test rows, the second wrong on every row the first is wrong on and 8 more: each
     score lies in the other's 95% interval (the old overlap rule said "not separated"), but the paired
     interval of the difference excludes 0; a run that differs on few rows both ways is not separated."""
-    from featpipe.metrics import bootstrap_ci
-    from featpipe.report._compare import not_separated, paired_vs_top
-    from featpipe.report._outputs import within_sentence
+    from featpipe.heads.metrics import bootstrap_ci
+    from featpipe.reporting._compare import not_separated, paired_vs_top
+    from featpipe.reporting._outputs import within_sentence
 
     rng = np.random.default_rng(0)
     n = 300
@@ -598,7 +598,7 @@ def test_chance_level_is_the_best_constant_predictor_on_test(digits_report):
 
 
 def test_leaderboard_gives_each_run_its_paired_difference_to_the_top(digits_report, tmp_path):
-    from featpipe.metrics import calibration
+    from featpipe.heads.metrics import calibration
 
     rows = _csv(digits_report["out"])
     assert len(rows) == 2 and rows[0]["vs_top"] == ""

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from featpipe.checksum import sha256_file
 from featpipe.cli import main
-from featpipe.report._data import find_model_runs
+from featpipe.reporting._data import find_model_runs
 from featpipe.runs import read_record, run_problem
 
 from conftest import TINY, TINY_SIZE, make_class_folders

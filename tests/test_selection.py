@@ -15,9 +15,9 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from featpipe.errors import HeadError
 from featpipe.heads import LGBMHead, LogisticHead, MLPHead
 from featpipe.heads._base import kfold
-from featpipe.metrics import DEFAULT_GRID
-from featpipe.model import FeaturepipeModel
-from featpipe.thresholds import tune_binary_threshold
+from featpipe.heads.metrics import DEFAULT_GRID
+from featpipe.heads.model import FeaturepipeModel
+from featpipe.heads.thresholds import tune_binary_threshold
 
 from _digits import digits, task_data, write_cache
 
@@ -181,8 +181,8 @@ def test_cv_multilabel_and_early_stopped_heads():
 
 
 def test_metrics_json_records_selection_oof_gap_and_test_interval(tmp_path):
-    from featpipe.cache import FeatureCache
-    from featpipe.fit import fit_cache, write_run
+    from featpipe.features.cache import FeatureCache
+    from featpipe.runs.fit import fit_cache, write_run
 
     cache = FeatureCache.open(write_cache(tmp_path / "digits-binary.h5", "binary", n=300))
     hp = {"logistic": {"C_grid": (1e-2, 1.0), "refine_steps": 0}}
@@ -292,8 +292,8 @@ def test_every_front_end_defaults_to_a_train_val_refit():
     import inspect
 
     from featpipe.cli.fit_head import fit_head
-    from featpipe.fit import fit_cache
     from featpipe.pipeline._schema import FitConfig
+    from featpipe.runs.fit import fit_cache
 
     defaults = {f.__name__: inspect.signature(f).parameters["refit"].default
                 for f in (fit_cache, FeaturepipeModel, LogisticHead, MLPHead, LGBMHead)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from featpipe.errors import HeadError
-from featpipe.thresholds import (
+from featpipe.heads.thresholds import (
     RULE,
     apply_thresholds,
     plateau_centre,
@@ -100,7 +100,7 @@ def test_apply_thresholds_all_tasks_and_nan_rows():
 @pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "weighted_f1"])
 def test_multilabel_thresholds_for_any_decision_metric_of_the_table(metric):
     """Today's code only tuned micro/macro/samples F1 and fell back to micro-F1 for the rest."""
-    from featpipe.metrics import sklearn_score
+    from featpipe.heads.metrics import sklearn_score
 
     rng = np.random.default_rng(4)
     Y = (rng.random((200, 3)) < [0.5, 0.3, 0.2]).astype(np.uint8)

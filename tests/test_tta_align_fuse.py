@@ -10,14 +10,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featpipe.backbones import BackboneSpec, load_backbone, resolve_spec
-from featpipe.cache import FeatureCache
+from featpipe.bundle.io import load_model
 from featpipe.cli import main
 from featpipe.data import load_dataset
-from featpipe.embed import embed_dataset, embed_paths
 from featpipe.errors import BackboneError, CacheError
-from featpipe.fit import fit_cache
-from featpipe.fuse import FusedCache
-from featpipe.model import load_model
+from featpipe.features.cache import FeatureCache
+from featpipe.features.embed import embed_dataset, embed_paths
+from featpipe.features.fuse import FusedCache
+from featpipe.runs.fit import fit_cache
 
 from conftest import TINY, TINY_SIZE
 
@@ -166,7 +166,7 @@ def test_a_saved_bundle_holds_no_path_of_the_machine_that_made_it(tmp_path: Path
     import pickle
 
     from featpipe.backbones import load_backbone
-    from featpipe.model import FeaturepipeModel
+    from featpipe.heads.model import FeaturepipeModel
 
     spec = resolve_spec("efficientnet_lite0", image_size=32)
     assert spec.weights_path and Path(spec.weights_path).is_absolute()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -14,6 +15,32 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)  # per (path, mtime, size): a weights file is hashed once per process
+
+
+def sha256_file_cached(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, computed once per process for an unchanged file (same mtime and size)."""
+    st = os.stat(path)
+    return _cached_sha256(str(path), st.st_mtime_ns, st.st_size)
+
+
+def file_id(path: str | os.PathLike) -> str:
+    """A weights file's short identity: ``sha256:`` and the first 16 hex digits of its content hash."""
+    return "sha256:" + sha256_file_cached(path)[:16]
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    """The ``.sha256`` file beside ``path`` that vouches for it."""
+    return Path(str(path) + ".sha256")
+
+
+def write_sidecar(path: str | os.PathLike, digest: str | None = None) -> Path:
+    """Write ``path``'s sidecar: its hex sha256 (``digest`` when already known) and a line end."""
+    return atomic_write_text(sidecar(path), (digest or sha256_file(path)) + "\n")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

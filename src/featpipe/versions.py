@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import warnings
 
-import featpipe
+FEATPIPE_VERSION = "0.1.0"  # FEATPIPE_VERSION; pyproject.toml's version says the same (a test checks)
 
 # distributions whose version can change features or fitted heads (read from metadata: nothing is imported)
 _LIBRARIES = ("numpy", "torch", "timm", "h5py", "scikit-learn", "joblib", "lightgbm", "onnxruntime")
@@ -19,7 +19,7 @@ def library_versions() -> dict[str, str]:
     """featpipe, Python and every library whose version can change features or fitted heads."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"featpipe": featpipe.__version__, "python": platform.python_version()}
+    out = {"featpipe": FEATPIPE_VERSION, "python": platform.python_version()}
     for dist in _LIBRARIES:
         try:
             out[dist] = version(dist)

@@ -202,7 +202,7 @@ def convert_keras_vgg(
     src: str | Path, out: str | Path, *, arch: str = "vgg16", trained_with: str = "vggface"
 ) -> KerasVgg:
     """Write ``out``: the torch state dict of Keras VGG weights ``src`` plus their preprocessing."""
-    from featpipe.backbones._registry import file_id
+    from featpipe.checksum import file_id
 
     pre = preprocessing_for(trained_with)
     converted = keras_vgg_state_dict(src, arch)

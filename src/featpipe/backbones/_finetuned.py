@@ -45,7 +45,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def finetuned_spec(target: str, *, layer: str | None, image_size: int | None, precision: str,
                    seed: int, **options: Any) -> BackboneSpec:
     """Spec for ``finetuned:RUN``: the run's layer and input size unless overridden."""
-    from featpipe.backbones._registry import file_id
+    from featpipe.checksum import file_id
 
     path = checkpoint_file(target.removeprefix(FINETUNED))
     base = read_checkpoint(path)["base_spec"]
@@ -70,7 +70,7 @@ def base_network(base: dict[str, Any]) -> nn.Module:
 
 def load_finetuned(spec: BackboneSpec) -> tuple[nn.Module, dict[str, Any]]:
     """(trained model with the run's weights, data config at the spec's input size)."""
-    from featpipe.backbones._registry import file_id
+    from featpipe.checksum import file_id
 
     assert spec.weights_path is not None
     if file_id(checkpoint_file(spec.weights_path)) != spec.weights_id:

@@ -22,7 +22,7 @@ from featpipe.backbones._base import (
     BackboneSpec,
     with_spec_options,
 )
-from featpipe.checksum import sha256_file
+from featpipe.checksum import file_id, sha256_file_cached
 from featpipe.errors import BackboneError, MissingExtraError, import_optional
 from featpipe.hardware import auto_precision
 
@@ -93,16 +93,6 @@ DESCRIPTIONS = {
 }
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    return sha256_file(path)  # cached per (path, mtime, size): weights files are hashed once per process
-
-
-def file_id(path: str | Path) -> str:
-    st = os.stat(path)
-    return "sha256:" + _file_sha256(str(path), st.st_mtime_ns, st.st_size)[:16]
-
-
 def _packaged_file(name: str) -> Path:
     pw = PACKAGED[name]
     try:
@@ -123,7 +113,7 @@ def _packaged_onnx_file(name: str) -> Path:
     return path
 
 
-def _is_onnx(name: str) -> bool:
+def is_onnx(name: str) -> bool:
     return name.startswith("onnx:") or name.lower().endswith(".onnx")
 
 
@@ -139,7 +129,7 @@ def _require_onnx_packages(name: str) -> None:
 
 def split_layer(text: str) -> tuple[str, str | None]:
     """``"vgg16@block4_pool"`` -> ``("vgg16", "block4_pool")``; a name without ``@`` has no layer."""
-    if _is_onnx(text) or "@" not in text:
+    if is_onnx(text) or "@" not in text:
         return text, None
     name, layer = text.rsplit("@", 1)
     if not name or not layer:
@@ -166,7 +156,7 @@ def resolve_spec(
     Cheap: hashes weight files but builds no model.
     """
     if precision == "auto":
-        onnx = name in PACKAGED_ONNX or _is_onnx(name)
+        onnx = name in PACKAGED_ONNX or is_onnx(name)
         precision = "fp32" if onnx else auto_precision(device)
     if precision not in PRECISIONS:
         raise BackboneError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -192,7 +182,7 @@ def resolve_spec(
         from featpipe.backbones._finetuned import finetuned_spec
 
         return finetuned_spec(name, **common)
-    if name in PACKAGED_ONNX or _is_onnx(name):
+    if name in PACKAGED_ONNX or is_onnx(name):
         if layer:
             raise BackboneError("--layer is not supported for ONNX backbones")
         if precision != "fp32":
@@ -211,7 +201,7 @@ def resolve_spec(
         )
 
     arch = PACKAGED[name].arch if name in PACKAGED else name
-    if name not in PACKAGED and not _timm_has(arch):  # timm's model list costs a 2 s import of timm
+    if name not in PACKAGED and not timm_has(arch):  # timm's model list costs a 2 s import of timm
         raise BackboneError(
             f"unknown backbone {name!r}: not a featpipe backbone, an .onnx file or a timm model "
             "(see `featpipe backbones`)"
@@ -247,7 +237,7 @@ def _timm_models() -> frozenset[str]:
     return frozenset(timm.list_models())
 
 
-def _timm_has(arch: str) -> bool:
+def timm_has(arch: str) -> bool:
     return arch.split(".")[0] in _timm_models()
 
 
@@ -276,7 +266,7 @@ def _hub_cached(cfg: Any) -> bool:
     return False
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
+def reachable(host: str, timeout: float = 3.0) -> bool:
     """A TCP connect that gives up after ``timeout`` seconds, DNS included."""
     result: list[bool] = []
 
@@ -315,7 +305,7 @@ def _create_timm(spec: BackboneSpec) -> torch.nn.Module:
         host = "huggingface.co" if cfg.hf_hub_id else urlparse(cfg.url).hostname
         if offline:
             raise _hub_offline_error(spec.name, cfg, "offline mode is set and they are not cached")
-        if not _reachable(host):
+        if not reachable(host):
             raise _hub_offline_error(spec.name, cfg, f"not in the local cache and {host} cannot be reached")
     try:
         return timm.create_model(spec.arch, pretrained=True, num_classes=0)
@@ -445,9 +435,8 @@ def weights_record(spec: dict[str, Any]) -> dict[str, Any] | None:
         return None
     rec["weights_id"] = spec.get("weights_id")
     if path and Path(path).is_file():
-        st = os.stat(path)
-        rec["sha256"] = _file_sha256(str(path), st.st_mtime_ns, st.st_size)
-        rec["size"] = st.st_size
+        rec["sha256"] = sha256_file_cached(path)
+        rec["size"] = os.stat(path).st_size
     return rec
 
 
@@ -518,12 +507,12 @@ def list_layers(name: str) -> list[str]:
     """Cut points for ``--layer``: VGG block names where they apply, then module names."""
     from featpipe.backbones._torch import list_layer_names, vgg_layer_aliases
 
-    if name in PACKAGED_ONNX or _is_onnx(name):
+    if name in PACKAGED_ONNX or is_onnx(name):
         return []
     import timm
 
     arch = PACKAGED[name].arch if name in PACKAGED else name
-    if name not in PACKAGED and not _timm_has(arch):  # timm's model list costs a 2 s import of timm
+    if name not in PACKAGED and not timm_has(arch):  # timm's model list costs a 2 s import of timm
         raise BackboneError(f"unknown backbone {name!r}")
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     return list(vgg_layer_aliases(model)) + list_layer_names(model)
@@ -531,7 +520,7 @@ def list_layers(name: str) -> list[str]:
 
 def list_stages(name: str) -> list[str]:
     """Stages of a backbone in forward order, the units of ``featpipe finetune --unfreeze last-N``."""
-    if name in PACKAGED_ONNX or _is_onnx(name):
+    if name in PACKAGED_ONNX or is_onnx(name):
         raise BackboneError("ONNX backbones cannot be fine-tuned: they have no stages")
     spec = resolve_spec(name, pretrained=name.startswith(FINETUNED))
     net = load_backbone(spec, trainable=True).net  # type: ignore[attr-defined]
@@ -578,7 +567,7 @@ def describe_backbones() -> list[dict[str, Any]]:
 
 @functools.lru_cache(maxsize=8)
 def _host_reachable(host: str) -> bool:
-    return _reachable(host)
+    return reachable(host)
 
 
 def weights_unavailable(spec: BackboneSpec) -> str | None:

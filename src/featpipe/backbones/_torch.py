@@ -162,7 +162,7 @@ class TorchBackbone(Backbone):
         # built from the values given (a bundle's recorded ones, or the model's resolved defaults)
         self._transform = create_transform(**data_config, is_training=False)
         self._bgr = channel_order == "BGR"
-        self.geometry, self.tensor_geometry, self._scale, self._shift = _uint8_split(
+        self.geometry, self.tensor_geometry, self._scale, self._shift = uint8_split(
             self._transform, preprocessing, device)
         net = model if isinstance(model, BackboneNet) else BackboneNet(model, spec.layer, spec.arch, spec.name)
         net.eval()
@@ -213,7 +213,7 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
     return torch.autocast(dev, dtype=dtype)
 
 
-def _uint8_split(transform: Any, pre: dict[str, Any], device: str) -> tuple[Any, Any, Any, Any]:
+def uint8_split(transform: Any, pre: dict[str, Any], device: str) -> tuple[Any, Any, Any, Any]:
     """Split timm's eval transform into its PIL part (resize, crop: ``geometry``, giving uint8 HWC
     images), the same part on uint8 (N, C, H, W) tensors on any device (``tensor_geometry``, equal
     pixel for pixel; None where it has no exact tensor form) and ``x * scale + shift`` equal to its

@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from featpipe import __version__
 from featpipe.errors import FeaturepipeError
+from featpipe.versions import FEATPIPE_VERSION as __version__
 
 
 def _denied(e: OSError) -> bool:

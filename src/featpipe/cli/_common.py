@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from featpipe.backbones._base import PRECISION_CHOICES
-from featpipe.backbones._registry import DEFAULT_BACKBONE
+from featpipe.backbones import DEFAULT_BACKBONE, PRECISION_CHOICES
 
 # Impossible numbers are refused by click (the option named, exit 2) before any work starts.
 POSITIVE = click.IntRange(min=1)  # sizes and counts

@@ -24,7 +24,7 @@ def cache() -> None:
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False))
 def ls(cache_dir: str) -> None:
     """One line per cache file: dataset, backbone, rows, state, key."""
-    from featpipe.cache import list_caches
+    from featpipe.features.cache import list_caches
 
     rows = list_caches(cache_dir)
     if not rows:
@@ -45,7 +45,7 @@ def ls(cache_dir: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print all attributes as JSON.")
 def info(file: str, show_failed: bool, as_json: bool) -> None:
     """Key, config, dataset, versions and row states of one cache file."""
-    from featpipe.cache import FeatureCache
+    from featpipe.features.cache import FeatureCache
 
     c = FeatureCache.open(file, allow_incomplete=True)
     if as_json:
@@ -89,9 +89,15 @@ def prune(cache_dir: str, models_dirs: tuple[str, ...], pipelines: tuple[str, ..
       featpipe cache prune --models models/ --pipeline pipelines/study.yaml
       featpipe cache prune --cache-dir cache --models models/ --yes
     """
-    from featpipe.prune import plan_prune, remove_caches
+    from featpipe.runs.prune import plan_prune, remove_caches
 
-    items = plan_prune(cache_dir, list(models_dirs), list(pipelines))
+    backbones = None
+    if pipelines:  # a cache of any backbone a pipeline embeds is kept: pruning errs on keeping
+        from featpipe.pipeline import load_config
+
+        backbones = {str(b if isinstance(b, str) else b.get("name")) for p in pipelines
+                     for b in load_config(p)["backbones"]}
+    items = plan_prune(cache_dir, list(models_dirs), backbones)
     gone = [it for it in items if not it.keep]
     for it in items:
         verb = "keep  " if it.keep else ("remove" if yes else "would remove")

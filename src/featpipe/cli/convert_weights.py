@@ -30,7 +30,7 @@ def convert_weights(src: str, arch: str, out: str, trained_with: str) -> None:
       featpipe convert-weights rcmalli_vggface_tf_notop_vgg16.h5 --out vggface_notop.pth
       featpipe embed --data faces/ --backbone vgg16 --weights vggface_notop.pth --layer block5_pool
     """
-    from featpipe.backbones._convert import convert_keras_vgg
+    from featpipe.backbones import convert_keras_vgg
 
     res = convert_keras_vgg(src, out, arch=arch, trained_with=trained_with)
     n = sum(t.numel() for t in res.state_dict.values())

@@ -67,7 +67,7 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
       featpipe embed --data faces/ --backbone sface --align faces --tta hflip
     """
     from featpipe.backbones import resolve_spec, split_layer
-    from featpipe.embed import embed_datasets
+    from featpipe.features.embed import embed_datasets
     from featpipe.hardware import precision_note, resolve_device
 
     if len(backbone) > 1 and cache_file:
@@ -76,7 +76,7 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
         raise click.UsageError("--weights and --layer apply to one backbone; with several, use NAME@LAYER "
                                "or a pipeline file (featpipe run) for per-backbone options")
     if engine == "ray":
-        from featpipe.embed_ray import require_ray
+        from featpipe.features.ray import require_ray
 
         require_ray()  # before any dataset scan
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,

@@ -31,16 +31,16 @@ def export(model_path, out_dir, fmt, self_contained, no_verify, card, push_repo)
       featpipe export models/run/lgbm/model.joblib --self-contained --card --out shipped/
       featpipe export models/run/lgbm/model.joblib --self-contained --push me/photo-tagger --out shipped/
     """
-    from featpipe.export import export_model
+    from featpipe.bundle.export import export_model
 
     written = export_model(model_path, out_dir, fmt, self_contained=self_contained, verify=not no_verify)
     if card or push_repo:
-        from featpipe.card import write_card
+        from featpipe.bundle.card import write_card
 
         written.append(write_card(model_path, out_dir, bundle_name=written[-1].name))
     for p in written:
         click.echo(f"wrote {p}")
     if push_repo:
-        from featpipe.card import push_folder
+        from featpipe.bundle.card import push_folder
 
         click.echo(f"pushed {out_dir} to {push_folder(out_dir, push_repo)}")

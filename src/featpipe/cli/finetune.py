@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from featpipe.backbones._base import PRECISION_CHOICES
+from featpipe.backbones import PRECISION_CHOICES
 from featpipe.cli._common import FRACTION, IMAGE_SIZE, NON_NEGATIVE, POSITIVE, dataset_options
-from featpipe.finetune._config import SCHEDULES
-from featpipe.metrics import METRICS
+from featpipe.finetune import SCHEDULES
+from featpipe.heads.metrics import METRICS
 
 
 @click.command("finetune")
@@ -109,9 +109,8 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
     import torch
 
     from featpipe.cli._common import open_dataset
-    from featpipe.finetune import FinetuneConfig
+    from featpipe.finetune import FinetuneConfig, seconds_since_process_start
     from featpipe.finetune import finetune as run_finetune
-    from featpipe.finetune._budget import seconds_since_process_start
 
     if _is_the_program():  # the budget counts the interpreter's start-up and imports too
         started = time.monotonic() - seconds_since_process_start()

@@ -7,15 +7,15 @@ from pathlib import Path
 import click
 
 from featpipe.cli._common import NON_NEGATIVE, LazyChoice, backbone_options, csv_options
-from featpipe.metrics import METRICS
+from featpipe.heads.metrics import METRICS
 
 
 def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
                     image_size, precision, seed, cache_dir) -> Path:
     from featpipe.backbones import resolve_spec
-    from featpipe.cache import find_cache
     from featpipe.cli._common import open_dataset
     from featpipe.errors import CacheError
+    from featpipe.features.cache import find_cache
     from featpipe.hardware import auto_precision
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
@@ -108,10 +108,10 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     the one --precision auto means on this machine.
     """
     from featpipe.errors import FeaturepipeError
-    from featpipe.fit import fit_cache, open_cache, write_run
     from featpipe.folders import writable_folder
     from featpipe.heads import head_names
-    from featpipe.metrics import format_table
+    from featpipe.heads.metrics import format_table
+    from featpipe.runs.fit import fit_cache, open_cache, write_run
 
     paths = [Path(c) for c in caches]
     if data:

@@ -29,9 +29,10 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
       featpipe predict --model models/run/logistic/model.joblib photo1.jpg photo2.jpg
       featpipe predict --model models/run/lgbm/model.joblib new_photos/ --out predictions.csv
     """
+    from featpipe.bundle.io import load_model
     from featpipe.errors import ModelError
-    from featpipe.model import expand_image_paths, load_model
-    from featpipe.predictions import label_text, write_predictions_csv
+    from featpipe.heads.model import expand_image_paths
+    from featpipe.runs.predictions import label_text, write_predictions_csv
 
     model = load_model(model_path, verify=not no_verify)
     files = expand_image_paths(list(paths))

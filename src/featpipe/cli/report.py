@@ -67,7 +67,7 @@ def report(ctx: click.Context, cache_dir, caches, models_dir, out, human_baselin
       featpipe report --cache-dir cache/ --out report/            # dataset, label errors, duplicates only
       featpipe report --models models/ --human-baseline 0.94 --out report/
     """
-    from featpipe.report import LABEL_ISSUES_CSV, build_report, count_label_issues
+    from featpipe.reporting import LABEL_ISSUES_CSV, build_report, count_label_issues
 
     explicit = ctx.get_parameter_source("cache_dir") != click.core.ParameterSource.DEFAULT
     if not explicit and not Path(cache_dir).is_dir():

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from featpipe.data.duplicates import content_keys
+from featpipe.data.images import IMAGE_EXTENSIONS
 from featpipe.data.manifest import Manifest
 from featpipe.data.splitting import assign_splits, check_fractions
 from featpipe.errors import DatasetError
-from featpipe.images import IMAGE_EXTENSIONS
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -4,12 +4,13 @@ rates), or a small CNN from scratch, and leave the same artifacts as fit-head pl
 
 from typing import Any
 
+from featpipe.finetune._budget import parse_duration, seconds_since_process_start
 from featpipe.finetune._config import AUGMENT_PRESETS, SCHEDULES, FinetuneConfig
 
 # the training code imports torch: loaded on first use, so reading a pipeline file stays light
 _LAZY = {"FinetunedHead": "_bundle", "build_transforms": "_data", "FinetuneResult": "_train", "finetune": "_train"}
 
-__all__ = ["AUGMENT_PRESETS", "SCHEDULES", "FinetuneConfig", *_LAZY]
+__all__ = ["AUGMENT_PRESETS", "SCHEDULES", "FinetuneConfig", "parse_duration", "seconds_since_process_start", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

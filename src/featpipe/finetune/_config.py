@@ -7,8 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from featpipe.backbones._base import PRECISION_CHOICES
-from featpipe.backbones._registry import DEFAULT_BACKBONE
+from featpipe.backbones import DEFAULT_BACKBONE, PRECISION_CHOICES
 from featpipe.errors import FinetuneError
 from featpipe.finetune._budget import MAX_BUDGET_EPOCHS, parse_duration
 from featpipe.hardware import auto_precision

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from featpipe.data.images import image_from_array, load_image
 from featpipe.data.manifest import Manifest
 from featpipe.errors import ImageError
 from featpipe.finetune._config import FinetuneConfig
-from featpipe.images import image_from_array, load_image
 
 
 def build_transforms(cfg: FinetuneConfig, data_config: dict[str, Any]) -> dict[str, Callable]:

@@ -31,7 +31,7 @@ _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L") and torchvis
 def memory_budget() -> int:
     """Bytes the decoded images may take: an eighth of the RAM (a quarter of fit's default budget),
     at most 4 GiB; 1 GiB where the OS does not say."""
-    from featpipe.fit import default_memory_budget
+    from featpipe.runs.fit import default_memory_budget
 
     half = default_memory_budget()
     return int(min(4 << 30, half // 4)) if half else 1 << 30

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featpipe.backbones._torch import BackboneNet
+from featpipe.backbones import BackboneNet
 from featpipe.errors import FinetuneError
 
 

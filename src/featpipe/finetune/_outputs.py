@@ -12,19 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
-import featpipe
-from featpipe.backbones import load_backbone, resolve_spec
-from featpipe.backbones._finetuned import BEST_CHECKPOINT, FINETUNED, read_checkpoint
+from featpipe.backbones import BEST_CHECKPOINT, FINETUNED, load_backbone, read_checkpoint, resolve_spec
 from featpipe.finetune._bundle import FinetunedHead
-from featpipe.metrics import BOOTSTRAP, bootstrap_ci, evaluate
+from featpipe.heads.metrics import BOOTSTRAP, bootstrap_ci, evaluate
 from featpipe.runs import read_record, write_run_files
+from featpipe.versions import FEATPIPE_VERSION
 
 
 def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
-    from featpipe.cache import OK
-    from featpipe.embed import run_backbone
-    from featpipe.fit import _add_thresholds, predictions_record, run_files
-    from featpipe.model import FeaturepipeModel
+    from featpipe.features.cache import OK
+    from featpipe.features.embed import run_backbone
+    from featpipe.heads.model import FeaturepipeModel
+    from featpipe.runs.fit import _add_thresholds, predictions_record, run_files
 
     out, manifest, task, classes, cfg = run.out, run.manifest, run.task, run.classes, run.cfg
     t0 = time.perf_counter()
@@ -67,7 +66,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
     scores.setdefault("test", None)
     run_name = f"{manifest.name}__{run.spec.tag()}__{out.name}"
     metrics = {
-        "featpipe_version": featpipe.__version__,
+        "featpipe_version": FEATPIPE_VERSION,
         "run": run_name,
         "head": f"finetune-{cfg.recipe}",
         "head_type": f"fine-tuned end to end ({cfg.recipe})",

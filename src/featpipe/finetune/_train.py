@@ -21,10 +21,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from featpipe.backbones import BackboneSpec, load_backbone, resolve_spec
-from featpipe.backbones._finetuned import BEST_CHECKPOINT, CHECKPOINT_FORMAT, FINETUNED
-from featpipe.backbones._scratch import scratch_arch
-from featpipe.backbones._torch import autocast
+from featpipe.backbones import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    FINETUNED,
+    BackboneSpec,
+    autocast,
+    load_backbone,
+    resolve_spec,
+    scratch_arch,
+)
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FinetuneError
 from featpipe.finetune._budget import (
@@ -48,7 +54,7 @@ from featpipe.finetune._net import (
     trainable_prefixes,
 )
 from featpipe.folders import writable_folder
-from featpipe.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
+from featpipe.heads.metrics import DEFAULT_METRIC, evaluate, jsonable, main_metric_key
 
 LAST_CHECKPOINT = "last.pt"
 STATE_VERSION = 2  # 2: the learning-rate schedule is an LRPlan (a budget's plan can change its length)
@@ -154,7 +160,7 @@ def _proba(logits: np.ndarray, task: str) -> np.ndarray:
 
 def _score(y: np.ndarray, proba: np.ndarray, task: str, classes: list[str], metric: str) -> dict[str, Any]:
     """The contract's scores for one split (decisions at 0.5 / argmax: thresholds come with the bundle)."""
-    from featpipe.thresholds import apply_thresholds
+    from featpipe.heads.thresholds import apply_thresholds
 
     return evaluate(y, proba, apply_thresholds(proba, task, None), task, classes, metric)
 
@@ -178,7 +184,7 @@ class _Run:
 
     def __init__(self, manifest: Manifest, cfg: FinetuneConfig, out: Path, log: Callable[[str], None],
                  progress: bool) -> None:
-        from featpipe.embed import default_workers
+        from featpipe.features.embed import default_workers
         from featpipe.hardware import precision_note, resolve_device
 
         self.manifest, self.out, self.log, self.progress = manifest, out, log, progress
@@ -277,8 +283,8 @@ class _Run:
         """Decode the training images once into a uint8 array (native size, never above the training
         size) and the validation images through the eval geometry, when both fit the memory budget
         (:func:`memory_budget`) and the sampled training images share one size."""
-        from featpipe.backbones._torch import _uint8_split
-        from featpipe.embed import default_workers
+        from featpipe.backbones import uint8_split
+        from featpipe.features.embed import default_workers
 
         c, probe = self.cfg, self.probe
         self._slot = self._val_slot = None
@@ -287,7 +293,7 @@ class _Run:
         if probe.size is None and not c.decode_once:
             self.log("training images differ in size: decoding them per image and epoch")
             return None, None
-        geometry, _, self._eval_scale, self._eval_shift = _uint8_split(self.transforms["eval"], self.data_config,
+        geometry, _, self._eval_scale, self._eval_shift = uint8_split(self.transforms["eval"], self.data_config,
                                                                        "cpu")
         oh, ow = (int(v) for v in self.data_config["input_size"][1:])
         w, h = probe.size or (ow, oh)
@@ -323,8 +329,8 @@ class _Run:
         reusing or filling the feature cache, and start the classifier layer from it. Inside a time
         budget a cache that would need embedding is not filled: the probe takes the validation images
         and as many training images (in random order) as a fifth of the time left allows."""
-        from featpipe.cache import FeatureCache
-        from featpipe.embed import embed_dataset
+        from featpipe.features.cache import FeatureCache
+        from featpipe.features.embed import embed_dataset
         from featpipe.heads import make_head
 
         t0 = time.perf_counter()
@@ -358,8 +364,8 @@ class _Run:
 
     def _complete_cache(self, spec: BackboneSpec) -> bool:
         """Whether ``cache_dir`` holds this dataset's features from this backbone with nothing left to embed."""
-        from featpipe.cache import find_cache, rows_to_embed
         from featpipe.errors import CacheError
+        from featpipe.features.cache import find_cache, rows_to_embed
 
         try:
             path = find_cache(self.cfg.cache_dir, self.manifest, spec)

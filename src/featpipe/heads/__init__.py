@@ -1,28 +1,49 @@
 """Heads fitted on cached features: ``logistic``, ``mlp`` and ``lgbm`` (``all`` = every one).
 
 Each head is a scikit-learn style estimator (hyper-parameters in ``__init__``, ``fit`` returns self,
-learned state ends in ``_``) whose ``fit(X, y, X_val, y_val)`` tunes on validation only.
+learned state ends in ``_``) whose ``fit(X, y, X_val, y_val)`` tunes on validation only. Beside them:
+``metrics`` (the one metric table), ``thresholds`` and ``model`` (``FeaturepipeModel``: head + thresholds +
+backbone spec). The head classes load on first use, so the command line and ``heads.metrics`` stay light.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from featpipe.errors import HeadError
-from featpipe.heads._base import BaseHead, ConstantProba, Preprocessor, balanced_weights, one_blas_thread
-from featpipe.heads._lgbm import LGBMHead
-from featpipe.heads._logistic import LogisticHead
-from featpipe.heads._mlp import MLPHead
 
-HEADS: dict[str, type[BaseHead]] = {"logistic": LogisticHead, "mlp": MLPHead, "lgbm": LGBMHead}
-HEAD_CHOICES = (*HEADS, "all")
+if TYPE_CHECKING:
+    from featpipe.heads._base import BaseHead
+
+# public name -> (module, class); loaded by __getattr__ on first use
+_LAZY = {
+    "BaseHead": ("_base", "BaseHead"), "ConstantProba": ("_base", "ConstantProba"),
+    "Preprocessor": ("_base", "Preprocessor"), "balanced_weights": ("_base", "balanced_weights"),
+    "one_blas_thread": ("_base", "one_blas_thread"), "LogisticHead": ("_logistic", "LogisticHead"),
+    "MLPHead": ("_mlp", "MLPHead"), "LGBMHead": ("_lgbm", "LGBMHead"), "MLPWeights": ("_mlp", "MLPWeights"),
+    "DEFAULT_REFIT": ("_base", "DEFAULT_REFIT"),
+}
+_HEAD_CLASSES = {"logistic": "LogisticHead", "mlp": "MLPHead", "lgbm": "LGBMHead"}
+HEAD_CHOICES = (*_HEAD_CLASSES, "all")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HEADS":  # name -> head class
+        return {k: __getattr__(v) for k, v in _HEAD_CLASSES.items()}
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"featpipe.heads.{module}"), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def head_names(name: str) -> list[str]:
     """``"all"`` -> every head name, else ``[name]`` (checked)."""
     if name == "all":
-        return list(HEADS)
-    if name not in HEADS:
+        return list(_HEAD_CLASSES)
+    if name not in _HEAD_CLASSES:
         raise HeadError(f"unknown head {name!r}; expected one of {', '.join(HEAD_CHOICES)}")
     return [name]
 
@@ -35,15 +56,15 @@ def make_head(name: str, **params: Any) -> BaseHead:
 
     ``<head>-stream`` is the out-of-core variant of a head (features read from disk in slabs).
     """
-    if name.endswith(STREAMING_SUFFIX) and name.removesuffix(STREAMING_SUFFIX) in HEADS:
+    if name.endswith(STREAMING_SUFFIX) and name.removesuffix(STREAMING_SUFFIX) in _HEAD_CLASSES:
         from featpipe.heads._streaming import StreamingHead
 
         return StreamingHead(kind=name.removesuffix(STREAMING_SUFFIX), **params)
     (name,) = head_names(name) if name != "all" else (None,)
     if name is None:
         raise HeadError("make_head builds one head; use head_names('all') to loop over every head")
-    return HEADS[name](**params)
+    return __getattr__(_HEAD_CLASSES[name])(**params)
 
 
-__all__ = ["BaseHead", "ConstantProba", "HEADS", "HEAD_CHOICES", "LGBMHead", "LogisticHead", "MLPHead",
+__all__ = ["DEFAULT_REFIT", "BaseHead", "ConstantProba", "HEADS", "HEAD_CHOICES", "LGBMHead", "LogisticHead", "MLPHead", "MLPWeights",
            "Preprocessor", "balanced_weights", "head_names", "make_head", "one_blas_thread"]

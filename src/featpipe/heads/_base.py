@@ -2,7 +2,7 @@
 
 A head is a scikit-learn style estimator. ``fit(X, y, X_val, y_val)`` searches its hyper-parameter
 grid using only train (fitting) and val (scoring) -- or, with ``cv=K``, K-fold CV over train+val -- and
-ranks configurations (and early-stops) by ``metric`` through :func:`featpipe.metrics.selection_score`.
+ranks configurations (and early-stops) by ``metric`` through :func:`featpipe.heads.metrics.selection_score`.
 With ``cv=None`` a validation split too small to select on (see :func:`small_validation`) is replaced by
 ``oof_folds``-fold CV over train+val (per label in multilabel tasks); ``cv=0`` always uses the split.
 It keeps the held-out ``val_proba_`` of the chosen configuration and, with ``refit="train+val"`` (the
@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featpipe.data.manifest import TASKS
 from featpipe.errors import HeadError
-from featpipe.metrics import get_metric, selection_score
+from featpipe.heads.metrics import get_metric, selection_score
 
 PREPROCESS = ("standardize", "l2", "none")
 REFIT = ("train", "train+val")
@@ -404,6 +404,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
     def _search(self, folds: list[tuple], y_held: np.ndarray, K: int, mtask: str, metric: str) -> _Best:
         """Score every configuration on the held-out rows of ``folds`` by ``metric``; returns the best."""
         self._score_fn = functools.partial(selection_score, metric, mtask)  # also early-stops
+        self._by_cv = len(folds) > 1  # held-out rows are all of train+val: their log-loss can break ties
         search: list[dict[str, Any]] = []
         results: list[_Best] = []
         todo = self._grid()

@@ -53,13 +53,17 @@ class LogisticHead(BaseHead):
         return [{"C": float(best * 10 ** -step)}, {"C": float(best * 10 ** step)}]
 
     def _choose(self, search: list[dict[str, Any]]) -> int:
-        """The best score; between Cs that tie on it, the centre (in log C) of the widest run of tied Cs.
+        """The best score; selecting on a val split, between Cs that tie on it, the centre (in log C) of the
+        widest run of tied Cs.
 
-        Rows that cannot tell Cs apart would otherwise hand the tie to log-loss, and on a few rows that
-        favours the least confident model: the smallest C, which the refinement then pushes below the
-        grid (a near-constant model). The centre of the tied run is the threshold rule's plateau-centre
-        applied to C; a single tied C, or runs of one, still go to the lowest log-loss.
+        A few val rows that cannot tell Cs apart would otherwise hand the tie to their log-loss, which can
+        favour the least confident model: the smallest C, which the refinement then pushes below the grid
+        (a near-constant model). The centre of the tied run is the threshold rule's plateau-centre applied
+        to C. Selecting by K-fold CV, the held-out rows are all of train+val and their log-loss (a proper
+        score) breaks ties, as for every head; a single tied C, or runs of one, also go to the lowest log-loss.
         """
+        if getattr(self, "_by_cv", False):
+            return super()._choose(search)
         score = np.array([s["val_score"] for s in search])
         nll = np.array([s["val_log_loss"] for s in search])
         logc = np.log10([s["params"]["C"] for s in search])

@@ -1,7 +1,7 @@
 """Out-of-core heads: the same three head kinds trained from features that stay on disk.
 
 Chosen by the fit stage when a cache's features would not fit in the memory budget. Training rows
-come as a :class:`featpipe.cache.H5Rows` read slab by slab (any 2-D array works too); validation is
+come as a :class:`featpipe.features.cache.H5Rows` read slab by slab (any 2-D array works too); validation is
 small and stays in memory for the search, early stopping and threshold tuning, as in the in-memory
 heads. Preprocessing is fitted in one streaming pass (``StandardScaler.partial_fit``; LightGBM adds
 ``IncrementalPCA``), so peak memory is one slab plus the model, whatever the cache size.
@@ -11,7 +11,7 @@ heads. Preprocessing is fitted in one streaming pass (``StandardScaler.partial_f
 * ``lgbm``: LightGBM trained from a ``lightgbm.Sequence`` that reads, scales and projects slabs.
 * ``mlp``: the MLP head's network trained from shuffled slabs, early-stopped on the validation metric.
 
-Selection uses the metric table (:func:`featpipe.metrics.selection_score`) like the in-memory heads;
+Selection uses the metric table (:func:`featpipe.heads.metrics.selection_score`) like the in-memory heads;
 LightGBM early-stops on its log-loss here. ``--refit train+val`` and ``--cv`` are refused: both need
 several passes over train+val held in memory.
 """
@@ -31,13 +31,13 @@ from featpipe.errors import HeadError
 from featpipe.heads._base import PREPROCESS, REFIT, ConstantProba, _log_loss, balanced_weights
 from featpipe.heads._lgbm import DEFAULT_GRID as LGBM_GRID
 from featpipe.heads._mlp import EarlyStopping, mlp_network, mlp_optimizer, mlp_weights, validation_pass
-from featpipe.metrics import DEFAULT_METRIC, get_metric, selection_score
+from featpipe.heads.metrics import DEFAULT_METRIC, get_metric, selection_score
 
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-6, -1, 6))
 
 
 class _ArrayRows:
-    """An in-memory matrix behind the same block interface as :class:`featpipe.cache.H5Rows`."""
+    """An in-memory matrix behind the same block interface as :class:`featpipe.features.cache.H5Rows`."""
 
     def __init__(self, X: np.ndarray, block: int = 4096) -> None:
         self.X = np.asarray(X, dtype=np.float64)

@@ -136,7 +136,7 @@ class Study:
 
     def _load_manifest(self):
         from featpipe.data import load_dataset
-        from featpipe.samples import write_digits
+        from featpipe.data.samples import write_digits
 
         d = self.c.data
         name = d.name or self.c.name
@@ -160,8 +160,7 @@ class Study:
         """Resolve every backbone (no model built, nothing downloaded) and check its weights are here."""
         if self._rows is not None:
             return self._rows
-        from featpipe.backbones import resolve_spec, split_layer
-        from featpipe.backbones._registry import weights_unavailable
+        from featpipe.backbones import resolve_spec, split_layer, weights_unavailable
         from featpipe.hardware import resolve_device
 
         rows = []
@@ -190,11 +189,11 @@ class Study:
 
     def check_names(self) -> None:
         """Every backbone name is known (registry, .onnx file or timm architecture); builds nothing."""
-        from featpipe.backbones._registry import PACKAGED, PACKAGED_ONNX, _is_onnx, _timm_has, split_layer
+        from featpipe.backbones import PACKAGED, PACKAGED_ONNX, is_onnx, split_layer, timm_has
 
         for i, b in enumerate(self.c.backbones):
             name = split_layer(b.name)[0]
-            if (name in PACKAGED or name in PACKAGED_ONNX or _is_onnx(name) or _timm_has(name)
+            if (name in PACKAGED or name in PACKAGED_ONNX or is_onnx(name) or timm_has(name)
                     or name.startswith("finetuned:")):  # fine-tuned checkpoints: featpipe.finetune
                 continue
             raise self.loaded.error(("backbones", i, "name"), f"unknown backbone {b.name!r}: not a featpipe "
@@ -202,7 +201,7 @@ class Study:
 
     # ------------------------------------------------------------------------------------ plan
     def _embed_state(self, row: BackboneRow) -> None:
-        from featpipe.cache import find_cache, rows_to_embed
+        from featpipe.features.cache import find_cache, rows_to_embed
 
         m = self.manifest()
         row.cache = find_cache(self.cache_dir, m, row.spec) if self.cache_dir.exists() else None
@@ -237,7 +236,7 @@ class Study:
 
     def plan(self) -> list[Step]:
         """What :meth:`run` would do, stage by stage, and why. Reads caches and metrics; writes nothing."""
-        from featpipe.cache import FeatureCache
+        from featpipe.features.cache import FeatureCache
 
         self.check_names()
         steps: list[Step] = []
@@ -306,8 +305,8 @@ class Study:
         return Step(stage, name, UP_TO_DATE, model_dir=d) if why is None else Step(stage, name, WILL_RUN, why)
 
     def fused_cache(self, group: list[str]):
-        from featpipe.cache import FeatureCache
-        from featpipe.fuse import FusedCache
+        from featpipe.features.cache import FeatureCache
+        from featpipe.features.fuse import FusedCache
 
         by_ref = {r.config.ref: r for r in self.backbones()}
         return FusedCache([FeatureCache.open(by_ref[g].cache) for g in group], self.cache_dir)
@@ -334,7 +333,7 @@ class Study:
         if data:
             m = self.manifest()
             if self.c.fit.metric:
-                from featpipe.metrics import main_metric_key
+                from featpipe.heads.metrics import main_metric_key
 
                 try:
                     main_metric_key(self.c.fit.metric, m.task)
@@ -345,7 +344,7 @@ class Study:
 
     def run(self) -> StudyResult:
         """Run every stage that is not up to date; stop before any work on a problem the plan can see."""
-        from featpipe.embed import embed_datasets
+        from featpipe.features.embed import embed_datasets
 
         self.preflight()
         rows = self.backbones()
@@ -406,13 +405,13 @@ class Study:
             res.models.append(str(out))
             fitted.append({"dir": out, "metrics": metrics})
         if fitted:
-            from featpipe.metrics import format_table
+            from featpipe.heads.metrics import format_table
 
             self.echo(format_table([f["metrics"] for f in fitted]))
         if self.c.predict:
             res.predictions = self._predict(fitted)
         if self.c.report.enabled:
-            from featpipe.report import LABEL_ISSUES_CSV, build_report, count_label_issues
+            from featpipe.reporting import LABEL_ISSUES_CSV, build_report, count_label_issues
 
             index = build_report(caches=res.caches, models_dir=self.models_dir, out=self.out / "report",
                                  human_baseline=self.c.report.human_baseline)
@@ -424,7 +423,7 @@ class Study:
         return res
 
     def _open(self, path: Path):
-        from featpipe.fit import open_cache
+        from featpipe.runs.fit import open_cache
 
         cache = open_cache(path, self.c.fit.max_memory)
         if not cache.in_memory:
@@ -432,7 +431,7 @@ class Study:
         return cache
 
     def _fit_all(self, cache: Any, ref: str, res: StudyResult) -> list[dict[str, Any]]:
-        from featpipe.fit import fit_cache, write_run
+        from featpipe.runs.fit import fit_cache, write_run
 
         data_fp = data_fingerprint(cache)
         run_name = Path(cache.path).stem
@@ -459,7 +458,7 @@ class Study:
 
     def _finetune_job(self, ft: Any) -> tuple[Path, Any, dict[str, Any]]:
         """(run folder in the models folder, FinetuneConfig, stage inputs) of one ``finetune:`` entry."""
-        from featpipe.cache import slug
+        from featpipe.features.cache import slug
         from featpipe.finetune import FinetuneConfig
         from featpipe.versions import library_versions
 
@@ -477,7 +476,7 @@ class Study:
     def _run_finetune(self, ft: Any) -> tuple[Path, dict[str, Any]]:
         """Run (or resume) one fine-tune entry; skipped when its metrics.json holds the same inputs."""
         from featpipe.finetune import finetune
-        from featpipe.metrics import jsonable
+        from featpipe.heads.metrics import jsonable
 
         out, cfg, inputs = self._finetune_job(ft)
         name = ft.id or ft.backbone
@@ -499,7 +498,7 @@ class Study:
 
     # --------------------------------------------------------------------------------- predict
     def _predict_files(self) -> list[str]:
-        from featpipe.model import expand_image_paths
+        from featpipe.heads.model import expand_image_paths
 
         p = self.c.predict
         assert p is not None
@@ -550,8 +549,8 @@ class Study:
         return "another best model" if old.get("model") != str(model_path) else "the model or the images changed"
 
     def _predict(self, fitted: list[dict[str, Any]]) -> str:
-        from featpipe.model import load_model
-        from featpipe.predictions import predict_to_csv
+        from featpipe.bundle.io import load_model
+        from featpipe.runs.predictions import predict_to_csv
 
         p = self.c.predict
         assert p is not None

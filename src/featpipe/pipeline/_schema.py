@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from featpipe.backbones._base import PRECISION_CHOICES
+from featpipe.backbones import PRECISION_CHOICES
 from featpipe.finetune import SCHEDULES
 
 
@@ -156,7 +156,7 @@ class FitConfig(Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str | None) -> str | None:
-        from featpipe.metrics import METRICS
+        from featpipe.heads.metrics import METRICS
 
         if v is not None and v not in METRICS:
             raise ValueError(f"unknown metric {v!r}; expected one of {', '.join(METRICS)}")
@@ -213,7 +213,7 @@ class FinetuneConfig(Section):
         if v is None:
             return v
         from featpipe.errors import FinetuneError
-        from featpipe.finetune._budget import parse_duration
+        from featpipe.finetune import parse_duration
 
         try:
             parse_duration(v)

@@ -30,7 +30,7 @@ def write_run_files(folder: str | os.PathLike, record: dict[str, Any],
                     files: dict[str, Callable[[Path], Any]]) -> Path:
     """Write a run: each ``files[name](path)`` writes ``folder/name``, then the record (``record`` plus the
     files' sha256) lands last, atomically. Returns the folder."""
-    from featpipe.metrics import jsonable
+    from featpipe.heads.metrics import jsonable
 
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.report import _data, _plots, _quality
-from featpipe.report._common import THUMBS_PER_CLASS, _Plots
+from featpipe.reporting import _data, _plots, _quality
+from featpipe.reporting._common import THUMBS_PER_CLASS, _Plots
 
 
 def _dataset_section(

@@ -4,7 +4,7 @@
 feature arrays). ``predict``/``predict_proba`` take a feature array ``(n, D)`` or images (a path, a list
 of paths, or a directory, searched recursively), which are embedded with the recorded backbone and the
 recorded preprocessing. Saved with :meth:`FeaturepipeModel.save` as joblib plus a ``.sha256`` sidecar;
-:func:`load_model` checks both, finds the backbone weights on this machine by their hash, and warns
+:func:`featpipe.bundle.io.load_model` checks both, finds the backbone weights on this machine by their hash, and warns
 when library versions changed.
 """
 
@@ -24,13 +24,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from featpipe.checksum import sha256_file
+from featpipe.checksum import sha256_file, write_sidecar
+from featpipe.data.images import IMAGE_EXTENSIONS
 from featpipe.errors import HeadError, ModelError
-from featpipe.heads import make_head
-from featpipe.heads._base import DEFAULT_REFIT
-from featpipe.images import IMAGE_EXTENSIONS
-from featpipe.metrics import DEFAULT_METRIC, main_metric_key
-from featpipe.thresholds import apply_thresholds, tune_thresholds
+from featpipe.heads import DEFAULT_REFIT, make_head
+from featpipe.heads.metrics import DEFAULT_METRIC, main_metric_key
+from featpipe.heads.thresholds import apply_thresholds, tune_thresholds
 from featpipe.versions import (
     FeaturepipeVersionWarning,  # noqa: F401 - re-exported for users
     library_versions,
@@ -179,7 +178,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> FeaturepipeModel:
         """Fit the head and tune thresholds; validation rows are ``X_val``/``y_val`` or carved from ``X``."""
         t0 = time.perf_counter()
-        if hasattr(X, "iter_blocks"):  # featpipe.cache.H5Rows: a cache larger than memory, read in slabs
+        if hasattr(X, "iter_blocks"):  # featpipe.features.cache.H5Rows: a cache larger than memory, read in slabs
             y = np.asarray(y)
             self.n_features_in_ = int(X.shape[1])
         else:
@@ -291,7 +290,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
 
     def backbone(self) -> Any:
         """The loaded backbone: weights found on this machine by hash, preprocessing as recorded."""
-        from featpipe.embed import _cached_backbone
+        from featpipe.features.embed import _cached_backbone
         from featpipe.hardware import resolve_device
 
         self._check_fitted()
@@ -303,10 +302,11 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
     def resolved_backbone_spec(self) -> dict[str, Any]:
         """The recorded backbone spec, its weights located on this machine (see README: portability) and its
         recorded preprocessing under ``preprocessing``; a fused spec gets the same for each part."""
-        from featpipe.backbones._registry import locate_weights
+        from featpipe.backbones import locate_weights
 
         bundle = getattr(self, "bundle_dir_", None)
-        dirs = [Path(bundle), Path(bundle) / "weights", *_recorded_weight_dirs(Path(bundle))] if bundle else []
+        dirs = [Path(bundle), Path(bundle) / "weights"] if bundle else []
+        dirs += [Path(d) for d in getattr(self, "recorded_weight_dirs_", None) or []]
         spec = dict(self.backbone_spec or {})
         if spec.get("kind") == "fused":  # several backbones, features concatenated
             records = (getattr(self, "weights_", None) or {}).get("parts") or [None] * len(spec["parts"])
@@ -317,7 +317,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
                 "preprocessing": getattr(self, "preprocessing_", None)}
 
     def _embed(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        from featpipe.embed import embed_paths
+        from featpipe.features.embed import embed_paths
 
         return embed_paths(self.resolved_backbone_spec(), paths, batch_size=self.embed_batch_size, num_workers=0,
                            device=self.embed_device)
@@ -370,7 +370,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         ``y`` is in the same form as ``fit`` takes it (labels, indices into ``classes``, or multi-hot);
         rows of unreadable images are left out, as in metrics.json.
         """
-        from featpipe.metrics import evaluate
+        from featpipe.heads.metrics import evaluate
 
         if sample_weight is not None:
             raise ModelError("score() does not support sample_weight")
@@ -403,12 +403,13 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
         joblib.dump(self, tmp)
         digest = sha256_file(tmp)
         os.replace(tmp, path)
-        Path(str(path) + ".sha256").write_text(digest + "\n")
+        write_sidecar(path, digest)
         return path
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: the base class may hand out the live __dict__
         state.pop("bundle_dir_", None)  # where the file lay is set again by load_model
+        state.pop("recorded_weight_dirs_", None)
         # a bundle names its weights by package / file name / hash (weights_), never by this machine's paths
         state["backbone_spec"] = _without_local_paths(state.get("backbone_spec"))
         state["bundle_format"] = BUNDLE_FORMAT
@@ -437,7 +438,7 @@ def _record_backbone(spec: dict[str, Any] | None) -> tuple[dict[str, Any] | None
     spec records each part's weights under ``parts`` (its parts carry their own preprocessing)."""
     if not spec:
         return None, None
-    from featpipe.backbones._registry import recorded_preprocessing, weights_record
+    from featpipe.backbones import recorded_preprocessing, weights_record
 
     if spec.get("kind") == "fused":
         return None, {"parts": [weights_record(p) for p in spec["parts"]]}
@@ -455,71 +456,3 @@ def _without_local_paths(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     if out.get("kind") == "fused":
         out["parts"] = [_without_local_paths(p) for p in out["parts"]]
     return out
-
-
-def _recorded_weight_dirs(bundle_dir: Path) -> list[Path]:
-    """Where the weights lay when the run beside the bundle was fitted (its run record, a local file),
-    so a bundle in its run folder finds a --weights file that lies elsewhere on the same machine."""
-    from featpipe.runs import RECORD_FILE, RunRecordError, read_record
-
-    if not (bundle_dir / RECORD_FILE).is_file():
-        return []
-    try:
-        spec = ((read_record(bundle_dir, verify=False).get("cache") or {}).get("backbone")) or {}
-    except RunRecordError:
-        return []
-    parts = spec.get("parts") or [spec]
-    paths = [p.get("weights_path") or (p.get("arch") if p.get("kind") == "onnx" else None) for p in parts]
-    return [Path(p).parent for p in paths if p and Path(p).is_absolute()]
-
-
-def load_model(path: str | os.PathLike, verify: bool = True) -> FeaturepipeModel:
-    """Load a saved bundle; with ``verify`` the ``.sha256`` sidecar must exist and match.
-
-    ``.skops`` files are loaded with skops' restricted loader (see :func:`featpipe.export.load_skops`).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    if verify:
-        side = Path(str(path) + ".sha256")
-        if not side.is_file():
-            raise ModelError(f"checksum file {side.name} is missing next to {path}; pass --no-verify to skip the check")
-        want = (side.read_text().split() or [""])[0].lower()
-        if want != sha256_file(path):
-            raise ModelError(f"checksum mismatch for {path}: the file changed since it was saved (or is corrupt)")
-        _check_against_run_record(path)
-    if path.suffix == ".skops":
-        from featpipe.export import load_skops
-
-        model = load_skops(path)
-    else:
-        import joblib
-
-        try:
-            model = joblib.load(path)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad model file for the user
-            first = str(e).splitlines()[0][:120] if str(e) else ""
-            raise ModelError(f"cannot load model {path}: {type(e).__name__}: {first}; if it was written by another "
-                             "featpipe version, re-run featpipe fit-head to rebuild it") from None
-    if not isinstance(model, FeaturepipeModel):
-        raise ModelError(f"{path} does not hold a featpipe model (found {type(model).__name__})")
-    model.bundle_dir_ = str(path.resolve().parent)
-    return model
-
-
-def _check_against_run_record(path: Path) -> None:
-    """A bundle inside a run folder must be the one its run record names (not a file from another run);
-    a bundle copied out on its own has no record beside it and is checked by its sidecar alone."""
-    from featpipe.runs import RECORD_FILE, RunRecordError, read_record
-
-    if not (path.parent / RECORD_FILE).is_file():
-        return
-    try:
-        listed = (read_record(path.parent, verify=False).get("record") or {}).get("files") or {}
-    except RunRecordError:
-        return  # a metrics.json that is no run record: nothing to compare with
-    want = listed.get(path.name)
-    if want is not None and want != sha256_file(path):
-        raise ModelError(f"{path} is not the model its run record ({RECORD_FILE} beside it) describes: copied in "
-                         "from another run? Re-run the fit, or load it with --no-verify")

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.cache import FeatureCache, slug
 from featpipe.errors import CacheError, FeaturepipeError
+from featpipe.features.cache import FeatureCache, slug
 from featpipe.runs import run_problem
 
 
@@ -183,7 +183,7 @@ class Thumbnails:
         return hashlib.sha1(f"{ident}\0{self.size}".encode()).hexdigest()[:16]
 
     def _array_image(self, path: str):
-        from featpipe.images import image_from_array
+        from featpipe.data.images import image_from_array
 
         file, _, idx = path.rpartition("#")
         if file not in self._arrays:
@@ -202,7 +202,7 @@ class Thumbnails:
         """The RGB image of a cache row's path (a file, or ``<file.npz>#<row>``); raises when unreadable."""
         if "#" in path and path.split("#")[0].endswith(".npz"):
             return self._array_image(path)
-        from featpipe.images import load_image
+        from featpipe.data.images import load_image
 
         return load_image(path, target_size=target_size)
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from featpipe.errors import FeaturepipeError
-from featpipe.metrics import main_metric_key
-from featpipe.report import _analysis, _compare, _data, _plots
-from featpipe.report._common import SECONDARY, _backbone_label, _dataset_key, _Plots
+from featpipe.heads.metrics import main_metric_key
+from featpipe.reporting import _analysis, _compare, _data, _plots
+from featpipe.reporting._common import SECONDARY, _backbone_label, _dataset_key, _Plots
 
 
 def _leaderboard_fingerprint(runs: Sequence[_data.ModelRun], chance: float | None, human: float | None) -> str:

@@ -17,11 +17,11 @@ from typing import Any
 
 from featpipe.errors import FeaturepipeError
 from featpipe.folders import writable_folder
-from featpipe.report import _analysis, _data, _history, _leaderboard, _models
-from featpipe.report._common import _dataset_key, _Plots
-from featpipe.report._dataset import _dataset_section
-from featpipe.report._facts import _run_facts
-from featpipe.report._outputs import (
+from featpipe.reporting import _analysis, _data, _history, _leaderboard, _models
+from featpipe.reporting._common import _dataset_key, _Plots
+from featpipe.reporting._dataset import _dataset_section
+from featpipe.reporting._facts import _run_facts
+from featpipe.reporting._outputs import (
     LABEL_ISSUES_CSV,
     _render,
     _summary_md,

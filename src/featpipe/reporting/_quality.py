@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from featpipe.report import _data, _duplicates, _label_issues
-from featpipe.report._common import _backbone_label
+from featpipe.reporting import _data, _duplicates, _label_issues
+from featpipe.reporting._common import _backbone_label
 
 VERSION = 4  # bump when an analysis changes: cached results are then recomputed
 CARDS = 24

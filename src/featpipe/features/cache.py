@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from featpipe.data.images import read_source
 from featpipe.data.manifest import Manifest
 from featpipe.errors import CacheError, ImageError
-from featpipe.images import read_source
 
 FORMAT_VERSION = 1
 PENDING, OK, FAILED = 0, 1, 2
@@ -38,7 +38,7 @@ CHUNK_BYTES = 256 << 10  # feature rows per checksummed chunk: what one damaged 
 _str = h5py.string_dtype("utf-8")
 
 if TYPE_CHECKING:  # the backbones package imports torch; reading a cache must not
-    from featpipe.backbones._base import Backbone, BackboneSpec
+    from featpipe.backbones import Backbone, BackboneSpec
 
 
 def slug(text: str, max_len: int = 60, default: str = "dataset") -> str:
@@ -493,7 +493,7 @@ def list_caches(cache_dir: str | Path) -> list[dict[str, Any]]:
 def features_key(backbone: Backbone, feature_dtype: str, nvjpeg: bool = False) -> tuple[str, dict[str, Any]]:
     """The cache key and what it hashes. ``nvjpeg``: plain JPEGs were decoded by nvJPEG, whose pixels
     differ slightly from PIL's (every other way of decoding gives PIL's pixels and the same key)."""
-    from featpipe.backbones._base import config_hash
+    from featpipe.backbones import config_hash
 
     config = {
         **backbone.config(),
@@ -506,7 +506,7 @@ def features_key(backbone: Backbone, feature_dtype: str, nvjpeg: bool = False) -
 
 def cache_path_for(manifest: Manifest, spec: BackboneSpec, key: str, cache_dir: str | Path) -> Path:
     """``<dataset>__<backbone tag>__<hash of features key, dataset source and featpipe's split>.h5``."""
-    from featpipe.backbones._base import config_hash
+    from featpipe.backbones import config_hash
 
     split = manifest.split_identity()
     file_key = config_hash({"features": key, "dataset": manifest.source, **({"split": split} if split else {})})
@@ -520,7 +520,7 @@ def start_from_sibling(path: Path, manifest: Manifest, spec: BackboneSpec, key: 
     A cache an older featpipe named without the split is renamed to ``path``; one made with another
     split seed or fractions is copied (it stays valid for that split). Returns the file used, if any.
     """
-    from featpipe.backbones._base import config_hash
+    from featpipe.backbones import config_hash
 
     if path.exists():
         return None

@@ -16,62 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.checksum import sha256_file
+from featpipe.bundle.io import load_model, save_skops
+from featpipe.checksum import write_sidecar
 from featpipe.errors import ModelError, import_optional
 from featpipe.folders import writable_folder
-from featpipe.model import FeaturepipeModel, load_model
+from featpipe.heads.model import FeaturepipeModel
 
 EXPORT_FORMATS = ("joblib", "skops", "onnx")
 # format -> (module it needs, the extra that installs it, what the user asked for)
 _FORMAT_PACKAGES = {"skops": ("skops.io", "export", "skops export (--format skops)"),
                     "onnx": ("onnx", "onnx", "ONNX export (--format onnx)")}
-
-# Every type a featpipe bundle holds besides what skops trusts by default (numpy, scikit-learn, builtins).
-SKOPS_TRUSTED = frozenset({
-    "featpipe.model.FeaturepipeModel",
-    "featpipe.heads._base.Preprocessor",
-    "featpipe.heads._base.ConstantProba",
-    "featpipe.heads._logistic.LogisticHead",
-    "featpipe.heads._mlp.MLPHead",
-    "featpipe.heads._mlp.MLPWeights",
-    "featpipe.heads._lgbm.LGBMHead",
-    "lightgbm.sklearn.LGBMClassifier",
-    "lightgbm.basic.Booster",
-    "collections.OrderedDict",
-})
-
-
-def _write_sidecar(path: Path) -> None:
-    Path(str(path) + ".sha256").write_text(sha256_file(path) + "\n")
-
-
-# ------------------------------------------------------------------------------------------ skops
-
-
-def save_skops(model: FeaturepipeModel, path: str | Path) -> Path:
-    """Write ``path`` (.skops) and its ``.sha256`` sidecar."""
-    sio = import_optional(*_FORMAT_PACKAGES["skops"])
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sio.dump(model, path)
-    _write_sidecar(path)
-    return path
-
-
-def load_skops(path: str | Path) -> FeaturepipeModel:
-    """Load a .skops bundle, trusting only the types in :data:`SKOPS_TRUSTED`; any other type stops the load."""
-    sio = import_optional("skops.io", "export", "loading a .skops bundle")
-
-    try:
-        untrusted = sio.get_untrusted_types(file=path)
-    except Exception as e:  # noqa: BLE001 - a damaged or foreign file is one line for the user
-        raise ModelError(f"cannot read skops file {path}: {str(e).splitlines()[0][:120]}") from None
-    refused = sorted(set(untrusted) - SKOPS_TRUSTED)
-    if refused:
-        raise ModelError(f"{path} holds types featpipe does not trust, refusing to load: {', '.join(refused[:5])}")
-    return sio.load(path, trusted=untrusted)
-
 
 # ------------------------------------------------------------------------------------------- ONNX
 
@@ -81,8 +35,7 @@ def _head_module(model: FeaturepipeModel) -> Any:
     import torch
     from torch import nn
 
-    from featpipe.heads import ConstantProba, LogisticHead, MLPHead
-    from featpipe.heads._mlp import MLPWeights
+    from featpipe.heads import ConstantProba, LogisticHead, MLPHead, MLPWeights
 
     head = model.head_
     if not isinstance(head, (LogisticHead, MLPHead)):
@@ -151,8 +104,7 @@ def export_onnx(model: FeaturepipeModel, path: str | Path, opset: int = 17) -> P
     import torch
     from torch import nn
 
-    from featpipe.backbones import load_backbone
-    from featpipe.backbones._torch import TorchBackbone, pool_features
+    from featpipe.backbones import TorchBackbone, load_backbone, pool_features
 
     model._check_fitted()
     if not model.backbone_spec:
@@ -212,7 +164,7 @@ def export_onnx(model: FeaturepipeModel, path: str | Path, opset: int = 17) -> P
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     onnx.save(proto, str(path))
-    _write_sidecar(path)
+    write_sidecar(path)
     return path
 
 

@@ -1,5 +1,5 @@
 """Shared helpers of the report's analyses (label issues: _label_issues; duplicates: _duplicates; the chance
-level: featpipe.metrics.best_constant)."""
+level: featpipe.heads.metrics.best_constant)."""
 
 from __future__ import annotations
 

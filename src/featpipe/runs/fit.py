@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
-import featpipe
-from featpipe.cache import FeatureCache
 from featpipe.errors import HeadError
-from featpipe.heads import STREAMING_SUFFIX, head_names
-from featpipe.heads._base import DEFAULT_REFIT
-from featpipe.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate
-from featpipe.model import FeaturepipeModel
+from featpipe.features.cache import FeatureCache
+from featpipe.heads import DEFAULT_REFIT, STREAMING_SUFFIX, head_names
+from featpipe.heads.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate
+from featpipe.heads.model import FeaturepipeModel
 from featpipe.runs import write_run_files
+from featpipe.versions import FEATPIPE_VERSION
 
 
 @dataclass
@@ -90,7 +89,7 @@ def fits_in_memory(n_rows: int, dim: int, max_memory: str | int | None = None) -
 
 def open_cache(path: str | Path, max_memory: str | int | None = None) -> FeatureCache:
     """Open a cache for fitting: features in memory when they fit the budget, else left on disk."""
-    from featpipe.cache import SLAB_BYTES, _open_h5
+    from featpipe.features.cache import SLAB_BYTES, _open_h5
 
     with _open_h5(Path(path), "r") as f:
         n, dim = f["features"].shape
@@ -109,7 +108,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
               head_params: dict[str, dict[str, Any]] | None = None, min_positives: int = 5,
               threshold_mode: str = "per-class", cv: int | None = None,
               n_bootstrap: int = BOOTSTRAP["n_resamples"]) -> list[HeadRun]:
-    """Fit ``head`` (or every head for ``"all"``) on an open :class:`featpipe.cache.FeatureCache`.
+    """Fit ``head`` (or every head for ``"all"``) on an open :class:`featpipe.features.cache.FeatureCache`.
 
     ``head_params`` maps a head name to extra constructor arguments (e.g. a smaller grid); ``cv=K``
     chooses hyper-parameters by K-fold CV over train+val instead of the val split (then refits on
@@ -181,7 +180,7 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
             scores["test"]["main_ci"] = list(ci) if ci else None
         scores.setdefault("test", None)
         metrics = {
-            "featpipe_version": featpipe.__version__,
+            "featpipe_version": FEATPIPE_VERSION,
             "run": run_name,
             "head": name,
             "head_type": head_name if cache.in_memory else f"{name} (out of core: {OUT_OF_CORE[name]})",

@@ -2,7 +2,7 @@
 stream the rows back to the one cache writer of the driver.
 
 Only the row computation moves to Ray; the cache key, file, lock, resume, content hashes and
-failed rows are the local engine's (``featpipe.embed.embed_dataset`` calls :func:`embed_rows_ray`
+failed rows are the local engine's (``featpipe.features.embed.embed_dataset`` calls :func:`embed_rows_ray`
 between ``prepare_cache`` and the final attributes). Image paths (and weight files) must be
 readable under the same path on every Ray worker: a shared file system, or object storage mounted
 as one (the rows are read with plain file I/O, like the local engine, so the content hash is the same).
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
+from featpipe.data.images import failure_reason, image_from_array, load_image, read_source
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FeaturepipeError, import_optional
+from featpipe.features import cache as fcache
 from featpipe.hardware import available_cpus
-from featpipe.images import failure_reason, image_from_array, load_image, read_source
 
 DECODE_BATCH = 32  # rows per decode task call: big enough to amortise Ray's per-call overhead
 # Decoding is light next to the forward and partly waits on storage: two decode tasks per core.

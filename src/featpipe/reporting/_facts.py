@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import featpipe
 from featpipe.hardware import available_cpus, cpu_model, device_name
-from featpipe.report import _data
-from featpipe.report._common import (
+from featpipe.reporting import _data
+from featpipe.reporting._common import (
     _fmt,
 )
+from featpipe.versions import FEATPIPE_VERSION
 
 
 def _run_facts(caches: list[Any], runs: list[_data.ModelRun]) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def _run_facts(caches: list[Any], runs: list[_data.ModelRun]) -> dict[str, Any]:
         {", ".join(f"{k} {v}" for k, v in sorted((r.metrics.get("versions") or {}).items())) for r in runs}
     )
     return {
-        "featpipe": featpipe.__version__,
+        "featpipe": FEATPIPE_VERSION,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": f"{platform.machine()} ({cpu_model()})",

@@ -3,7 +3,7 @@ image id), and the matching extractor for loose images (each part's backbone, co
 
 A head fitted on a :class:`FusedCache` records a ``kind: "fused"`` backbone spec listing every part's
 spec (with its recorded preprocessing), so its bundle embeds new images with every backbone it needs
-(:func:`featpipe.embed.embed_paths`).
+(:func:`featpipe.features.embed.embed_paths`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.cache import FeatureCache, slug
 from featpipe.errors import CacheError
+from featpipe.features.cache import FeatureCache, slug
 
 
 def fused_spec(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

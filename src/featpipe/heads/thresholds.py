@@ -3,7 +3,7 @@
 Binary: one threshold on P(positive) for the run's metric. Multilabel: a global threshold for the
 run's metric plus per-class thresholds for each label's own metric (``Metric.per_label``), falling back
 to the global one for labels with fewer than ``min_positives`` validation positives. Multiclass: argmax.
-The metric definitions (and their fast curve form) live in :mod:`featpipe.metrics`; a probability
+The metric definitions (and their fast curve form) live in :mod:`featpipe.heads.metrics`; a probability
 metric (ROC AUC, AP) does not depend on the threshold, so thresholds then follow the task's default.
 
 Rule "plateau-centre": the score curve over a fixed threshold grid is usually jagged on a small
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from featpipe.errors import HeadError
-from featpipe.metrics import DEFAULT_GRID, METRIC_TABLE, decision_curve, get_metric, threshold_metric
+from featpipe.heads.metrics import DEFAULT_GRID, METRIC_TABLE, decision_curve, get_metric, threshold_metric
 
 RULE = "plateau-centre"
 

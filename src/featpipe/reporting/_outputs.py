@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from featpipe.report import _analysis
-from featpipe.report._common import (
+from featpipe.reporting import _analysis
+from featpipe.reporting._common import (
     _fmt,
 )
 
@@ -225,7 +225,7 @@ def _render(ctx: dict[str, Any]) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(
-        loader=PackageLoader("featpipe.report", "templates"),
+        loader=PackageLoader("featpipe.reporting", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from featpipe.cache import is_locked, list_caches
 from featpipe.errors import FeaturepipeError
+from featpipe.features.cache import is_locked, list_caches
 from featpipe.runs import RECORD_FILE, RunRecordError, read_record
 
 
@@ -37,26 +37,16 @@ def _bundle_refs(models_dirs: list[Path]) -> tuple[set[str], set[str]]:
     return keys, names
 
 
-def _pipeline_backbones(pipelines: list[Path]) -> set[str]:
-    """Backbone names every pipeline embeds (a cache of any of them is kept: pruning errs on keeping)."""
-    from featpipe.pipeline import load_config
-
-    out = set()
-    for p in pipelines:
-        for b in load_config(p)["backbones"]:
-            out.add(str(b if isinstance(b, str) else b.get("name")))
-    return out
-
-
-def plan_prune(cache_dir: str | Path, models_dirs: list[str | Path] = (), pipelines: list[str | Path] = ()
+def plan_prune(cache_dir: str | Path, models_dirs: list[str | Path] = (), pipeline_backbones: set[str] | None = None
                ) -> list[PruneItem]:
     """Every cache in ``cache_dir`` with keep/remove: kept when a bundle under ``models_dirs`` was fitted on it,
-    a pipeline names its backbone, or it is being written now."""
-    if not models_dirs and not pipelines:
+    a pipeline names its backbone (``pipeline_backbones``: the backbone names the pipeline files embed; ``None``
+    when no pipeline is named), or it is being written now."""
+    if not models_dirs and pipeline_backbones is None:
         raise FeaturepipeError("name the --models folders and/or --pipeline files whose caches are in use; "
                                "without them every cache would count as unused")
     keys, names = _bundle_refs([Path(d) for d in models_dirs])
-    backbones = _pipeline_backbones([Path(p) for p in pipelines])
+    backbones = pipeline_backbones or set()
     out = []
     for row in list_caches(cache_dir):
         path = Path(cache_dir) / row["file"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from featpipe.errors import ModelError
-from featpipe.metrics import small_sample
+from featpipe.heads.metrics import small_sample
 from featpipe.runs import RECORD_FILE, RunRecordError, read_record
 
 CARD_FILE = "README.md"  # the name the Hugging Face Hub shows as a repository's card
@@ -33,7 +33,7 @@ def _record_beside(model_path: Path) -> dict[str, Any] | None:
 
 
 def card_text(model: Any, record: dict[str, Any] | None, bundle_name: str = "model.joblib") -> str:
-    """The card of a loaded bundle (a :class:`featpipe.model.FeaturepipeModel`) and its run record."""
+    """The card of a loaded bundle (a :class:`featpipe.heads.model.FeaturepipeModel`) and its run record."""
     from huggingface_hub import ModelCard, ModelCardData
 
     spec = model.backbone_spec or {}
@@ -108,7 +108,7 @@ def card_text(model: Any, record: dict[str, Any] | None, bundle_name: str = "mod
               f"Labelling images of the kind it was trained on with one of its {len(classes)} "
               f"{'labels' if model.task_ == 'multilabel' else 'classes'}; not for decisions about people "
               "without a human in the loop and an evaluation on the population concerned.", ""]
-    lines += ["## How to use", "", "```python", "import featpipe.model as fm", "",
+    lines += ["## How to use", "", "```python", "import featpipe.heads.model as fm", "",
               f'model = fm.load_model("{bundle_name}")  # checks its .sha256 sidecar first',
               'print(model.predict(["photo1.jpg", "photo2.jpg"]))', "```", "",
               f"`featpipe predict --model {bundle_name} photos/` does the same from a shell. The bundle is a "
@@ -123,7 +123,7 @@ def card_text(model: Any, record: dict[str, Any] | None, bundle_name: str = "mod
 
 def write_card(model_path: str | os.PathLike, out_dir: str | os.PathLike, bundle_name: str | None = None) -> Path:
     """Write ``out_dir/README.md``, the card of the bundle at ``model_path`` (read with its run record)."""
-    from featpipe.model import load_model
+    from featpipe.bundle.io import load_model
 
     model_path = Path(model_path)
     model = load_model(model_path, verify=False)
@@ -136,11 +136,11 @@ def push_folder(folder: str | os.PathLike, repo: str) -> str:
     """Publish an exported folder (bundle + card) as the Hugging Face Hub model repository ``repo``.
 
     Real upload code for online users; offline it stops at once with one line (nothing half-sent)."""
-    from featpipe.backbones._registry import _reachable
+    from featpipe.backbones import reachable
 
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("FEATPIPE_OFFLINE") == "1":
         raise ModelError(f"cannot push to {repo}: offline mode is set (HF_HUB_OFFLINE / FEATPIPE_OFFLINE)")
-    if not _reachable("huggingface.co"):
+    if not reachable("huggingface.co"):
         raise ModelError(f"cannot push to {repo}: huggingface.co cannot be reached from this machine")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError

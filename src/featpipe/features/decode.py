@@ -7,11 +7,11 @@ loaders as before (its resize costs less than its decode, and the result is the 
 features are the CPU path's bit for bit. Small images upscaled to the model's size are what bounded
 a GPU: the resize was ~3/4 of the CPU's work per image, and their pixels are 10-50x less to copy.
 
-``--decode device-jpeg``: plain JPEGs (:func:`featpipe.images.plain_jpeg_size`, not reduced by PIL's
+``--decode device-jpeg``: plain JPEGs (:func:`featpipe.data.images.plain_jpeg_size`, not reduced by PIL's
 draft for any backbone) are decoded there too, batched (torchvision's ``decode_jpeg``: nvJPEG on CUDA,
 libjpeg-turbo on CPU). Anything else, and any file the device decoder refuses, is decoded by PIL
 with the same failed-row contract. nvJPEG's pixels differ from libjpeg-turbo's by a level or two, so
-its caches are keyed apart (:func:`featpipe.cache.features_key`).
+its caches are keyed apart (:func:`featpipe.features.cache.features_key`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from featpipe import cache as fcache
+from featpipe.data.images import failure_reason, load_image
 from featpipe.errors import FeaturepipeError, ImageError
-from featpipe.images import failure_reason, load_image
+from featpipe.features import cache as fcache
 
 if TYPE_CHECKING:
     from featpipe.backbones import Backbone

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from featpipe.errors import FeaturepipeError
-from featpipe.metrics import best_constant, calibration, paired_bootstrap, small_sample
-from featpipe.report import _analysis, _data
+from featpipe.heads.metrics import best_constant, calibration, paired_bootstrap, small_sample
+from featpipe.reporting import _analysis, _data
 
 TOP_SIDE_BY_SIDE = 4  # runs whose per-class scores are shown side by side
 TOP_CALIBRATION = 6  # runs drawn in the reliability diagram

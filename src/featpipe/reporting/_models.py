@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from featpipe.errors import FeaturepipeError
-from featpipe.metrics import get_metric
-from featpipe.report import _analysis, _data, _plots
-from featpipe.report._common import (
+from featpipe.heads.metrics import get_metric
+from featpipe.reporting import _analysis, _data, _plots
+from featpipe.reporting._common import (
     GALLERY,
     SECONDARY,
     _backbone_label,

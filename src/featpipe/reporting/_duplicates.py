@@ -124,8 +124,7 @@ def _augment(img: Any, kind: str, rng: np.random.Generator) -> tuple[bytes, str]
 
 
 def _load_backbone(cache: Any) -> Any:
-    from featpipe.backbones import load_backbone
-    from featpipe.backbones._registry import locate_weights
+    from featpipe.backbones import load_backbone, locate_weights
 
     spec = locate_weights(dict(cache.backbone))
     return load_backbone(spec, "cpu", preprocessing=cache.config.get("preprocessing"))
@@ -135,8 +134,8 @@ def _copies(cache: Any, open_image: Any, ref: np.ndarray, mean: np.ndarray, n_im
             rng: np.random.Generator, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | str:
     """Similarity of each synthetic copy to its original, which copies find their original as nearest
     train image, which augmentation each is, and how many originals; or why there are none."""
-    from featpipe.embed import run_backbone
     from featpipe.errors import FeaturepipeError
+    from featpipe.features.embed import run_backbone
 
     if cache.backbone.get("kind") == "fused":
         return "features of several backbones (fused): copies cannot be embedded the same way"

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from featpipe import cache as fcache
 from featpipe.backbones import Backbone, BackboneSpec, load_backbone
+from featpipe.data.images import failure_reason, image_from_array, load_image, plain_jpeg_size, read_source
 from featpipe.data.manifest import Manifest
-from featpipe.device_decode import DECODE_CHOICES, Packed, place_on_device, resolve_decode, uses_nvjpeg
 from featpipe.errors import FeaturepipeError, FolderError, ImageError
+from featpipe.features import cache as fcache
+from featpipe.features.decode import DECODE_CHOICES, Packed, place_on_device, resolve_decode, uses_nvjpeg
 from featpipe.folders import is_writable, make_folder
 from featpipe.hardware import available_cpus, resolve_device
-from featpipe.images import failure_reason, image_from_array, load_image, plain_jpeg_size, read_source
 from featpipe.versions import library_versions
 
 FEATURE_DTYPES = ("float32", "float16")
@@ -90,7 +90,7 @@ class _Decoder:
 
     Backbones with a ``geometry`` (timm ones) get uint8 (B, H, W, C) batches they normalise
     themselves; others get their own ``preprocess`` output. A bad image is a failed row (zeros),
-    never an exception. ``decode`` (see :mod:`featpipe.device_decode`) moves the resize and crop,
+    never an exception. ``decode`` (see :mod:`featpipe.features.decode`) moves the resize and crop,
     and with ``device-jpeg`` plain JPEGs' decoding, to the backbones' device: :meth:`decode` then
     packs pixels or files and :meth:`finish` makes the inputs there.
     """
@@ -386,8 +386,8 @@ def embed_datasets(
 
     Failed rows are retried when they could succeed now (I/O failures, changed bytes); with
     ``retry_failed`` every failed row is. ``engine="ray"`` computes the rows on Ray Data
-    (``featpipe.embed_ray``, one backbone after the other); the caches are the same. ``decode``
-    (:data:`featpipe.device_decode.DECODE_CHOICES`) says where images are resized (and JPEGs decoded):
+    (``featpipe.features.ray``, one backbone after the other); the caches are the same. ``decode``
+    (:data:`featpipe.features.decode.DECODE_CHOICES`) says where images are resized (and JPEGs decoded):
     ``auto`` resizes on a CUDA device, with the CPU path's pixels.
     """
     if engine not in ENGINES:
@@ -395,7 +395,7 @@ def embed_datasets(
     if decode not in DECODE_CHOICES:
         raise FeaturepipeError(f"unknown decode mode {decode!r}; expected one of {', '.join(DECODE_CHOICES)}")
     if engine == "ray":
-        from featpipe.embed_ray import require_ray
+        from featpipe.features.ray import require_ray
 
         require_ray()
         if decode not in ("auto", "cpu"):
@@ -463,7 +463,7 @@ def embed_datasets(
         for w in writers:
             stack.callback(w.close)
         if engine == "ray":
-            from featpipe.embed_ray import embed_rows_ray
+            from featpipe.features.ray import embed_rows_ray
 
             for w, backbone, todo in zip(writers, backbones, todos, strict=True):
                 dev = embed_rows_ray(w, backbone, manifest, todo, device=device, address=ray_address,
@@ -615,7 +615,7 @@ def embed_paths(
     """Features for loose image files (no cache): ``(features, ok, errors)``. The one predict-time path.
 
     A spec dict's ``preprocessing`` (as a cache or bundle recorded it) replaces the backbone's current
-    defaults. A fused spec (:mod:`featpipe.fuse`) embeds with each part, each with its own recorded
+    defaults. A fused spec (:mod:`featpipe.features.fuse`) embeds with each part, each with its own recorded
     preprocessing, and concatenates; an image is ok only if every part embedded it.
     """
     spec_dict = spec.to_dict() if isinstance(spec, BackboneSpec) else dict(spec)

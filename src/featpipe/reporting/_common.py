@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from featpipe.report import _analysis
+from featpipe.reporting import _analysis
 
 PLOT_STYLE = "s2"  # bump when figures change: cached PNGs are then redrawn
 GALLERY = 12  # images per gallery (at most 24)

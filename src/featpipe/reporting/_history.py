@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from featpipe.report import _data, _plots
-from featpipe.report._common import _fmt, _Plots
+from featpipe.reporting import _data, _plots
+from featpipe.reporting._common import _fmt, _Plots
 
 
 def history_sections(histories: list[_data.History], plots: _Plots) -> list[dict[str, Any]]:
