@@ -9,6 +9,7 @@ so the command line and a pipeline file's checks stay light.
 from typing import Any
 
 from featpipe.backbones._base import FINETUNED, PRECISION_CHOICES, Backbone, BackboneSpec, config_hash
+from featpipe.backbones._presets import PRESETS, Preset
 from featpipe.backbones._registry import (
     DEFAULT_BACKBONE,
     PACKAGED,
@@ -23,6 +24,7 @@ from featpipe.backbones._registry import (
     recorded_preprocessing,
     resolve_spec,
     split_layer,
+    timm_arch,
     timm_has,
     weights_record,
     weights_unavailable,
@@ -45,7 +47,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "DEFAULT_BACKBONE", "FINETUNED", "PACKAGED", "PACKAGED_ONNX", "PRECISION_CHOICES", "Backbone", "BackboneSpec",
+    "DEFAULT_BACKBONE", "FINETUNED", "PACKAGED", "PACKAGED_ONNX", "PRESETS", "Preset", "timm_arch", "PRECISION_CHOICES", "Backbone", "BackboneSpec",
     "config_hash", "describe_backbones", "is_onnx", "list_layers", "list_stages", "load_backbone", "locate_weights",
     "reachable", "recorded_preprocessing", "resolve_spec", "split_layer", "timm_has", "weights_record",
     "weights_unavailable", *_LAZY,

@@ -42,10 +42,11 @@ class BackboneSpec:
     seed: int = 0
     tta: str | None = None  # "hflip": features are the mean over the image and its mirror
     align: str | None = None  # "faces": detected, 5-point aligned face crops (featpipe.backbones._align)
+    pool: str | None = None  # timm's global_pool ("token", "avg", "map"); None: the model's own default
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("tta", "align"):  # left out when unset, so older caches keep their keys
+        for k in ("tta", "align", "pool"):  # left out when unset, so older caches keep their keys
             if d[k] is None:
                 del d[k]
         return d
@@ -72,6 +73,8 @@ class BackboneSpec:
             t += "-align" + self.align
         if self.tta:
             t += "-tta" + self.tta
+        if self.pool:
+            t += "-" + self.pool
         return t
 
 

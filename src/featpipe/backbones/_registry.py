@@ -22,6 +22,7 @@ from featpipe.backbones._base import (
     BackboneSpec,
     with_spec_options,
 )
+from featpipe.backbones._presets import PRESETS
 from featpipe.checksum import file_id, sha256_file_cached
 from featpipe.errors import BackboneError, MissingExtraError, import_optional
 from featpipe.hardware import auto_precision
@@ -200,8 +201,11 @@ def resolve_spec(
             weights_path=str(path), **common,
         )
 
-    arch = PACKAGED[name].arch if name in PACKAGED else name
-    if name not in PACKAGED and not timm_has(arch):  # timm's model list costs a 2 s import of timm
+    if name in PRESETS:  # a named foundation / modern backbone: timm model, pooling and input size fixed
+        preset = PRESETS[name]
+        common = {**common, "pool": preset.pool, "image_size": image_size or preset.image_size}
+    arch = timm_arch(name)
+    if arch is None:
         raise BackboneError(
             f"unknown backbone {name!r}: not a featpipe backbone, an .onnx file or a timm model "
             "(see `featpipe backbones`)"
@@ -239,6 +243,16 @@ def _timm_models() -> frozenset[str]:
 
 def timm_has(arch: str) -> bool:
     return arch.split(".")[0] in _timm_models()
+
+
+def timm_arch(name: str) -> str | None:
+    """The timm model behind a backbone name (a packaged-weights name, a preset, or a timm name), or None.
+    Registry names are answered without timm; any other name costs timm's model list (a 2 s import)."""
+    if name in PACKAGED:
+        return PACKAGED[name].arch
+    if name in PRESETS:
+        return PRESETS[name].arch
+    return name if timm_has(name) else None
 
 
 def _pretrained_cfg(arch: str) -> Any:
@@ -297,8 +311,9 @@ def _create_timm(spec: BackboneSpec) -> torch.nn.Module:
     import torch
 
     torch.manual_seed(spec.seed)  # random init (and any randomly initialised layer) is reproducible
+    kwargs = _create_kwargs(spec)
     if spec.weights != "hub":
-        return timm.create_model(spec.arch, pretrained=False, num_classes=0)
+        return timm.create_model(spec.arch, pretrained=False, **kwargs)
     cfg = _pretrained_cfg(spec.arch)
     if not _hub_cached(cfg):
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("FEATPIPE_OFFLINE") == "1"
@@ -308,9 +323,23 @@ def _create_timm(spec: BackboneSpec) -> torch.nn.Module:
         if not reachable(host):
             raise _hub_offline_error(spec.name, cfg, f"not in the local cache and {host} cannot be reached")
     try:
-        return timm.create_model(spec.arch, pretrained=True, num_classes=0)
+        return timm.create_model(spec.arch, pretrained=True, **kwargs)
     except Exception as e:  # network errors, missing files: one line, not a traceback
         raise _hub_offline_error(spec.name, cfg, str(e).splitlines()[0][:160]) from e
+
+
+def _create_kwargs(spec: BackboneSpec) -> dict[str, Any]:
+    """timm.create_model's arguments for a head-less feature model: the spec's pooling, and its input size for
+    models built for one size (ViTs: timm resamples their position embeddings, also when loading weights)."""
+    import timm
+
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if spec.pool:
+        kwargs["global_pool"] = spec.pool
+    cfg = timm.models.get_pretrained_cfg(spec.arch)
+    if spec.image_size and cfg is not None and getattr(cfg, "fixed_input_size", False):
+        kwargs["img_size"] = spec.image_size
+    return kwargs
 
 
 def _load_weights(model: torch.nn.Module, spec: BackboneSpec) -> dict[str, Any] | None:
@@ -511,8 +540,8 @@ def list_layers(name: str) -> list[str]:
         return []
     import timm
 
-    arch = PACKAGED[name].arch if name in PACKAGED else name
-    if name not in PACKAGED and not timm_has(arch):  # timm's model list costs a 2 s import of timm
+    arch = timm_arch(name)
+    if arch is None:
         raise BackboneError(f"unknown backbone {name!r}")
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     return list(vgg_layer_aliases(model)) + list_layer_names(model)
@@ -553,6 +582,14 @@ def describe_backbones() -> list[dict[str, Any]]:
     from featpipe.backbones._scratch import scratch_description
 
     rows.append({"name": SCRATCH, "source": "random init", "offline": True, "description": scratch_description()})
+    for name, preset in PRESETS.items():
+        try:
+            cfg = _pretrained_cfg(preset.arch)
+            ok, src = _hub_cached(cfg), "hub " + (cfg.hf_hub_id or cfg.url or "")
+        except BackboneError:
+            ok, src = False, "hub"
+        rows.append({"name": name, "source": src, "offline": ok,
+                     "description": preset.description + "; offline with --no-pretrained or --weights FILE"})
     for name in KNOWN_HUB:
         try:
             cfg = _pretrained_cfg(name)

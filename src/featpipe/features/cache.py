@@ -703,7 +703,7 @@ def failures(f: h5py.File | Path, manifest: Manifest) -> list[tuple[str, str]]:
     return [(manifest.ids[i], e.decode(errors="replace")) for i, e in zip(failed, errors, strict=True)]
 
 
-_IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size", "tta", "align")
+_IDENTITY_FIELDS = ("name", "kind", "arch", "weights", "weights_id", "layer", "image_size", "tta", "align", "pool")
 
 
 def backbone_identity(spec: dict[str, Any]) -> dict[str, Any]:

@@ -189,11 +189,11 @@ class Study:
 
     def check_names(self) -> None:
         """Every backbone name is known (registry, .onnx file or timm architecture); builds nothing."""
-        from featpipe.backbones import PACKAGED, PACKAGED_ONNX, is_onnx, split_layer, timm_has
+        from featpipe.backbones import PACKAGED_ONNX, is_onnx, split_layer, timm_arch
 
         for i, b in enumerate(self.c.backbones):
             name = split_layer(b.name)[0]
-            if (name in PACKAGED or name in PACKAGED_ONNX or is_onnx(name) or timm_has(name)
+            if (name in PACKAGED_ONNX or is_onnx(name) or timm_arch(name)
                     or name.startswith("finetuned:")):  # fine-tuned checkpoints: featpipe.finetune
                 continue
             raise self.loaded.error(("backbones", i, "name"), f"unknown backbone {b.name!r}: not a featpipe "
