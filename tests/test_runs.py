@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -116,3 +117,39 @@ def test_fit_head_fits_every_head_it_is_given(image_folder, tmp_path):
                 "--out", tmp_path / "m")
     assert r.exit_code == 0, r.output
     assert sorted(p.parent.name for p in (tmp_path / "m").rglob("metrics.json")) == ["lgbm", "logistic"]
+
+
+@pytest.mark.slow
+def test_every_kind_of_run_writes_the_same_typed_record(tmp_path, one_thread):
+    """fit-head and finetune hand their fields to one writer: the same set of keys, checked by RunRecord;
+    a record missing one is refused before any file is touched."""
+    from featpipe.runs import RunRecord, RunRecordError, amend_record, write_run_files
+
+    from conftest import SMALL
+
+    pipe = tmp_path / "study.yaml"
+    make_class_folders(tmp_path / "data", {"red": 12, "green": 12})
+    pipe.write_text(yaml.safe_dump({
+        "name": "colours", "data": "data", "seed": 1, "out": str(tmp_path / "out"), "heads": ["logistic"],
+        "backbones": [{"name": TINY, "pretrained": False, "image_size": TINY_SIZE}],
+        "finetune": [{**{k: v for k, v in SMALL.items() if k != "label_smoothing"}, "epochs": 1, "image_size": 16}],
+    }))
+    r = _invoke("run", pipe, "-q")
+    assert r.exit_code == 0, r.output
+    records = [read_record(p.parent) for p in (tmp_path / "out").rglob("metrics.json")]
+    kinds = {rec["head"].split("-")[0]: rec for rec in records}
+    assert {"logistic", "finetune"} <= set(kinds), [rec["head"] for rec in records]
+    required = {n for n, f in RunRecord.model_fields.items() if f.is_required()}
+    for rec in kinds.values():
+        assert required <= set(rec), required - set(rec)
+        RunRecord.model_validate(rec)
+        assert rec["stage"]["fingerprint"]  # the pipeline's stage, added through the writer
+    assert set(kinds["logistic"]) - {"finetune"} == set(kinds["finetune"]) - {"finetune"}
+    ft_dir = next(p.parent for p in (tmp_path / "out").rglob("metrics.json") if "finetune" in read_record(p.parent))
+    assert run_problem(ft_dir) is None  # amended atomically, its files still match
+    incomplete = {k: v for k, v in kinds["logistic"].items() if k not in ("gap_definition", "record")}
+    with pytest.raises(RunRecordError, match="gap_definition"):
+        write_run_files(tmp_path / "bad", incomplete, {})
+    assert not (tmp_path / "bad").exists()
+    amend_record(ft_dir, stage={"fingerprint": "x", "inputs": {}})
+    assert read_record(ft_dir)["stage"]["fingerprint"] == "x"

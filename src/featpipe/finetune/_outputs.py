@@ -14,7 +14,7 @@ import torch
 
 from featpipe.backbones import BEST_CHECKPOINT, FINETUNED, load_backbone, read_checkpoint, resolve_spec
 from featpipe.finetune._bundle import FinetunedHead
-from featpipe.heads.metrics import BOOTSTRAP, bootstrap_ci, evaluate
+from featpipe.heads.metrics import BOOTSTRAP
 from featpipe.runs import read_record, write_run_files
 from featpipe.versions import FEATPIPE_VERSION
 
@@ -23,7 +23,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
     from featpipe.features.cache import OK
     from featpipe.features.embed import run_backbone
     from featpipe.heads.model import FeaturepipeModel
-    from featpipe.runs.fit import _add_thresholds, predictions_record, run_files
+    from featpipe.runs.fit import predictions_record, run_files, score_splits
 
     out, manifest, task, classes, cfg = run.out, run.manifest, run.task, run.classes, run.cfg
     t0 = time.perf_counter()
@@ -53,17 +53,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
         head=head,
     ).fit(X[idx["train"]], Y[idx["train"]], X[idx["val"]], Y[idx["val"]])
     probas = {s: model.predict_proba(X[idx[s]]) for s in ("train", "val", "test") if len(idx[s])}
-    scores: dict[str, Any] = {}
-    preds: dict[str, np.ndarray] = {}
-    for split, proba in probas.items():
-        preds[split] = model.decide(proba)
-        scores[split] = evaluate(Y[idx[split]], proba, preds[split], task, classes, run.metric)
-        _add_thresholds(scores[split], model)
-    scores["val"]["selection"] = True  # early stopping chose the epoch on these rows: optimistic
-    if "test" in scores:
-        ci = bootstrap_ci(run.metric, task, Y[idx["test"]], probas["test"], preds["test"], seed=cfg.seed)
-        scores["test"]["main_ci"] = list(ci) if ci else None
-    scores.setdefault("test", None)
+    scores, preds = score_splits(model, Y, idx, probas, classes, run.metric, seed=cfg.seed)
     run_name = f"{manifest.name}__{run.spec.tag()}__{out.name}"
     metrics = {
         "featpipe_version": FEATPIPE_VERSION,
@@ -80,6 +70,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
             "feature_dim": int(backbone.feature_dim), "embed_seconds": embed_seconds, "dataset": manifest.info(),
         },
         "params": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "num_workers", "cache_dir", "checkpoint_every")},
+        "head_params": {},
         "search": [],
         "refit": "train",
         "preprocess": "none",
@@ -89,6 +80,7 @@ def write_outputs(run: Any, history: dict[str, Any]) -> dict[str, Any]:
         "scores": scores,
         "val_scores_from": f"best epoch ({history.get('best_epoch')}) on validation, by early stopping",
         "gap": scores["train"]["main"] - scores["val"]["main"],
+        "gap_definition": "the best epoch's model on train minus the same model on val",
         # probe + epochs + this final pass: the same over an interrupted and resumed run
         "fit_seconds": float((history.get("linear_probe") or {}).get("seconds", 0.0))
         + float(history.get("train_seconds", 0.0)) + time.perf_counter() - t0,

@@ -13,7 +13,7 @@ from featpipe.errors import BackboneError, FeaturepipeError, MissingExtraError, 
 from featpipe.folders import writable_folder
 from featpipe.pipeline._load import LoadedPipeline
 from featpipe.pipeline._schema import BackboneConfig
-from featpipe.runs import RunRecordError, read_record
+from featpipe.runs import RunRecordError, amend_record, read_record
 
 UP_TO_DATE, WILL_RUN, SKIPPED = "up to date", "will run", "skipped"
 
@@ -476,7 +476,6 @@ class Study:
     def _run_finetune(self, ft: Any) -> tuple[Path, dict[str, Any]]:
         """Run (or resume) one fine-tune entry; skipped when its metrics.json holds the same inputs."""
         from featpipe.finetune import finetune
-        from featpipe.heads.metrics import jsonable
 
         out, cfg, inputs = self._finetune_job(ft)
         name = ft.id or ft.backbone
@@ -489,11 +488,9 @@ class Study:
         (out).mkdir(parents=True, exist_ok=True)
         (out / "stage.json").write_text(json.dumps({"stage": {"fingerprint": fingerprint(inputs),
                                                               "inputs": inputs}}, default=str))
-        result = finetune(self.manifest(), cfg, out, resume=resume, force=not resume, progress=self.progress,
-                          log=self.echo)
-        metrics = dict(result.metrics)
-        metrics["stage"] = {"fingerprint": fingerprint(inputs), "inputs": inputs}
-        (out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
+        finetune(self.manifest(), cfg, out, resume=resume, force=not resume, progress=self.progress,
+                 log=self.echo)
+        metrics = amend_record(out, stage={"fingerprint": fingerprint(inputs), "inputs": inputs})
         return out, metrics
 
     # --------------------------------------------------------------------------------- predict

@@ -3,10 +3,12 @@
 from featpipe.runs.record import (
     RECORD_FILE,
     RECORD_SCHEMA,
+    RunRecord,
     RunRecordError,
+    amend_record,
     read_record,
     run_problem,
     write_run_files,
 )
 
-__all__ = ["RECORD_FILE", "RECORD_SCHEMA", "RunRecordError", "read_record", "run_problem", "write_run_files"]
+__all__ = ["RECORD_FILE", "RECORD_SCHEMA", "RunRecord", "RunRecordError", "amend_record", "read_record", "run_problem", "write_run_files"]

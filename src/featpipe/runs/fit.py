@@ -155,12 +155,8 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         if len(te):
             probas["test"] = _proba(model, Xs["test"])  # the only time test rows are touched
         rows = {"train": tr, "val": va, "test": te}
-        scores: dict[str, Any] = {}
-        preds: dict[str, np.ndarray] = {}
-        for split, proba in probas.items():
-            preds[split] = model.decide(proba)
-            scores[split] = evaluate(Y[rows[split]], proba, preds[split], task, cache.classes, metric)
-            _add_thresholds(scores[split], model)
+        scores, preds = score_splits(model, Y, rows, probas, cache.classes, metric, seed=seed,
+                                     n_bootstrap=n_bootstrap)
         if refit_used == "train+val":
             # one model: its score on its own fit rows vs the out-of-fold score of the same configuration
             trva = np.concatenate([tr, va])
@@ -173,12 +169,6 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
         else:
             gap = scores["train"]["main"] - scores["val"]["main"]
             gap_def = "final model on train minus the same model on val"
-        scores["val"]["selection"] = True  # optimistic: the best of the configurations tried on these rows
-        if "test" in scores:
-            ci = bootstrap_ci(metric, task, Y[te], probas["test"], preds["test"], n_resamples=n_bootstrap,
-                              seed=seed)
-            scores["test"]["main_ci"] = list(ci) if ci else None
-        scores.setdefault("test", None)
         metrics = {
             "featpipe_version": FEATPIPE_VERSION,
             "run": run_name,
@@ -251,6 +241,27 @@ def _val_scores_from(selection: dict[str, Any]) -> str:
         return ("out-of-fold probabilities of the chosen configuration for the labels chosen by CV "
                 f"({', '.join(map(str, selection['cv_labels']))}); the model fitted on train for the others")
     return "out-of-fold probabilities of the chosen configuration"
+
+
+def score_splits(model: FeaturepipeModel, Y: np.ndarray, rows: dict[str, np.ndarray],
+                 probas: dict[str, np.ndarray], classes: Any, metric: str, *, seed: int,
+                 n_bootstrap: int = BOOTSTRAP["n_resamples"]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A run's scores and decisions: per split, the metric table's scores of ``model``'s decisions on
+    ``probas`` (with each class's threshold); val marked as a selection score (the configuration or epoch
+    was chosen on it: optimistic); test with its seeded bootstrap interval, or ``None`` without test rows."""
+    scores: dict[str, Any] = {}
+    preds: dict[str, np.ndarray] = {}
+    for split, proba in probas.items():
+        preds[split] = model.decide(proba)
+        scores[split] = evaluate(Y[rows[split]], proba, preds[split], model.task_, classes, metric)
+        _add_thresholds(scores[split], model)
+    scores["val"]["selection"] = True
+    if "test" in scores:
+        ci = bootstrap_ci(metric, model.task_, Y[rows["test"]], probas["test"], preds["test"],
+                          n_resamples=n_bootstrap, seed=seed)
+        scores["test"]["main_ci"] = list(ci) if ci else None
+    scores.setdefault("test", None)
+    return scores, preds
 
 
 def _add_thresholds(scores: dict[str, Any], model: Any) -> None:

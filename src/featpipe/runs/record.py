@@ -5,6 +5,9 @@ written last and names the sha256 of every other file. The writer removes the ol
 touches any file, so a kill at any moment leaves either a complete run or a folder with no record
 (not a run: ``run`` re-fits it, ``report`` leaves it out); a file that changed since the record was
 written (another run's model copied in, a truncated predictions.npz) is named by the reader.
+
+:class:`RunRecord` is the record's schema: every producer (fit-head, finetune, run) hands its fields to
+the one writer, which refuses a record missing one, so the kinds of run cannot drift apart again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from featpipe.checksum import atomic_write_text, sha256_file
 from featpipe.errors import FeaturepipeError
@@ -26,12 +31,62 @@ class RunRecordError(FeaturepipeError):
     """A run folder whose record is missing, unreadable, or does not match its files."""
 
 
+class RunRecord(BaseModel):
+    """What every run records (``metrics.json``), whichever stage made it; ``record`` (the files' hashes and
+    the schema version) is added by the writer."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    featpipe_version: str
+    run: str
+    head: str
+    head_type: str
+    out_of_core: bool
+    task: str
+    classes: list[Any]
+    metric: str
+    seed: int
+    cache: dict[str, Any]  # the features it was fitted on: cache path and key, backbone spec, dataset
+    params: Any  # the chosen hyper-parameters (per label for multi-label heads)
+    head_params: dict[str, Any]  # constructor settings beyond the defaults
+    search: list[Any]
+    refit: str
+    selection: dict[str, Any]
+    bootstrap: dict[str, Any]
+    preprocess: str
+    class_weight: str
+    threshold: Any
+    skipped_labels: list[Any]
+    scores: dict[str, Any]  # per split: the metric table's scores; test with its interval
+    val_scores_from: str
+    gap: float | None
+    gap_definition: str
+    fit_seconds: float
+    train_fingerprint: str
+    created: str
+    versions: dict[str, Any]
+    finetune: dict[str, Any] | None = None  # fine-tune runs: epochs, budget, linear probe, ...
+    stage: dict[str, Any] | None = None  # runs of a pipeline: the stage's fingerprint and inputs
+    record: dict[str, Any] | None = None  # written by write_run_files
+
+
+def _checked(record: dict[str, Any]) -> dict[str, Any]:
+    try:
+        RunRecord.model_validate(record)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RunRecordError(f"run record field {'.'.join(map(str, err['loc']))}: {err['msg']} "
+                             "(a featpipe bug: please report it)") from None
+    return {k: v for k, v in record.items() if v is not None or k not in ("finetune", "stage", "record")}
+
+
 def write_run_files(folder: str | os.PathLike, record: dict[str, Any],
                     files: dict[str, Callable[[Path], Any]]) -> Path:
     """Write a run: each ``files[name](path)`` writes ``folder/name``, then the record (``record`` plus the
     files' sha256) lands last, atomically. Returns the folder."""
     from featpipe.heads.metrics import jsonable
 
+    record = _checked(record)  # before anything is touched
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     (d / RECORD_FILE).unlink(missing_ok=True)  # until the new record lands, this folder is not a run
@@ -42,6 +97,17 @@ def write_run_files(folder: str | os.PathLike, record: dict[str, Any],
     full = {**record, "record": {"schema": RECORD_SCHEMA, "files": hashes}}
     atomic_write_text(d / RECORD_FILE, json.dumps(jsonable(full), indent=2, allow_nan=False) + "\n")
     return d
+
+
+def amend_record(folder: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Add ``fields`` (e.g. a pipeline's ``stage``) to the complete run in ``folder``: its files must match
+    the record; the new record replaces the old one atomically. Returns it."""
+    from featpipe.heads.metrics import jsonable
+
+    d = Path(folder)
+    record = _checked({**read_record(d), **fields})
+    atomic_write_text(d / RECORD_FILE, json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
+    return record
 
 
 def run_problem(folder: str | os.PathLike, record: dict[str, Any] | None = None) -> str | None:
