@@ -19,7 +19,7 @@ from featpipe.backbones.config import BackboneConfig
 from featpipe.cli import main
 from featpipe.cli._common import config_options
 from featpipe.data.config import DataConfig
-from featpipe.errors import FinetuneError, PipelineError
+from featpipe.errors import PipelineError
 from featpipe.features.config import EmbedConfig
 from featpipe.finetune import FinetuneConfig
 from featpipe.pipeline import Pipeline, options_markdown, validate_dict
@@ -149,17 +149,20 @@ def test_generated_options_build_the_section_from_what_was_given():
 def test_finetune_config_is_one_class_for_library_pipeline_and_command_line():
     (entry,) = typing.get_args(Pipeline.model_fields["finetune"].annotation)
     assert entry is FinetuneConfig
-    with pytest.raises(FinetuneError, match="unfreeze"):
+    with pytest.raises(ValueError, match="unfreeze"):  # pydantic's ValidationError
         FinetuneConfig(unfreeze="some")
+    r = CliRunner().invoke(main, ["finetune", "--data", "d", "--out", "o", "--unfreeze", "some"])
+    assert r.exit_code == 2 and "--unfreeze: must be head, all or last-N" in r.output
 
 
 @pytest.mark.parametrize("option", [p for p in main.commands["finetune"].params
                                     if isinstance(p.type, click.Choice) and not p.hidden
-                                    and p.name in FinetuneConfig.model_fields], ids=lambda p: p.name)
+                                    and p.name in FinetuneConfig.model_fields
+                                    and in_pipeline(FinetuneConfig.model_fields[p.name])], ids=lambda p: p.name)
 def test_every_finetune_choice_is_accepted_in_a_pipeline(option, tmp_path):
     """`--schedule constant` was offered by the command and refused in a pipeline; no choice may be."""
     for choice in option.type.choices:
-        value = None if choice == "none" else int(choice) if choice.isdigit() else choice
+        value = option.callback(None, option, choice)  # the command line's value: `none` of an optional is None
         validate_dict({"data": "x", "backbones": [TINY], "finetune": [{option.name: value}]}, tmp_path)
 
 

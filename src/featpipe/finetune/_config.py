@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from featpipe.backbones import DEFAULT_BACKBONE, PRECISION_CHOICES
 from featpipe.errors import FinetuneError
@@ -117,16 +117,6 @@ class FinetuneConfig(Section):
     cache_dir: str = Field("cache", description="Feature caches for the linear probe (an existing one at the "
                            "same input size is reused); in a pipeline: `cache_dir`.",
                            json_schema_extra={"pipeline": False})
-
-    def __init__(self, **data: Any) -> None:
-        # built directly (library, command line): one FinetuneError line; inside a pipeline file the
-        # loader reports pydantic's errors with the file's line instead
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise FinetuneError(f"{where}: {err['msg']}" if where else err["msg"]) from None
 
     @field_validator("budget", mode="before")
     @classmethod
