@@ -203,3 +203,32 @@ def test_options_doc_is_generated_from_the_sections():
     committed = (ROOT / "docs" / "options.md").read_text()
     assert committed == options_markdown(), "docs/options.md is stale: featpipe run --options > docs/options.md"
     assert CliRunner().invoke(main, ["run", "--options"]).output == committed
+
+
+# every field of the fine-tune config with its default, as runs recorded it before the two classes were merged
+FINETUNE_DEFAULTS = {
+    "backbone": "efficientnet_lite0", "weights": None, "pretrained": True, "layer": None, "image_size": None,
+    "recipe": None, "unfreeze": "all", "epochs": None, "budget": None, "batch_size": None, "optimizer": "adamw",
+    "lr": None, "backbone_lr_mult": None, "momentum": 0.9, "nesterov": True, "weight_decay": None,
+    "schedule": "cosine", "warmup_epochs": 1.0, "clip_grad": 1.0, "label_smoothing": 0.1, "pos_weight": "none",
+    "class_weight": None, "metric": None, "augment": "light", "hflip": None, "scale": None, "rotate": None,
+    "shift": None, "color_jitter": None, "grayscale": None, "dropout": None, "bn": None, "width": 32, "depth": 3,
+    "in_channels": None, "checkpoint_every": 0, "patience": None, "seed": 0, "precision": "auto", "device": "auto",
+    "num_workers": None, "decode_once": None, "cache_dir": "cache",
+}
+
+
+def test_pipeline_finetune_runs_keep_their_stage_inputs(tmp_path):
+    """A fine-tune entry's recorded config (its up-to-date fingerprint) is what it was, so runs fitted
+    before the merge are not trained again."""
+    from featpipe.pipeline import Study
+
+    assert FinetuneConfig().to_dict() == FINETUNE_DEFAULTS
+    folder = make_class_folders(tmp_path / "imgs", {"a": 6, "b": 6}, size=16)
+    loaded = validate_dict({"data": str(folder), "backbones": [TINY], "seed": 3, "fit": {"metric": "accuracy"},
+                            "finetune": [{"backbone": "scratch-cnn", "id": "s", "budget": "2m", "width": 8}]}, tmp_path)
+    study = Study(loaded, out=tmp_path / "out")
+    out, _, inputs = study._finetune_job(loaded.config.finetune[0])
+    assert out.name == "finetune-s"
+    assert inputs["config"] == {**FINETUNE_DEFAULTS, "backbone": "scratch-cnn", "budget": 120.0, "width": 8,
+                                "metric": "accuracy", "seed": 3, "cache_dir": str(tmp_path / "out" / "cache")}
