@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from featpipe.backbones import DEFAULT_BACKBONE
 from featpipe.backbones.config import BackboneConfig
 from featpipe.data.config import DataConfig
+from featpipe.errors import FeaturepipeError
 from featpipe.sections import cli_flag, extra
 
 # Impossible numbers are refused by click (the option named, exit 2) before any work starts.
@@ -179,14 +180,14 @@ def config_options(model: Any, *, into: str | None = None, only: tuple[str, ...]
 
 
 def build_section(model: Any, values: dict[str, Any]) -> Any:
-    """``model(**values)``; a value it refuses stops the command as a usage error naming the option (exit 2)."""
+    """``model(**values)``; a value it refuses stops the command with one line naming the option (exit 2)."""
     try:
         return model(**values)
     except ValidationError as e:
         err = e.errors()[0]
         where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
         msg = err["msg"].removeprefix("Value error, ")
-        raise click.UsageError(f"{where}: {msg}" if where else msg) from None
+        raise FeaturepipeError(f"{where}: {msg}" if where else msg) from None
 
 
 def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = False) -> Any:
