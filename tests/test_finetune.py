@@ -210,7 +210,7 @@ def test_cli_errors_are_one_line(folder, tmp_path):
     r = runner.invoke(main, [*base, "--unfreeze", "last-2"])
     assert r.exit_code == 2 and "scratch-cnn trains from random init" in r.output
     r = runner.invoke(main, [*base, "--unfreeze", "sideways"])
-    assert r.exit_code == 2 and "--unfreeze must be" in r.output
+    assert r.exit_code == 2 and "--unfreeze: must be" in r.output
     r = runner.invoke(main, base)
     assert r.exit_code == 0, r.output
     assert "best epoch 1" in r.output

@@ -23,20 +23,31 @@ PathLike = str | os.PathLike
 
 def load_dataset(source: Any, **options: Any) -> Any:
     """A :class:`featpipe.data.Manifest` from an image folder, a CSV, an .npz or label lists (see the
-    README's data section; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ...)."""
+    README's data section; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ..., or
+    ``config=DataConfig(...)``, the section the command line and pipeline files fill)."""
     from featpipe.data import Manifest
     from featpipe.data import load_dataset as _load
+    from featpipe.data.config import open_dataset
 
-    return source if isinstance(source, Manifest) else _load(source, **options)
+    if isinstance(source, Manifest):
+        return source
+    config = options.pop("config", None)
+    if config is not None:
+        if options:
+            raise FeaturepipeError(f"give either config or options ({', '.join(options)}), not both")
+        return open_dataset(config, str(source))
+    return _load(source, **options)
 
 
 def embed(dataset: Any, backbone: Any = None, *, cache_dir: PathLike = "cache", pretrained: bool = True,
           weights: PathLike | None = None, layer: str | None = None, image_size: int | None = None,
           precision: str = "auto", seed: int = 0, device: str = "auto", **options: Any) -> Any:
-    """Embed every image of ``dataset`` (a Manifest or a path) with ``backbone`` (a name or a
-    BackboneSpec; default ``efficientnet_lite0``) into its cache, resuming one that exists; returns the
-    open :class:`featpipe.features.cache.FeatureCache`. ``options``: :func:`featpipe.features.embed.embed_dataset`' keywords."""
+    """Embed every image of ``dataset`` (a Manifest or a path) with ``backbone`` (a name, a BackboneSpec or
+    a :class:`~featpipe.backbones.config.BackboneConfig`; default ``efficientnet_lite0``) into its cache,
+    resuming one that exists; returns the open :class:`featpipe.features.cache.FeatureCache`. ``options``:
+    :func:`featpipe.features.embed.embed_dataset`' keywords (``config=EmbedConfig(...)`` among them)."""
     from featpipe.backbones import DEFAULT_BACKBONE, BackboneSpec, resolve_spec
+    from featpipe.backbones.config import BackboneConfig
     from featpipe.features.cache import FeatureCache
     from featpipe.features.embed import embed_dataset
     from featpipe.hardware import resolve_device
@@ -44,6 +55,8 @@ def embed(dataset: Any, backbone: Any = None, *, cache_dir: PathLike = "cache", 
     manifest = load_dataset(dataset)
     if isinstance(backbone, BackboneSpec):
         spec = backbone
+    elif isinstance(backbone, BackboneConfig):
+        spec = backbone.spec(seed=seed, device=resolve_device(device))
     else:
         spec = resolve_spec(backbone or DEFAULT_BACKBONE, weights=weights, pretrained=pretrained, layer=layer,
                             image_size=image_size, precision=precision, seed=seed, device=resolve_device(device))
@@ -55,7 +68,8 @@ def embed(dataset: Any, backbone: Any = None, *, cache_dir: PathLike = "cache", 
 def fit(cache: Any, head: str = "logistic", *, out: PathLike | None = None, **options: Any) -> list[Any]:
     """Fit and tune ``head`` (``logistic``, ``mlp``, ``lgbm`` or ``all``) on a cache (open, or its path);
     with ``out``, each run is written to ``out/<run>/<head>/`` (its ``dir``). ``options``:
-    :func:`featpipe.runs.fit.fit_cache`' keywords (``metric``, ``refit``, ``cv``, ``seed``, ...)."""
+    :func:`featpipe.runs.fit.fit_cache`' keywords (``metric``, ``refit``, ``cv``, ``seed``, ..., or
+    ``config=FitConfig(...)``)."""
     from featpipe.runs.fit import fit_cache, open_cache, write_run
 
     if isinstance(cache, (str, os.PathLike)):

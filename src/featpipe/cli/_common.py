@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
-from featpipe.backbones import DEFAULT_BACKBONE, PRECISION_CHOICES
+from featpipe.backbones import DEFAULT_BACKBONE
+from featpipe.backbones.config import BackboneConfig
+from featpipe.data.config import DataConfig
+from featpipe.errors import FeaturepipeError
+from featpipe.sections import cli_flag, extra
 
 # Impossible numbers are refused by click (the option named, exit 2) before any work starts.
 POSITIVE = click.IntRange(min=1)  # sizes and counts
@@ -36,88 +44,178 @@ class LazyChoice(click.Choice):
         pass
 
 
+# ------------------------------------------------------------------------------ generated options
+class CommaSeparated(click.ParamType):
+    """A fixed-length tuple typed as ``a,b,c`` (the form these options always took, so old command lines work)."""
+
+    name = "list"
+
+    def __init__(self, kind: type, n: int) -> None:
+        self.kind, self.n = kind, n
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(self.kind(x) for x in str(value).split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) != self.n:
+            example = ",".join(["0.7", "0.15", "0.15"][: self.n]) if self.kind is float else "1,2,3"[: 2 * self.n - 1]
+            self.fail(f"expected {self.n} comma-separated numbers like {example}, got {value!r}", param, ctx)
+        return parts
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(the type inside ``X | None``, whether None is allowed)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return (inner[0] if len(inner) == 1 else annotation), True
+    return annotation, False
+
+
+def _bounds(field: Any) -> dict[str, Any]:
+    """click range arguments from a field's ``ge`` / ``gt`` / ``le`` / ``lt``."""
+    out: dict[str, Any] = {}
+    for m in field.metadata:
+        for attr, key, open_ in (("ge", "min", False), ("gt", "min", True), ("le", "max", False), ("lt", "max", True)):
+            if getattr(m, attr, None) is not None:
+                out[key] = getattr(m, attr)
+                if open_:
+                    out[f"{key}_open"] = True
+    return out
+
+
+def _help(field: Any) -> str:
+    return (field.description or "").replace("`", "")
+
+
+def field_option(name: str, field: Any, *, decls: tuple[str, ...] = (), hidden: bool = False,
+                 dest: str | None = None) -> click.Option:
+    """The click option of one config field: ``--name-with-dashes``, its type, default and help from the field
+    (Literal -> Choice, with ``none`` for an optional one; int/float bounds -> IntRange/FloatRange; bool -> a
+    flag, ``--x/--no-x`` where it defaults to true or may be unset; fixed tuple -> ``a,b,c``)."""
+    flag = cli_flag(name, field) or "--" + name.replace("_", "-")
+    hints = extra(field)
+    inner, optional = _unwrap(field.annotation)
+    default = None if field.is_required() or field.default_factory is not None else field.default
+    kw: dict[str, Any] = {"help": _help(field), "default": default, "hidden": hidden,
+                          "show_default": default is not None and default is not False}
+    names = [*(decls or (flag,)), dest or name]
+    if hints.get("metavar"):
+        kw["metavar"] = hints["metavar"]
+    if hints.get("choices"):
+        kw["type"] = LazyChoice(hints["choices"])
+    elif hints.get("type") == "text":
+        pass  # parsed by the section's own validator (a duration, a size)
+    elif inner is bool:
+        if default is True or optional:
+            names[: len(decls or (flag,))] = [f"{d}/--no-{d[2:]}" for d in (decls or (flag,))]
+        else:
+            kw["is_flag"] = True
+    elif typing.get_origin(inner) is typing.Literal:
+        values = {str(v): v for v in typing.get_args(inner)}
+        if optional and "none" not in values:
+            values["none"] = None  # what an unset optional choice was always typed as
+        kw["type"] = click.Choice(list(values))
+        if default is not None:
+            kw["default"] = str(default)
+        kw["callback"] = lambda ctx, param, v: values.get(v, v) if v is not None else None
+    elif inner in (int, float):
+        bounds = _bounds(field)
+        rng = click.IntRange if inner is int else click.FloatRange
+        kw["type"] = rng(**bounds) if bounds else inner
+    elif typing.get_origin(inner) is tuple:
+        args = typing.get_args(inner)
+        kw["type"] = CommaSeparated(args[0], len(args))
+        if default is not None:
+            kw["default"] = ",".join(str(x) for x in default)
+    return click.Option(names, **kw)
+
+
+def config_options(model: Any, *, into: str | None = None, only: tuple[str, ...] | None = None,
+                   exclude: tuple[str, ...] = (), short: dict[str, str] | None = None,
+                   aliases: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options generated from a config section's fields (one name everywhere: the field's), so the command
+    line, pipeline files and the library take the same settings. ``into``: the command receives the validated
+    section under that name (only the options given on the command line set its fields), else each field as
+    its own argument. ``aliases``: field -> an old flag, still accepted but hidden from ``--help``.
+    Fields marked ``{"cli": False}`` are pipeline-only, ``{"flag": ...}`` ones hand-written."""
+    short, aliases = short or {}, aliases or {}
+    fields = {n: f for n, f in model.model_fields.items()
+              if (only is None or n in only) and n not in exclude and cli_flag(n, f) and "flag" not in extra(f)}
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(*args: Any, **kw: Any) -> Any:
+            ctx = click.get_current_context()
+            for name, old in aliases.items():
+                v = kw.pop(f"{name}__alias")
+                if v is None:
+                    continue
+                if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+                    raise click.UsageError(f"{old} is the old name of --{name.replace('_', '-')}: give one of them")
+                kw[name] = v
+                ctx.set_parameter_source(name, click.core.ParameterSource.COMMANDLINE)
+            if into is not None:
+                given = {n: kw.pop(n) for n in fields}
+                given = {n: v for n, v in given.items()
+                         if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT}
+                kw[into] = build_section(model, given)
+            return f(*args, **kw)
+
+        for name in reversed(aliases):
+            click.option(aliases[name], f"{name}__alias", hidden=True, default=None,
+                         type=field_option(name, fields[name]).type,
+                         callback=field_option(name, fields[name]).callback)(command)
+        if not hasattr(command, "__click_params__"):
+            command.__click_params__ = []  # type: ignore[attr-defined]
+        for name, field in reversed(fields.items()):
+            decls = ("--" + name.replace("_", "-"), short[name]) if name in short else ()
+            command.__click_params__.append(field_option(name, field, decls=decls))  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def build_section(model: Any, values: dict[str, Any]) -> Any:
+    """``model(**values)``; a value it refuses stops the command with one line naming the option (exit 2)."""
+    try:
+        return model(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        raise FeaturepipeError(f"{where}: {msg}" if where else msg) from None
+
+
 def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = False) -> Any:
-    """The backbone options; ``multiple=True`` makes ``--backbone`` repeatable (a tuple of names)."""
+    """The backbone options (generated from :class:`BackboneConfig`; each field as its own argument, the
+    command builds one config per ``--backbone``); ``multiple=True`` makes ``--backbone`` repeatable."""
     if f is None:
         return lambda g: backbone_options(g, multiple=multiple)
-    opts = [
-        click.option("--backbone", "-b", multiple=multiple, default=(DEFAULT_BACKBONE,) if multiple else DEFAULT_BACKBONE,
-                     show_default=True,
-                     help="Registry name (featpipe backbones), any timm model name, or an .onnx file"
-                     + ("; repeat it to embed with several backbones in one pass over the images, NAME@LAYER "
-                        "for a cut per backbone." if multiple else ".")),
-        click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="State-dict file for the architecture, timm or torchvision layout (e.g. face "
-                     "weights for vgg16; Keras .h5: featpipe convert-weights)."),
-        click.option("--no-pretrained", is_flag=True, help="Seeded random init: a baseline."),
-        click.option("--layer", default=None,
-                     help="Cut at this module (or VGG name like block4_pool) and average-pool it."),
-        click.option("--image-size", type=IMAGE_SIZE, default=None, help="Override the model's input size."),
-        click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
-                     show_default=True, help="Autocast precision of the forward pass; auto = bf16 AMP on "
-                     "CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere. Part of the cache key."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    f = config_options(BackboneConfig)(f)
+    name = BackboneConfig.model_fields["name"]
+    return click.option("--backbone", "-b", multiple=multiple,
+                        default=(DEFAULT_BACKBONE,) if multiple else DEFAULT_BACKBONE, show_default=True,
+                        help=_help(name) + ("; repeat it to embed with several backbones in one pass over the "
+                                            "images, NAME@LAYER for a cut per backbone." if multiple else ""))(f)
 
 
-def dataset_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option("--data", "-d", "data", required=True, type=click.Path(),
-                     help="Image folder (class folders or train/val/test folders), CSV, .npz, "
-                     "or a folder with annotations/<label>.txt + images/."),
-        click.option("--name", default=None, help="Dataset name used in cache file names (default: folder name)."),
-        click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True,
-                     help="Seed of the stratified split when the source has none."),
-        click.option("--fractions", default="0.7,0.15,0.15", show_default=True,
-                     help="train,val,test fractions when the source has no split."),
-        click.option("--pattern", default=None, help="Image file name pattern for label lists, e.g. 'im{id}.jpg'."),
-    ]
-    f = csv_options(f)
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+def dataset_options(f: Callable[..., Any] | None = None, *, required: bool = True) -> Any:
+    """``--data PATH`` and the options of :class:`DataConfig`; the command receives ``data`` (the path) and
+    ``data_config``."""
+    if f is None:
+        return lambda g: dataset_options(g, required=required)
+    f = config_options(DataConfig, into="data_config")(f)
+    return click.option("--data", "-d", "data", required=required, default=None, type=click.Path(),
+                        help=_help(DataConfig.model_fields["path"]).split(" In a pipeline")[0]
+                        + ("" if required else " (instead of --cache: its cache is looked up in --cache-dir)"))(f)
 
 
-def csv_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """CSV column and label options (every command that opens a dataset has them)."""
-    opts = [
-        click.option("--label-sep", default=None,
-                     help="CSV: separator of several labels in one cell (';', '|', ',', 'space'), or 'none' "
-                     "for one label per cell. Default: ';', '|' or ',' when only one of them occurs."),
-        click.option("--label-col", default=None, help="CSV: the label column (default: label, labels, tags, ...)."),
-        click.option("--path-col", default=None, help="CSV: the image path column (default: path, image, file, ...)."),
-        click.option("--split-col", default=None, help="CSV: the train/val/test column (default: split, subset, ...)."),
-        click.option("--unlabeled-empty", is_flag=True,
-                     help="CSV, single-label: an empty label cell marks the row unlabeled instead of an error."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+def open_dataset(data: str, config: DataConfig):
+    """The dataset at ``data`` with the data options of the command line."""
+    from featpipe.data.config import open_dataset as _open
 
-
-CSV_OPTION_NAMES = ("label_sep", "label_col", "path_col", "split_col", "unlabeled_empty")
-
-
-def parse_fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {text!r}") from None
-    if len(parts) != 3:
-        raise click.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
-def open_dataset(data: str, *, name: str | None, split_seed: int, fractions: str, pattern: str | None,
-                 **csv: Any):
-    """Load a dataset from the shared CLI options (``csv``: :data:`CSV_OPTION_NAMES`; unset ones are
-    left out, so they only matter for CSV datasets)."""
-    from featpipe.data import load_dataset
-
-    opts: dict[str, Any] = {"name": name, "seed": split_seed, "fractions": parse_fractions(fractions)}
-    if pattern:
-        opts["pattern"] = pattern
-    opts.update({k: v for k, v in csv.items() if k in CSV_OPTION_NAMES and v not in (None, False)})
-    return load_dataset(data, **opts)
+    return _open(config, data)

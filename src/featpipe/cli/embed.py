@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from featpipe.cli._common import NON_NEGATIVE, POSITIVE, backbone_options, dataset_options, open_dataset
+from featpipe.backbones.config import BackboneConfig
+from featpipe.cli._common import (
+    NON_NEGATIVE,
+    POSITIVE,
+    backbone_options,
+    build_section,
+    config_options,
+    dataset_options,
+    open_dataset,
+)
+from featpipe.features.config import EmbedConfig
 
 
 @click.command()
@@ -15,40 +25,14 @@ from featpipe.cli._common import NON_NEGATIVE, POSITIVE, backbone_options, datas
 @click.option("--cache-file", default=None, type=click.Path(dir_okay=False),
               help="Explicit cache file instead of the automatic name in --cache-dir.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--batch-size", type=POSITIVE, default=None, help="Default: 8 on CPU (fastest there), 256 on GPU.")
-@click.option("--workers", type=NON_NEGATIVE, default=None,
-              help="Decoders (default: a thread per core on CPU, decoding each batch between forward passes; "
-              "on GPU a process per core but one, up to 16, decoding ahead of it; 0 decodes inline).")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "device", "device-jpeg"]), default="auto",
-              show_default=True,
-              help="Where images are resized: cpu (PIL, in the decoders), device (decoded by PIL; images smaller "
-              "than the model's input resized and cropped on the model's device with PIL's arithmetic: the same "
-              "features) or device-jpeg (plain JPEGs decoded there too, batched; nvJPEG on CUDA gives slightly "
-              "different pixels, so its caches are kept apart). auto: device on CUDA when the backbone allows, "
-              "else cpu.")
-@click.option("--dtype", "feature_dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="Storage type of the cached features.")
-@click.option("--tta", type=click.Choice(["hflip"]), default=None,
-              help="Test-time augmentation: cache the mean of the features of each image and its mirror.")
-@click.option("--align", type=click.Choice(["faces"]), default=None,
-              help="Detect the face (YuNet) and align it by 5 landmarks first; no face -> a failed row.")
+@config_options(EmbedConfig, into="embed_config", aliases={"feature_dtype": "--dtype"})
 @click.option("--force", is_flag=True, help="Recompute every row, discarding the existing cache.")
-@click.option("--retry-failed", is_flag=True,
-              help="Retry every failed row (by default only I/O failures and changed files are retried).")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Torch seed (random-init backbones).")
 @click.option("--write-every", type=POSITIVE, default=256, show_default=True,
               help="Rows per cache write (at most this many are redone after a crash).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: decode in Ray tasks and run the backbone in a Ray actor pool (pip install featpipe[ray]).")
-@click.option("--address", "ray_address", default=None,
-              help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local Ray instance.")
-@click.option("--ray-actors", type=POSITIVE, default=None,
-              help="Backbone actors (default: one per GPU of the cluster, else one per 8 CPUs).")
-def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
-          unlabeled_empty, backbone, weights, no_pretrained, layer, image_size,
-          precision, cache_dir, cache_file, device, batch_size, workers, decode, feature_dtype, tta, align, force,
-          retry_failed, seed, write_every, quiet, engine, ray_address, ray_actors):
+def embed(data, data_config, backbone, weights, pretrained, layer, image_size, precision, tta, align, cache_dir,
+          cache_file, device, embed_config, force, seed, write_every, quiet):
     """Embed every image of a dataset once into a resumable feature cache.
 
     Finished rows are kept if the run is interrupted (run the same command to resume), images
@@ -66,7 +50,6 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
       featpipe embed --data /shared/photos --engine ray --address auto
       featpipe embed --data faces/ --backbone sface --align faces --tta hflip
     """
-    from featpipe.backbones import resolve_spec, split_layer
     from featpipe.features.embed import embed_datasets
     from featpipe.hardware import precision_note, resolve_device
 
@@ -75,20 +58,17 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     if len(backbone) > 1 and (weights or layer):
         raise click.UsageError("--weights and --layer apply to one backbone; with several, use NAME@LAYER "
                                "or a pipeline file (featpipe run) for per-backbone options")
+    engine = embed_config.engine
     if engine == "ray":
         from featpipe.features.ray import require_ray
 
         require_ray()  # before any dataset scan
-    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
-                            label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
-                            unlabeled_empty=unlabeled_empty)
+    manifest = open_dataset(data, data_config)
     dev = resolve_device(device) if engine == "local" else device.replace("auto", "cpu")
-    specs = []
-    for text in backbone:
-        bname, blayer = split_layer(text)
-        specs.append(resolve_spec(bname, weights=weights, pretrained=not no_pretrained, layer=blayer or layer,
-                                  image_size=image_size, precision=precision, seed=seed, device=dev,
-                                  tta=tta, align=align))
+    configs = [build_section(BackboneConfig, {"name": text, "weights": weights, "pretrained": pretrained,
+                                              "layer": layer, "image_size": image_size, "precision": precision,
+                                              "tta": tta, "align": align}) for text in backbone]
+    specs = [c.spec(seed=seed, device=dev) for c in configs]
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
@@ -100,11 +80,9 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
     note = precision_note(specs[0].precision, dev, precision) if engine == "local" else None
     if note:
         click.echo(note, err=True)
-    results = embed_datasets(manifest, specs, cache_dir=cache_dir, cache_files=[cache_file] if cache_file else None,
-                             device=device, batch_size=batch_size, num_workers=workers,
-                             feature_dtype=feature_dtype, force=force, retry_failed=retry_failed,
-                             progress=not quiet, seed=seed, write_every=write_every, engine=engine,
-                             ray_address=ray_address, ray_actors=ray_actors, decode=decode)
+    results = embed_datasets(manifest, specs, embed_config, cache_dir=cache_dir,
+                             cache_files=[cache_file] if cache_file else None, device=device, force=force,
+                             progress=not quiet, seed=seed, write_every=write_every)
     for spec, res in zip(specs, results, strict=True):
         rate = f" at {res.images_per_second:.1f} img/s" if res.n_computed else ""
         who = f"{spec.tag()}: " if len(specs) > 1 else ""

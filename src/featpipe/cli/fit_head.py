@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from featpipe.cli._common import NON_NEGATIVE, LazyChoice, backbone_options, csv_options
-from featpipe.heads.metrics import METRICS
+from featpipe.backbones.config import BackboneConfig
+from featpipe.cli._common import (
+    NON_NEGATIVE,
+    LazyChoice,
+    backbone_options,
+    build_section,
+    config_options,
+    dataset_options,
+)
+from featpipe.runs.config import FitConfig
 
 
-def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights, no_pretrained, layer,
-                    image_size, precision, seed, cache_dir) -> Path:
-    from featpipe.backbones import resolve_spec
+def _find_cache_for(data: str, data_config: Any, backbone: BackboneConfig, seed: int, cache_dir: str) -> Path:
     from featpipe.cli._common import open_dataset
     from featpipe.errors import CacheError
     from featpipe.features.cache import find_cache
     from featpipe.hardware import auto_precision
 
-    manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
-                            **csv_opts)
+    manifest = open_dataset(data, data_config)
+    precision = backbone.precision
 
     def spec_at(prec: str):
-        return resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,
-                            image_size=image_size, precision=prec, seed=seed, device="auto")
+        return backbone.model_copy(update={"precision": prec}).spec(seed=seed, device="auto")
 
     # the identity of a cache leaves precision out, so `auto` is resolved (which imports torch to look
     # for a GPU) only when several caches differ by it: heads that need no torch start without it
@@ -36,64 +42,27 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
         how = (f" (split seed {split['split_seed']}, fractions {','.join(f'{x:g}' for x in split['split_fractions'])})"
                if split else "")
         raise CacheError(f"no complete cache for {data}{how} with backbone {spec.tag()} in {cache_dir}; "
-                         f"run: featpipe embed --data {data} --backbone {backbone} with the same options")
+                         f"run: featpipe embed --data {data} --backbone {backbone.name} with the same options")
     return path
-
-
-def _check_cv(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value == 1:
-        raise click.BadParameter("1 fold is no cross-validation; give 0 (never) or K >= 2", param_hint="--cv")
-    return value
 
 
 @click.command("fit-head")
 @click.option("--cache", "caches", multiple=True, type=click.Path(dir_okay=False),
               help="Feature cache file (repeat for several caches).")
-@click.option("--data", "-d", default=None, type=click.Path(),
-              help="Instead of --cache: the dataset whose cache (for --backbone) is looked up in --cache-dir.")
-@click.option("--name", default=None, help="With --data: dataset name as given to featpipe embed.")
-@click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True, help="With --data: as given to embed.")
-@click.option("--fractions", default="0.7,0.15,0.15", show_default=True, help="With --data: as given to embed.")
-@click.option("--pattern", default=None, help="With --data: as given to embed.")
-@csv_options
+@dataset_options(required=False)
 @backbone_options
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(file_okay=False),
               help="Folder searched for the cache with --data.")
 @click.option("--head", "heads", type=LazyChoice("featpipe.heads:HEAD_CHOICES"), multiple=True,
               default=["logistic"], show_default=True, help="Head to fit (repeat for several); 'all' fits every head.")
-@click.option("--metric", type=click.Choice(METRICS), default=None,
-              help="The metric that selects hyper-parameters, early-stops (mlp, lgbm), tunes thresholds and "
-              "ranks runs. Default: f1 (binary), accuracy (multiclass), micro_f1 (multilabel).")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
-              help="'balanced' weights classes inversely to their frequency (binary: pos_weight = neg/pos).")
-@click.option("--refit", type=click.Choice(["train", "train+val"]), default="train+val", show_default=True,
-              help="Rows the chosen configuration is finally fitted on. train+val: every labelled row, with "
-              "thresholds tuned on out-of-fold probabilities over train+val (5-fold, seeded); train: the "
-              "model scored on val, thresholds tuned on val. Out of core: train.")
-@click.option("--cv", type=click.IntRange(min=0), default=None, callback=_check_cv,
-              help="Choose hyper-parameters by K-fold CV over train+val instead of the val split; implies "
-              "--refit train+val. Default: 5-fold only where the val split is too small to select on (fewer "
-              "than 30 rows, or a class / label with fewer than 5); 0: never.")
-@click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=100), default=1000, show_default=True,
-              help="Resamples of the test rows for each test score's 95% interval (seeded by --seed).")
-@click.option("--preprocess", type=click.Choice(["standardize", "l2", "none"]), default="standardize",
-              show_default=True, help="Feature preprocessing before the head.")
-@click.option("--min-positives", type=NON_NEGATIVE, default=5, show_default=True,
-              help="Multilabel: labels with fewer val positives use the global threshold.")
-@click.option("--thresholds", "threshold_mode", type=click.Choice(["per-class", "global"]), default="per-class",
-              show_default=True, help="Multilabel: which tuned thresholds the model uses (both are recorded).")
+@config_options(FitConfig, into="fit_config", aliases={"threshold_mode": "--thresholds"})
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True,
               help="Seed of every head (same seed, same model); with --data and --no-pretrained also the "
               "random-init backbone's seed (pretrained weights have none).")
-@click.option("--max-memory", default=None, metavar="SIZE",
-              help="Memory budget for a head's fit (e.g. 8GB; default: half the RAM). Caches whose features "
-              "would not fit are fitted out of core, read from disk in slabs.")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
-def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
-             unlabeled_empty, backbone, weights, no_pretrained, layer, image_size, precision, cache_dir, heads,
-             metric, class_weight, refit, cv, n_bootstrap, preprocess, min_positives, threshold_mode, seed,
-             max_memory, out_dir):
+def fit_head(caches, data, data_config, backbone, weights, pretrained, layer, image_size, precision, tta, align,
+             cache_dir, heads, fit_config, seed, out_dir):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -115,26 +84,23 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
 
     paths = [Path(c) for c in caches]
     if data:
-        csv_opts = dict(label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
-                        unlabeled_empty=unlabeled_empty)
-        paths.append(_find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbone, weights,
-                                     no_pretrained, layer, image_size, precision, seed, cache_dir))
+        bb = build_section(BackboneConfig, {"name": backbone, "weights": weights, "pretrained": pretrained,
+                                            "layer": layer, "image_size": image_size, "precision": precision,
+                                            "tta": tta, "align": align})
+        paths.append(_find_cache_for(data, data_config, bb, seed, cache_dir))
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
     writable_folder(out_dir, "output")  # before any fit, not after it
     results = []
     for p in paths:
-        cache = open_cache(p, max_memory)
+        cache = open_cache(p, fit_config.max_memory)
         if not cache.in_memory:
             n, dim = cache.features.shape
             click.echo(f"{p.name}: {n} x {dim} features exceed the memory budget: fitting out of core "
                        "(features read from disk in slabs; the final model is fitted on train)", err=True)
         names = list(dict.fromkeys(n for h in heads for n in head_names(h)))  # in order, each once
         try:
-            runs = [r for h in names for r in fit_cache(
-                cache, h, metric=metric, class_weight=None if class_weight == "none" else class_weight, refit=refit,
-                preprocess=preprocess, seed=seed, min_positives=min_positives, threshold_mode=threshold_mode, cv=cv,
-                n_bootstrap=n_bootstrap)]
+            runs = [r for h in names for r in fit_cache(cache, h, fit_config, seed=seed)]
         except FeaturepipeError as e:
             raise type(e)(f"{p.name}: {e}") from None
         for r in runs:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from featpipe.cli._common import config_options
+from featpipe.reporting.config import ReportConfig
+
 
 def _config_human_baseline(path: str) -> float | None:
     from featpipe.pipeline import load_config
@@ -43,12 +46,7 @@ def _config_human_baseline(path: str) -> float | None:
     type=click.Path(file_okay=False),
     help="Output folder: index.html, plots/, thumbs/, leaderboard.csv, label_issues.csv, summary.md.",
 )
-@click.option(
-    "--human-baseline",
-    type=float,
-    default=None,
-    help="Human score on the main metric, drawn as a reference line (e.g. 0.9).",
-)
+@config_options(ReportConfig, only=("human_baseline",))
 @click.option(
     "--config",
     "config",

@@ -17,9 +17,12 @@ import click
 @click.option("--skip-unavailable", is_flag=True,
               help="Run without backbones whose weights are unavailable offline (listed as skipped).")
 @click.option("--schema", is_flag=True, help="Print every pipeline key as a Markdown table and exit.")
+@click.option("--options", "options_doc", is_flag=True,
+              help="Print the option reference of embed / fit-head / finetune / report with their pipeline keys "
+              "(docs/options.md) and exit.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Override the pipeline's 'out' folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out, quiet) -> None:
+def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, options_doc, out, quiet) -> None:
     """Run a pipeline: dataset -> embed per backbone -> heads (and fused heads) -> predict -> report.
 
     The file is validated first: an unknown key, a wrong type or an impossible combination stops
@@ -35,6 +38,7 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out,
       featpipe run pipelines/scenes.yaml --set data.path=~/scenes --dry-run
       featpipe run pipelines/photo-tags.yaml --set data.path=~/photos --skip-unavailable
       featpipe run --schema
+      featpipe run --options > docs/options.md
 
     \b
     Example pipeline:
@@ -47,8 +51,11 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, out,
       report: {human_baseline: 0.94}
     """
     from featpipe.errors import PipelineError
-    from featpipe.pipeline import Study, load_pipeline, schema_markdown
+    from featpipe.pipeline import Study, load_pipeline, options_markdown, schema_markdown
 
+    if options_doc:
+        click.echo(options_markdown(), nl=False)
+        return
     if schema:
         click.echo(schema_markdown(), nl=False)
         return

@@ -29,11 +29,11 @@ import torch
 from featpipe.data.images import failure_reason, load_image
 from featpipe.errors import FeaturepipeError, ImageError
 from featpipe.features import cache as fcache
+from featpipe.features.config import DECODE_CHOICES
 
 if TYPE_CHECKING:
     from featpipe.backbones import Backbone
 
-DECODE_CHOICES = ("auto", "cpu", "device", "device-jpeg")
 
 
 def resolve_decode(decode: str, backbones: Sequence[Backbone]) -> str:

@@ -25,13 +25,13 @@ from featpipe.data.images import failure_reason, image_from_array, load_image, p
 from featpipe.data.manifest import Manifest
 from featpipe.errors import FeaturepipeError, FolderError, ImageError
 from featpipe.features import cache as fcache
+from featpipe.features.config import ENGINES, EmbedConfig
 from featpipe.features.decode import DECODE_CHOICES, Packed, place_on_device, resolve_decode, uses_nvjpeg
 from featpipe.folders import is_writable, make_folder
 from featpipe.hardware import available_cpus, resolve_device
 from featpipe.versions import library_versions
 
 FEATURE_DTYPES = ("float32", "float16")
-ENGINES = ("local", "ray")
 
 
 def default_batch_size(device: str) -> int:
@@ -364,6 +364,7 @@ def embed_dataset(manifest: Manifest, spec: BackboneSpec, *, cache_file: str | P
 def embed_datasets(
     manifest: Manifest,
     specs: Sequence[BackboneSpec],
+    config: EmbedConfig | None = None,
     *,
     cache_dir: str | Path = "cache",
     cache_files: Sequence[str | Path] | None = None,
@@ -388,8 +389,13 @@ def embed_datasets(
     ``retry_failed`` every failed row is. ``engine="ray"`` computes the rows on Ray Data
     (``featpipe.features.ray``, one backbone after the other); the caches are the same. ``decode``
     (:data:`featpipe.features.decode.DECODE_CHOICES`) says where images are resized (and JPEGs decoded):
-    ``auto`` resizes on a CUDA device, with the CPU path's pixels.
+    ``auto`` resizes on a CUDA device, with the CPU path's pixels. ``config`` (the `embed:` section, as
+    the command line and pipeline files give it) sets the keywords it covers, in their place.
     """
+    if config is not None:
+        o = config.embed_options()
+        batch_size, num_workers, feature_dtype, decode = o["batch_size"], o["num_workers"], o["feature_dtype"], o["decode"]
+        engine, ray_address, ray_actors, retry_failed = o["engine"], o["ray_address"], o["ray_actors"], o["retry_failed"]
     if engine not in ENGINES:
         raise FeaturepipeError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if decode not in DECODE_CHOICES:

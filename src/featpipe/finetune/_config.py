@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from featpipe.backbones import DEFAULT_BACKBONE, PRECISION_CHOICES
 from featpipe.errors import FinetuneError
 from featpipe.finetune._budget import MAX_BUDGET_EPOCHS, parse_duration
 from featpipe.hardware import auto_precision
+from featpipe.sections import Section
 
 RECIPES = ("lp-ft", "ft")
 OPTIMIZERS = ("adamw", "sgd")
@@ -32,107 +33,137 @@ def default_batch_size(image_size: int | None) -> int:
     return 128 if side <= 64 else 64 if side <= 96 else 32
 
 
-@dataclass
-class FinetuneConfig:
-    """One fine-tune run. ``None`` fields take a default that depends on the backbone or the data
-    (resolved by :meth:`resolved`); the resolved config is recorded in every artifact."""
+class FinetuneConfig(Section):
+    """One fine-tune run: the `finetune` command's options and a pipeline's `finetune[]` entry. ``None``
+    fields take a default that depends on the backbone or the data (resolved by :meth:`resolved`); the
+    resolved config is recorded in every artifact."""
 
-    backbone: str = DEFAULT_BACKBONE
-    weights: str | None = None
-    pretrained: bool = True
-    layer: str | None = None
-    image_size: int | None = None  # None: 128 for small images (<= 64px) on pretrained nets, else the model's
-    recipe: str | None = None  # lp-ft (pretrained) | ft (scratch-cnn, or to skip the linear probe)
-    unfreeze: str = "all"  # head | last-N | all
-    epochs: int | None = None  # 10 pretrained, 30 scratch-cnn; with a budget: the most the plan may use
-    budget: float | str | None = None  # seconds (or "30m", "1h"): plan the run to end within it
-    batch_size: int | None = None  # 128 for inputs <= 64px, 64 up to 96px, else 32
-    optimizer: str = "adamw"
-    lr: float | None = None  # head learning rate; 1e-3 pretrained, 3e-3 scratch
-    backbone_lr_mult: float | None = None  # backbone lr = lr * this; 0.25 pretrained, 1 scratch
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float | None = None  # 0.05 adamw, 5e-4 sgd (never on biases and norm layers)
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    clip_grad: float | None = 1.0
-    label_smoothing: float = 0.1
-    pos_weight: str = "none"  # multilabel BCE: none | auto (negatives / positives per label)
-    class_weight: str | None = None  # None | balanced
-    metric: str | None = None
-    augment: str = "light"
-    hflip: float | None = None
-    scale: float | None = None  # min area of the random resized crop
-    rotate: float | None = None
-    shift: float | None = None
-    color_jitter: float | None = None
-    grayscale: float | None = None
-    dropout: float | None = None  # before the classifier layer; 0 pretrained, 0.2 scratch
-    bn: str | None = None  # frozen (pretrained: BatchNorm keeps its statistics) | train (random init)
-    width: int = 32
-    depth: int = 3
-    in_channels: int | None = None  # scratch-cnn: 1 when the data is all grayscale, else 3
-    checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
-    patience: int | None = None  # epochs without val improvement: 3 pretrained, 6 scratch (noisier)
-    seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    num_workers: int | None = None
-    decode_once: bool | None = None  # None: when the decoded training images fit in memory
-    cache_dir: str = "cache"
+    backbone: str = Field(DEFAULT_BACKBONE, description="Registry name, timm model name, or `scratch-cnn` (a "
+                          "small CNN from random init).")
+    id: str | None = Field(None, exclude=True, description="Run name (default: the backbone name).",
+                           json_schema_extra={"cli": False})
+    weights: str | None = Field(None, description="Starting state-dict file for the architecture (in a "
+                                "pipeline: relative to the file).")
+    pretrained: bool = Field(True, description="Start from pretrained weights; false (`--no-pretrained`): from "
+                             "a seeded random init.")
+    layer: str | None = Field(None, description="Cut the backbone at this module (as in embed) and train up to it.")
+    image_size: int | None = Field(None, ge=8, description="Input size. Default: 128 for small images (<= 64px) "
+                                   "on pretrained nets, else the model's; scratch-cnn: the images' own size.")
+    recipe: Literal[*RECIPES] | None = Field(None, description="`lp-ft`: linear probe on frozen features first, "
+                                             "then end to end (default for pretrained); `ft`: end to end from the "
+                                             "start.")
+    unfreeze: str = Field("all", description="`head`, `last-N` or `all`: which backbone stages train (`featpipe "
+                          "backbones --stages NAME`).")
+    epochs: int | None = Field(None, gt=0, description="Most epochs (default 10; scratch-cnn 30; with a budget: "
+                               "as many as fit; early stopping may end sooner).")
+    budget: float | None = Field(None, description="Time budget, e.g. `30m`, `90s`, `1h` (recorded in seconds): "
+                                 "the run measures its first steps, plans epochs and schedule to end within it "
+                                 "(start-up, linear probe and final evaluation included), and stops early with "
+                                 "the best epoch if the machine slows down.",
+                                 json_schema_extra={"type": "text", "metavar": "DURATION"})
+    batch_size: int | None = Field(None, gt=0, description="Training batch size (default: 128 for inputs <= "
+                                   "64px, 64 up to 96px, else 32).")
+    optimizer: Literal[*OPTIMIZERS] = Field("adamw", description="Optimiser.")
+    lr: float | None = Field(None, gt=0, description="Head learning rate (default 1e-3; scratch-cnn 3e-3); the "
+                             "backbone's is `lr x backbone_lr_mult`.")
+    backbone_lr_mult: float | None = Field(None, ge=0, description="Backbone lr = lr x this (default 0.25; "
+                                           "scratch-cnn 1).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="SGD Nesterov momentum.")
+    weight_decay: float | None = Field(None, ge=0, description="Weight decay (default 0.05 with adamw, 5e-4 with "
+                                       "sgd; never on biases and norm layers).")
+    schedule: Literal[*SCHEDULES] = Field("cosine", description="Learning-rate schedule (after one warm-up).")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up epochs.")
+    clip_grad: float | None = Field(1.0, ge=0, description="Gradient norm clip (0: off).")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Cross-entropy label smoothing (single-label "
+                                   "tasks).")
+    pos_weight: Literal["none", "auto"] = Field("none", description="Multi-label BCE: `auto` weights positives "
+                                                "by negatives/positives per label (capped at 100).")
+    class_weight: Literal["balanced"] | None = Field(None, description="`balanced`: weight classes by frequency.")
+    metric: str | None = Field(None, description="Validation metric (early stopping); in a pipeline: `fit.metric`.",
+                               json_schema_extra={"choices": "featpipe.heads.metrics:METRICS", "pipeline": False})
+    augment: Literal[*AUGMENTS] = Field("light", description="Training-split augmentation preset; `hflip`, "
+                                        "`scale`, `rotate`, `shift`, `color_jitter`, `grayscale` override single "
+                                        "parts.")
+    hflip: float | None = Field(None, ge=0, le=1, description="Horizontal flip probability.")
+    scale: float | None = Field(None, gt=0, le=1, description="Min area of the random resized crop (zoom).")
+    rotate: float | None = Field(None, ge=0, le=180, description="Max rotation in degrees.")
+    shift: float | None = Field(None, ge=0, le=1, description="Max shift as a fraction of the size.")
+    color_jitter: float | None = Field(None, ge=0, description="Brightness/contrast/saturation jitter.")
+    grayscale: float | None = Field(None, ge=0, le=1, description="Random grayscale probability.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Dropout before the classifier (default 0; "
+                                  "scratch-cnn 0.2).")
+    bn: Literal["frozen", "train"] | None = Field(None, description="BatchNorm statistics: `frozen` (default for "
+                                                  "pretrained weights: kept as the linear probe saw them) or "
+                                                  "`train` (default from random init).")
+    width: int = Field(32, gt=0, description="scratch-cnn: channels of the first block.")
+    depth: int = Field(3, gt=0, description="scratch-cnn: number of double-conv blocks.")
+    in_channels: Literal[1, 3] | None = Field(None, description="scratch-cnn: 1 = grayscale-native (default when "
+                                              "every sampled image is gray, else 3).")
+    checkpoint_every: int = Field(0, ge=0, description="Also save the resume state every N training steps (0: at "
+                                  "epoch ends only).")
+    patience: int | None = Field(None, gt=0, description="Early-stopping patience in epochs (default 3; "
+                                 "scratch-cnn 6).")
+    seed: int = Field(0, ge=0, description="Seed of the run; in a pipeline: `seed`.",
+                      json_schema_extra={"pipeline": False})
+    precision: Literal[*PRECISION_CHOICES] = Field("auto", description="Autocast: `auto` = bf16 on CUDA and on "
+                                                   "CPUs with native bf16 (AVX512-BF16/AMX), else fp32.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="`auto`, `cpu`, `cuda`, "
+                        "`cuda:N`; in a pipeline: `device`.", json_schema_extra={"pipeline": False})
+    num_workers: int | None = Field(None, ge=0, description="Image decode workers (default: by device).")
+    decode_once: bool | None = Field(None, description="Decode the training images once into memory and augment "
+                                     "whole batches in torch (default: when they fit in an eighth of the RAM and "
+                                     "share one size).")
+    cache_dir: str = Field("cache", description="Feature caches for the linear probe (an existing one at the "
+                           "same input size is reused); in a pipeline: `cache_dir`.",
+                           json_schema_extra={"pipeline": False})
 
-    def __post_init__(self) -> None:
-        self.budget = parse_duration(self.budget)
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        try:
+            return parse_duration(v)
+        except FinetuneError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("clip_grad")
+    @classmethod
+    def _clip_off(cls, v: float | None) -> float | None:
+        return v or None  # 0 turns clipping off
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _unfreeze(cls, v: str) -> str:
+        if v not in ("head", "all") and re.fullmatch(r"last-\d+", v) is None:
+            raise ValueError(f"must be head, all or last-N, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> FinetuneConfig:
+        if self.scratch and self.recipe == "lp-ft":
+            raise ValueError("scratch-cnn has nothing to probe: use recipe ft")
+        if self.scratch and self.unfreeze != "all":
+            raise ValueError("scratch-cnn trains from random init: unfreeze all")
+        if self.weights and not self.pretrained:
+            raise ValueError("'weights' and 'pretrained: false' contradict each other")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in cls.model_fields and k != "id"})
 
     @property
     def scratch(self) -> bool:
         return self.backbone.startswith("scratch-cnn")
 
-    def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise FinetuneError(msg)
-
-        need(self.recipe in (None, *RECIPES), f"unknown recipe {self.recipe!r}; expected lp-ft or ft")
-        need(not (self.scratch and self.recipe == "lp-ft"), "scratch-cnn has nothing to probe: use --recipe ft")
-        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; expected adamw or sgd")
-        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; expected {', '.join(SCHEDULES)}")
-        need(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; expected none, light or strong")
-        need(self.precision in PRECISION_CHOICES, f"unknown precision {self.precision!r}")
-        need(self.pos_weight in ("none", "auto"), "--pos-weight must be none or auto")
-        need(self.bn in (None, "frozen", "train"), "--bn must be frozen or train")
-        need(self.class_weight in (None, "balanced"), "--class-weight must be none or balanced")
-        need(self.unfreeze in ("head", "all") or re.fullmatch(r"last-\d+", self.unfreeze) is not None,
-             f"--unfreeze must be head, all or last-N, got {self.unfreeze!r}")
-        need(not (self.scratch and self.unfreeze != "all"), "scratch-cnn trains from random init: --unfreeze all")
-        need(self.epochs is None or self.epochs >= 1, "--epochs must be >= 1")
-        need(self.batch_size is None or self.batch_size >= 1, "--batch-size must be >= 1")
-        need(self.in_channels in (None, 1, 3), "--in-channels must be 1 or 3")
-        need(self.checkpoint_every >= 0, "--checkpoint-every must be >= 0")
-        need(self.lr is None or self.lr > 0, "--lr must be > 0")
-        need(self.patience is None or self.patience >= 1, "--patience must be >= 1")
-        need(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
-        need(self.image_size is None or self.image_size >= 8, "--image-size must be >= 8")
-        need(self.dropout is None or 0 <= self.dropout < 1, "--dropout must be in [0, 1)")
-        for k in ("hflip", "grayscale"):
-            v = getattr(self, k)
-            need(v is None or 0 <= v <= 1, f"--{k} must be a probability in [0, 1]")
-        need(self.scale is None or 0 < self.scale <= 1, "--scale (min crop area) must be in (0, 1]")
-
     def resolved(self, native_size: int | None = None, model_size: int | None = None,
                  gray: bool = False) -> FinetuneConfig:
         """A copy with every ``None`` default filled in (``native_size``: typical image side of the data,
         ``model_size``: the backbone's default input side, ``gray``: every sampled image is gray)."""
-        self.validate()
-        c = dataclasses.replace(self)
+        c = self.model_copy()
         s = c.scratch
         c.recipe = c.recipe or ("ft" if s or not c.pretrained else "lp-ft")
         c.epochs = c.epochs or (MAX_BUDGET_EPOCHS if c.budget else 30 if s else 10)

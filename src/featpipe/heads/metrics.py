@@ -550,7 +550,7 @@ def bootstrap_ci(metric: str | None, task: str, y_true: np.ndarray, proba: np.nd
     keep = ~np.isnan(proba).any(1) if len(proba) else np.zeros(0, dtype=bool)
     y_true, pred, proba = np.asarray(y_true)[keep], np.asarray(pred)[keep], proba[keep]
     n, C = proba.shape if proba.ndim == 2 else (0, 0)
-    if n < 2:
+    if n < 2 or n_resamples < 1:  # 0 resamples: no interval asked for
         return None
     Yt, Yp = _decision_matrices(task, y_true, pred, C)
     v = np.concatenate([_weighted_scores(key, task, Yt, Yp, proba, W)

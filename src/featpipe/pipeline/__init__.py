@@ -18,7 +18,7 @@ from typing import Any
 from featpipe.pipeline._load import LoadedPipeline, load_pipeline, parse_key, validate_dict
 from featpipe.pipeline._run import Step, Study, StudyResult, data_fingerprint
 from featpipe.pipeline._schema import SECTIONS, Pipeline
-from featpipe.pipeline._schema_doc import readme_with_schema, schema_markdown, update_readme
+from featpipe.pipeline._schema_doc import options_markdown, readme_with_schema, schema_markdown, update_readme
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -35,5 +35,5 @@ def run_pipeline(cfg: dict[str, Any] | str | Path, *, overrides: list[str] | tup
 
 
 __all__ = ["SECTIONS", "LoadedPipeline", "Pipeline", "Step", "Study", "StudyResult", "data_fingerprint",
-           "load_config", "load_pipeline", "parse_key", "readme_with_schema", "run_pipeline", "schema_markdown",
+           "load_config", "load_pipeline", "options_markdown", "parse_key", "readme_with_schema", "run_pipeline", "schema_markdown",
            "update_readme", "validate_dict"]

@@ -135,24 +135,19 @@ class Study:
         return self._manifest
 
     def _load_manifest(self):
-        from featpipe.data import load_dataset
+        from featpipe.data.config import open_dataset
         from featpipe.data.samples import write_digits
 
         d = self.c.data
-        name = d.name or self.c.name
         if d.sample == "digits":
+            from featpipe.data import load_dataset
+
             folder = write_digits(self.out / "data" / "digits", per_class=d.per_class)
-            return load_dataset(folder, name=name, seed=d.split_seed)
+            return load_dataset(folder, name=d.name or self.c.name, seed=d.split_seed)
         if not d.path:
             raise self.loaded.error(("data", "path"), "not set: pass --set data.path=DIR (or 'sample: digits')")
-        opts: dict[str, Any] = {"name": name, "seed": d.split_seed}
-        if d.fractions:
-            opts["fractions"] = tuple(d.fractions)
-        csv = {"pattern": d.pattern, "path_col": d.path_col, "label_col": d.label_col, "split_col": d.split_col,
-               "label_sep": d.label_sep, "unlabeled_empty": d.unlabeled_empty or None}
-        opts.update({k: v for k, v in csv.items() if v is not None})
         try:
-            return load_dataset(self.path(d.path), **opts)
+            return open_dataset(d, self.path(d.path), name=self.c.name)
         except FeaturepipeError as e:
             raise self.loaded.error(("data",), str(e)) from None
 
@@ -160,7 +155,7 @@ class Study:
         """Resolve every backbone (no model built, nothing downloaded) and check its weights are here."""
         if self._rows is not None:
             return self._rows
-        from featpipe.backbones import resolve_spec, split_layer, weights_unavailable
+        from featpipe.backbones import weights_unavailable
         from featpipe.hardware import resolve_device
 
         rows = []
@@ -168,11 +163,7 @@ class Study:
         for i, b in enumerate(self.c.backbones):
             row = BackboneRow(b)
             try:
-                name, layer = split_layer(b.name)  # NAME@LAYER is NAME cut at LAYER
-                row.spec = resolve_spec(name, weights=self.path(b.weights) if b.weights else None,
-                                        pretrained=b.pretrained, layer=b.layer or layer, image_size=b.image_size,
-                                        precision=b.precision, seed=self.c.seed, device=device, tta=b.tta,
-                                        align=b.align)
+                row.spec = b.spec(seed=self.c.seed, device=device, weights=self.path(b.weights) if b.weights else None)
                 row.unavailable = weights_unavailable(row.spec)
             except (BackboneError, MissingExtraError) as e:  # a missing extra: skippable like missing weights
                 if str(e).startswith("unknown backbone"):
@@ -209,15 +200,6 @@ class Study:
             row.todo, row.why = len(m), "no cache for this backbone config"
             return
         row.todo, row.why = rows_to_embed(row.cache, m)
-
-    def _fit_kwargs(self) -> dict[str, Any]:
-        f = self.c.fit
-        kw = {"metric": f.metric, "class_weight": f.class_weight, "refit": f.refit, "preprocess": f.preprocess,
-              "min_positives": f.min_positives, "threshold_mode": f.threshold_mode}
-        if f.cv is not None:
-            kw["cv"] = f.cv
-        kw["n_bootstrap"] = f.bootstrap
-        return kw
 
     def head_jobs(self) -> list[tuple[str, dict[str, Any]]]:
         from featpipe.heads import head_names
@@ -372,12 +354,11 @@ class Study:
                 pending.append(row)
         if pending:  # one pass over the images feeds every backbone that needs it (each image decoded once)
             e = self.c.embed
-            results = embed_datasets(
-                m, [row.spec for row in pending], cache_dir=self.cache_dir, progress=self.progress,
-                device=self.c.device, seed=self.c.seed,
-                batch_size=next((row.config.batch_size for row in pending if row.config.batch_size), e.batch_size),
-                num_workers=e.workers, feature_dtype=e.feature_dtype, retry_failed=e.retry_failed, engine=e.engine,
-                ray_address=e.address, ray_actors=e.ray_actors, decode=e.decode)
+            own = next((row.config.batch_size for row in pending if row.config.batch_size), None)
+            results = embed_datasets(m, [row.spec for row in pending],
+                                     e.model_copy(update={"batch_size": own}) if own else e,
+                                     cache_dir=self.cache_dir, progress=self.progress, device=self.c.device,
+                                     seed=self.c.seed)
             for row, r in zip(pending, results, strict=True):
                 self.echo(f"{row.spec.tag()}: embedded {r.n_computed}, reused {r.n_reused}, "
                           f"failed {r.n_failed} -> {r.path}")
@@ -446,8 +427,8 @@ class Study:
                 done.append({"dir": d, "metrics": read_record(d)})
                 continue
             self.echo(f"{ref}/{head}: fitting ({why})")
-            for run in fit_cache(cache, head, seed=self.c.seed, head_params={head: params} if params else None,
-                                 **self._fit_kwargs()):
+            for run in fit_cache(cache, head, self.c.fit, seed=self.c.seed,
+                                 head_params={head: params} if params else None):
                 run.metrics["stage"] = {"fingerprint": fingerprint(inputs), "inputs": inputs}
                 for note in (run.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
                     if note:
@@ -459,16 +440,12 @@ class Study:
     def _finetune_job(self, ft: Any) -> tuple[Path, Any, dict[str, Any]]:
         """(run folder in the models folder, FinetuneConfig, stage inputs) of one ``finetune:`` entry."""
         from featpipe.features.cache import slug
-        from featpipe.finetune import FinetuneConfig
         from featpipe.versions import library_versions
 
-        keys = ("layer", "image_size", "unfreeze", "epochs", "budget", "patience", "batch_size", "lr", "optimizer",
-                "schedule", "weight_decay", "label_smoothing", "augment", "class_weight", "precision",
-                "in_channels", "width", "depth", "dropout")
-        opts = {k: getattr(ft, k) for k in keys if getattr(ft, k) is not None}
-        cfg = FinetuneConfig(backbone=ft.backbone, weights=self.path(ft.weights) if ft.weights else None,
-                             metric=self.c.fit.metric, seed=self.c.seed, device=self.c.device,
-                             cache_dir=str(self.cache_dir), **opts)
+        # the entry is the fine-tune config; what the study sets once (metric, seed, device, caches) is added
+        cfg = ft.model_copy(update={"weights": self.path(ft.weights) if ft.weights else None,
+                                    "metric": self.c.fit.metric, "seed": self.c.seed, "device": self.c.device,
+                                    "cache_dir": str(self.cache_dir)})
         out = self.models_dir / f"finetune-{slug(ft.id or ft.backbone)}"
         inputs = {"dataset": self.manifest().fingerprint(), "config": cfg.to_dict(), "versions": library_versions()}
         return out, cfg, inputs

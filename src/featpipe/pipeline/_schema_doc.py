@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from featpipe.pipeline._schema import SECTIONS
+from featpipe.pipeline._schema import SECTIONS, in_pipeline
 
 
 def _type_name(t: Any) -> str:
@@ -27,7 +27,13 @@ def _type_name(t: Any) -> str:
     return str(t)
 
 
-def _default(field: Any) -> str:
+def field_type(field: Any) -> str:
+    """A field's type as the docs show it (a field may name its own: ``json_schema_extra={"type": ...}``)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return extra.get("type") or _type_name(field.annotation)
+
+
+def field_default(field: Any) -> str:
     if field.is_required():
         return "required"
     if field.default_factory is not None:
@@ -45,8 +51,10 @@ def schema_markdown() -> str:
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for prefix, model in SECTIONS:
         for name, field in model.model_fields.items():
+            if not in_pipeline(field):
+                continue
             desc = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{prefix}{name}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")
+            lines.append(f"| `{prefix}{name}` | {field_type(field)} | {field_default(field)} | {desc} |")
     return "\n".join(lines) + "\n"
 
 
@@ -72,3 +80,57 @@ def update_readme(path: str = "README.md") -> bool:
     if new != old:
         p.write_text(new)
     return new != old
+
+
+def _option_sections() -> list[tuple[str, Any, str]]:
+    """Each stage's section, the pipeline key prefix of its fields, and the commands whose options they are."""
+    from featpipe.pipeline._schema import (
+        BackboneConfig,
+        DataConfig,
+        EmbedConfig,
+        FinetuneConfig,
+        FitConfig,
+        ReportConfig,
+    )
+
+    return [("data.", DataConfig, "`embed`, `finetune`, `fit-head` (with `--data`)"),
+            ("backbones[].", BackboneConfig, "`embed` (`--backbone` repeatable), `fit-head` (with `--data`)"),
+            ("embed.", EmbedConfig, "`embed`"), ("fit.", FitConfig, "`fit-head`"),
+            ("finetune[].", FinetuneConfig, "`finetune`"), ("report.", ReportConfig, "`report`")]
+
+
+def _flag(name: str, field: Any) -> str:
+    from featpipe.sections import cli_flag
+
+    flag = cli_flag(name, field)
+    if flag is None:
+        return "(pipeline only)"
+    inner = field.annotation
+    if inner is bool or (field.default is None and "bool" in str(inner)):
+        if field.default is True or field.default is None:
+            return f"`{flag}` / `--no-{flag[2:]}`"
+    return f"`{flag}`"
+
+
+def options_markdown() -> str:
+    """docs/options.md: every option of the stage commands with its pipeline key, from the config sections
+    (`featpipe run --options`; a test keeps the committed file equal to this)."""
+    from featpipe.sections import in_pipeline
+
+    out = ["# Options", "",
+           "Generated from the config sections (`featpipe run --options > docs/options.md`); do not edit by hand.",
+           "Each setting has one name: the pipeline key `section.name` is the option `--name-with-dashes` of the",
+           "commands below, and the Python functions take the same section objects (`featpipe.data.config.DataConfig`,",
+           "`featpipe.backbones.config.BackboneConfig`, `featpipe.features.config.EmbedConfig`,",
+           "`featpipe.runs.config.FitConfig`, `featpipe.finetune.FinetuneConfig`, `featpipe.reporting.config.ReportConfig`).",
+           "Options only the command line has (`--cache`, `--out`, `--quiet`, ...) are listed by `featpipe COMMAND --help`;",
+           "the whole pipeline file by `featpipe run --schema`."]
+    for prefix, model, commands in _option_sections():
+        doc = (model.__doc__ or "").strip().splitlines()[0]
+        out += ["", f"## {prefix.rstrip('.')}", "", f"{doc} Options of {commands}.", "",
+                "| option | pipeline key | type | default | description |", "|---|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            key = f"`{prefix}{name}`" if in_pipeline(field) else "(study-wide, see `--help`)"
+            desc = (field.description or "").replace("|", "\\|")
+            out.append(f"| {_flag(name, field)} | {key} | {field_type(field)} | {field_default(field)} | {desc} |")
+    return "\n".join(out) + "\n"

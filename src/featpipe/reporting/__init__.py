@@ -17,10 +17,6 @@ from typing import Any
 
 from featpipe.errors import FeaturepipeError
 from featpipe.folders import writable_folder
-from featpipe.reporting import _analysis, _data, _history, _leaderboard, _models
-from featpipe.reporting._common import _dataset_key, _Plots
-from featpipe.reporting._dataset import _dataset_section
-from featpipe.reporting._facts import _run_facts
 from featpipe.reporting._outputs import (
     LABEL_ISSUES_CSV,
     _render,
@@ -48,6 +44,12 @@ def build_report(
     ``analyses=False`` skips the label-error and duplicate analyses (and removes an old
     ``label_issues.csv``).
     """
+    # the sections draw with matplotlib: loaded here, so `featpipe.reporting.config` (and the CLI) stay light
+    from featpipe.reporting import _analysis, _data, _history, _leaderboard, _models
+    from featpipe.reporting._common import _dataset_key, _Plots
+    from featpipe.reporting._dataset import _dataset_section
+    from featpipe.reporting._facts import _run_facts
+
     if human_baseline is not None:
         hb = _analysis.finite(human_baseline)
         if hb is None:

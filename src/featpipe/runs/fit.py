@@ -27,6 +27,7 @@ from featpipe.heads import DEFAULT_REFIT, STREAMING_SUFFIX, head_names
 from featpipe.heads.metrics import BOOTSTRAP, DEFAULT_METRIC, bootstrap_ci, evaluate
 from featpipe.heads.model import FeaturepipeModel
 from featpipe.runs import write_run_files
+from featpipe.runs.config import FitConfig
 from featpipe.versions import FEATPIPE_VERSION
 
 
@@ -103,7 +104,7 @@ def _rows(cache: Any, split: str) -> np.ndarray:
     return np.asarray(cache.split_indices(split), dtype=np.int64)
 
 
-def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, class_weight: str | None = None,
+def fit_cache(cache: Any, head: str = "logistic", config: FitConfig | None = None, *, metric: str | None = None, class_weight: str | None = None,
               refit: str = DEFAULT_REFIT, preprocess: str = "standardize", seed: int = 0,
               head_params: dict[str, dict[str, Any]] | None = None, min_positives: int = 5,
               threshold_mode: str = "per-class", cv: int | None = None,
@@ -115,8 +116,14 @@ def fit_cache(cache: Any, head: str = "logistic", *, metric: str | None = None, 
     train+val); ``cv=None`` does so only where the val split is too small to select on
     (``selection.auto_cv`` in the metrics says why), ``cv=0`` never. ``n_bootstrap`` resamples of the
     test rows give each test score its interval. Out of core (a cache larger than the memory budget)
-    the final model is fitted on train: ``refit`` is then recorded as ``"train"``.
+    the final model is fitted on train: ``refit`` is then recorded as ``"train"``. ``config`` (the `fit:`
+    section, as the command line and pipeline files give it) sets the keywords it covers, in their place.
     """
+    if config is not None:
+        o = config.fit_options()
+        metric, class_weight, refit, preprocess = o["metric"], o["class_weight"], o["refit"], o["preprocess"]
+        min_positives, threshold_mode, cv, n_bootstrap = (o["min_positives"], o["threshold_mode"], o["cv"],
+                                                           o["n_bootstrap"])
     names = head_names(head)
     task = cache.task
     metric = metric or DEFAULT_METRIC[task]
