@@ -1,7 +1,7 @@
 """The pipeline file schema: pydantic models, one per section. Adding a key is one ``Field`` line.
 
 Every model forbids unknown keys. Descriptions are the documentation: ``featpipe run --schema``
-prints them as the README table.
+prints them as the key table of docs/pipelines.md.
 """
 
 from __future__ import annotations
