@@ -300,8 +300,8 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
                                 resolve_device(self.embed_device))
 
     def resolved_backbone_spec(self) -> dict[str, Any]:
-        """The recorded backbone spec, its weights located on this machine (docs/heads.md: portable
-        bundles) and its recorded preprocessing under ``preprocessing``; a fused spec gets the same for each part."""
+        """The recorded backbone spec, its weights located on this machine (see docs/heads.md) and its
+        recorded preprocessing under ``preprocessing``; a fused spec gets the same for each part."""
         from featpipe.backbones import locate_weights
 
         bundle = getattr(self, "bundle_dir_", None)
