@@ -55,8 +55,9 @@ def test_readme_python_walkthrough_runs_as_written(tmp_path):
     lines = r.stdout.splitlines()
     scored = {ln.split()[0] for ln in lines if re.fullmatch(r"\w+ [01](\.\d+)?(e-?\d+)?", ln)}
     assert scored == {"logistic", "mlp", "lgbm"}, r.stdout
-    predicted = re.findall(r"'(\w+)'", "".join(lines[3:]))
-    assert predicted and set(predicted) <= {"cat", "dog"}, r.stdout
+    printed = [re.findall(r"'(\w+)'", ln) for ln in lines if re.fullmatch(r"\[('\w+'\s*)+\]", ln)]
+    assert [len(p) for p in printed] == [4, 3], r.stdout  # the bundle on new_photos/, the pipeline on 3 paths
+    assert {c for p in printed for c in p} <= {"cat", "dog"}, r.stdout
     assert (tmp_path / "report" / "index.html").is_file()
     assert len(list((tmp_path / "models").glob("*/logistic/model.joblib"))) == 1
     assert len(list((tmp_path / "cache").glob("photos__efficientnet_lite0__*.h5"))) == 1
