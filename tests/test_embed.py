@@ -33,7 +33,7 @@ def _embed(folder: Path, spec, cache_dir: Path, **kw):
 def test_embed_writes_complete_cache_readable_with_plain_h5py(image_folder, tiny_spec, tmp_path):
     res = _embed(image_folder, tiny_spec, tmp_path / "cache")
     assert res.n_computed == 36 and res.n_failed == 0
-    with h5py.File(res.path, "r") as f:  # the schema documented in the README
+    with h5py.File(res.path, "r") as f:  # the schema documented in docs/features.md
         assert f["features"].shape[0] == 36
         assert set(f["status"][...]) == {OK}
         assert f.attrs["completed"]

@@ -162,11 +162,11 @@ def test_check_validates_what_the_run_would_stop_on_and_writes_nothing(tmp_path:
 
 
 def test_readme_schema_table_is_generated_from_the_models():
-    readme = (REPO / "README.md").read_text()
-    assert readme == readme_with_schema(readme), (
-        "README's pipeline key table is stale: python -c 'from featpipe.pipeline import update_readme; "
+    page = (REPO / "docs" / "pipelines.md").read_text()
+    assert page == readme_with_schema(page), (
+        "docs/pipelines.md's key table is stale: python -c 'from featpipe.pipeline import update_readme; "
         "update_readme()'")
-    assert "| `fit.metric` |" in readme and "| `backbones[].tta` |" in readme
+    assert "| `fit.metric` |" in page and "| `backbones[].tta` |" in page
     r = _invoke("run", "--schema")
     assert r.exit_code == 0 and "| `predict.path` |" in r.output
 
@@ -398,13 +398,14 @@ def test_cli_choices_and_pipeline_choices_are_the_same_lists():
 
 
 def test_readme_yaml_keys_exist_in_the_schema():
-    """Every `key:` the README shows in backticks as a pipeline key is a key of the schema."""
+    """Every `key:` the README and docs/ show in backticks as a pipeline key is a key of the schema."""
     import re
 
     from featpipe.pipeline._schema import SECTIONS
 
     keys = {prefix + name for prefix, model in SECTIONS for name in model.model_fields}
-    text = (REPO / "README.md").read_text()
+    pages = [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "docs").glob("*.md"))]
+    text = "\n".join(p.read_text() for p in pages)
     shown = set(re.findall(r"`((?:embed|fit|data|report|predict)\.[a-z_]+)`", text))
     assert shown and shown <= keys, shown - keys
     assert "ray_address:" not in text

@@ -23,7 +23,7 @@ PathLike = str | os.PathLike
 
 def load_dataset(source: Any, **options: Any) -> Any:
     """A :class:`featpipe.data.Manifest` from an image folder, a CSV, an .npz or label lists (see the
-    README's data section; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ..., or
+    docs/data.md; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ..., or
     ``config=DataConfig(...)``, the section the command line and pipeline files fill)."""
     from featpipe.data import Manifest
     from featpipe.data import load_dataset as _load

@@ -22,7 +22,7 @@ def predict(model_path, paths, out_csv, no_verify, device, batch_size):
     Images that cannot be read are listed with the reason and counted; they do not stop the run, but
     when none could be read the command fails (exit 2). Multi-label
     models print (and write) the predicted labels joined by ';' ('-' when none passes its threshold).
-    The backbone weights are found by their hash (see README: portable bundles).
+    The backbone weights are found by their hash (see docs/heads.md: portable bundles).
 
     \b
     Examples:

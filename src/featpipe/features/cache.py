@@ -304,7 +304,7 @@ def read_row_states(path: Path) -> tuple[dict[str, Any], dict[str, RowState], h5
 
 
 class FeatureCache:
-    """Read-only view of a complete feature cache (see README for the schema)."""
+    """Read-only view of a complete feature cache (see docs/features.md for the schema)."""
 
     def __init__(self, path: Path, attrs: dict[str, Any], data: dict[str, np.ndarray]) -> None:
         self.path = path

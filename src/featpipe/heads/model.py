@@ -300,7 +300,7 @@ class FeaturepipeModel(ClassifierMixin, BaseEstimator):
                                 resolve_device(self.embed_device))
 
     def resolved_backbone_spec(self) -> dict[str, Any]:
-        """The recorded backbone spec, its weights located on this machine (see README: portability) and its
+        """The recorded backbone spec, its weights located on this machine (see docs/heads.md) and its
         recorded preprocessing under ``preprocessing``; a fused spec gets the same for each part."""
         from featpipe.backbones import locate_weights
 

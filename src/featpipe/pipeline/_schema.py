@@ -2,7 +2,7 @@
 line in its stage's section (``featpipe.data.config``, ``featpipe.backbones.config``, ...).
 
 Every model forbids unknown keys. Descriptions are the documentation: ``featpipe run --schema``
-prints them as the README table, docs/options.md lists them per command.
+prints them as the key table of docs/pipelines.md, docs/options.md lists them per command.
 """
 
 from __future__ import annotations

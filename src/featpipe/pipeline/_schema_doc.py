@@ -1,4 +1,4 @@
-"""The README's pipeline-key table, generated from the schema models (`featpipe run --schema`)."""
+"""The pipeline-key table of docs/pipelines.md, generated from the schema models (`featpipe run --schema`)."""
 
 from __future__ import annotations
 
@@ -62,16 +62,16 @@ START, END = "<!-- pipeline-schema:start (generated: featpipe run --schema) -->"
 
 
 def readme_with_schema(text: str) -> str:
-    """``text`` (the README) with the block between the schema markers replaced by :func:`schema_markdown`."""
+    """``text`` (a Markdown page) with the block between the schema markers replaced by :func:`schema_markdown`."""
     head, sep, rest = text.partition(START)
     _, sep2, tail = rest.partition(END)
     if not sep or not sep2:
-        raise ValueError("README has no pipeline-schema markers")
+        raise ValueError("the page has no pipeline-schema markers")
     return f"{head}{START}\n{schema_markdown()}{END}{tail}"
 
 
-def update_readme(path: str = "README.md") -> bool:
-    """Rewrite the schema table in ``path``; True when it changed."""
+def update_readme(path: str = "docs/pipelines.md") -> bool:
+    """Rewrite the schema table in ``path`` (the pipelines page of the docs); True when it changed."""
     from pathlib import Path
 
     p = Path(path)
