@@ -126,100 +126,60 @@ def npz_multilabel(tmp: Path) -> tuple[Path, dict]:
     return p, {"class_names": ["u", "v", "w"]}
 
 
-def _summary(m: Manifest, root: Path) -> dict:
+def _summary(m: Manifest, root: Path) -> tuple:
     info = m.info()
-    return {
-        "fingerprint": m.fingerprint(),
-        "task": m.task,
-        "classes": [str(c) for c in m.classes],
-        "split_counts": dict(sorted(info["split_counts"].items())),
-        "split": [m.split_seed, list(m.split_fractions) if m.split_fractions else None,
-                  m.split_repairs, m.split_copies_moved],
-        "skipped": sorted((str(Path(p).relative_to(root)) if p.startswith(str(root)) else p, why)
-                          for p, why in m.skipped),
-    }
+    return (m.fingerprint(), m.task, [str(c) for c in m.classes], dict(sorted(info["split_counts"].items())),
+            [m.split_seed, list(m.split_fractions) if m.split_fractions else None, m.split_repairs,
+             m.split_copies_moved],
+            sorted((str(Path(p).relative_to(root)) if p.startswith(str(root)) else p, why)
+                   for p, why in m.skipped))
 
 
+# name: fingerprint, task and classes, split counts, [split seed, fractions, repairs, copies moved], skipped
 EXPECTED = {
-    "class_folders": {
-        "fingerprint": "b85e9285787a4b8f",
-        "task": "multiclass",
-        "classes": ["a", "b", "c"],
-        "split_counts": {"test": 3, "train": 12, "val": 6},
-        "split": [0, [0.7, 0.15, 0.15], 1, 0],
-        "skipped": [
-            ("cf/a/notes.txt", "not an image file (extension)"),
-            ("cf/empty", "class folder without images"),
-            ("cf/stray.png", "file outside the class folders"),
-        ],
-    },
-    "split_folders": {
-        "fingerprint": "bcf2cffaa907a7cd",
-        "task": "multiclass",
-        "classes": ["a", "b", "c"],
-        "split_counts": {"pred": 3, "test": 7, "train": 20, "val": 4},
-        "split": [3, [0.8, 0.2, 0.0], 2, 0],
-        "skipped": [],
-    },
-    "csv_single": {
-        "fingerprint": "86891d08a3fca9cf",
-        "task": "multiclass",
-        "classes": ["bird", "cat", "dog"],
-        "split_counts": {"test": 4, "train": 12, "unlabeled": 2, "val": 6},
-        "split": [1, [0.6, 0.2, 0.2], 2, 1],
-        "skipped": [
-            ("img/3.jpg", "duplicate of line 5"),
-            ("img/missing.jpg", "file not found"),
-        ],
-    },
-    "csv_split_multilabel": {
-        "fingerprint": "983ad85b517f9795",
-        "task": "multilabel",
-        "classes": ["sea", "sky", "tree"],
-        "split_counts": {"pred": 2, "test": 4, "train": 19, "val": 5},
-        "split": [0, [0.85, 0.0, 0.15], 2, 0],
-        "skipped": [],
-    },
-    "csv_onehot": {
-        "fingerprint": "f592b93e99eb775c",
-        "task": "multilabel",
-        "classes": ["red", "round"],
-        "split_counts": {"test": 2, "train": 14, "val": 4},
-        "split": [7, [0.7, 0.15, 0.15], 1, 0],
-        "skipped": [],
-    },
-    "label_lists": {
-        "fingerprint": "97d749ae40bee4fe",
-        "task": "multilabel",
-        "classes": ["flower", "night", "people"],
-        "split_counts": {"test": 3, "train": 18, "val": 5},
-        "split": [0, [0.7, 0.15, 0.15], 2, 1],
-        "skipped": [("40", "image file missing")],
-    },
-    "npz_plain": {
-        "fingerprint": "d9262e5409aba1c3",
-        "task": "multiclass",
-        "classes": ["0", "1", "2"],
-        "split_counts": {"test": 8, "train": 16, "unlabeled": 2, "val": 4},
-        "split": [0, [0.7, 0.15, 0.15], 1, 1],
-        "skipped": [],
-    },
-    "npz_split": {
-        "fingerprint": "3563bf8d8e8cdfe7",
-        "task": "multiclass",
-        "classes": ["x", "y", "z"],
-        "split_counts": {"extra": 2, "test": 3, "train": 15, "val": 4},
-        "split": [2, [0.85, 0.0, 0.15], 3, 0],
-        "skipped": [],
-    },
-    "npz_multilabel": {
-        "fingerprint": "121b5dbf7bed08db",
-        "task": "multilabel",
-        "classes": ["u", "v", "w"],
-        "split_counts": {"test": 5, "train": 12, "val": 3},
-        "split": [0, [0.7, 0.15, 0.15], 2, 0],
-        "skipped": [],
-    },
+    "class_folders": (
+        "b85e9285787a4b8f", "multiclass", ["a", "b", "c"], {"test": 3, "train": 12, "val": 6},
+        [0, [0.7, 0.15, 0.15], 1, 0],
+        [("cf/a/notes.txt", "not an image file (extension)"),
+         ("cf/empty", "class folder without images"),
+         ("cf/stray.png", "file outside the class folders")],
+    ),
+    "split_folders": (
+        "bcf2cffaa907a7cd", "multiclass", ["a", "b", "c"], {"pred": 3, "test": 7, "train": 20, "val": 4},
+        [3, [0.8, 0.2, 0.0], 2, 0], [],
+    ),
+    "csv_single": (
+        "86891d08a3fca9cf", "multiclass", ["bird", "cat", "dog"],
+        {"test": 4, "train": 12, "unlabeled": 2, "val": 6},
+        [1, [0.6, 0.2, 0.2], 2, 1],
+        [("img/3.jpg", "duplicate of line 5"),
+         ("img/missing.jpg", "file not found")],
+    ),
+    "csv_split_multilabel": (
+        "983ad85b517f9795", "multilabel", ["sea", "sky", "tree"], {"pred": 2, "test": 4, "train": 19, "val": 5},
+        [0, [0.85, 0.0, 0.15], 2, 0], [],
+    ),
+    "csv_onehot": (
+        "f592b93e99eb775c", "multilabel", ["red", "round"], {"test": 2, "train": 14, "val": 4},
+        [7, [0.7, 0.15, 0.15], 1, 0], [],
+    ),
+    "label_lists": (
+        "97d749ae40bee4fe", "multilabel", ["flower", "night", "people"], {"test": 3, "train": 18, "val": 5},
+        [0, [0.7, 0.15, 0.15], 2, 1],
+        [("40", "image file missing")],
+    ),
+    "npz_plain": (
+        "d9262e5409aba1c3", "multiclass", ["0", "1", "2"], {"test": 8, "train": 16, "unlabeled": 2, "val": 4},
+        [0, [0.7, 0.15, 0.15], 1, 1], [],
+    ),
+    "npz_split": (
+        "3563bf8d8e8cdfe7", "multiclass", ["x", "y", "z"], {"extra": 2, "test": 3, "train": 15, "val": 4},
+        [2, [0.85, 0.0, 0.15], 3, 0], [],
+    ),
+    "npz_multilabel": (
+        "121b5dbf7bed08db", "multilabel", ["u", "v", "w"], {"test": 5, "train": 12, "val": 3},
+        [0, [0.7, 0.15, 0.15], 2, 0], [],
+    ),
 }
 
 
