@@ -22,8 +22,9 @@ PathLike = str | os.PathLike
 
 
 def load_dataset(source: Any, **options: Any) -> Any:
-    """A :class:`featpipe.data.Manifest` from an image folder, a CSV, an .npz or label lists (see the
-    README's data section; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ...)."""
+    """A :class:`featpipe.data.Manifest` from an image folder, a CSV, an .npz, label lists or a Hugging Face
+    dataset (see the README's data section; ``options`` as the CLI's data options: ``fractions``,
+    ``label_col``, ...; a Hugging Face dataset's images go to ``cache_dir``, default ``cache``)."""
     from featpipe.data import Manifest
     from featpipe.data import load_dataset as _load
 
@@ -37,11 +38,13 @@ def embed(dataset: Any, backbone: Any = None, *, cache_dir: PathLike = "cache", 
     BackboneSpec; default ``efficientnet_lite0``) into its cache, resuming one that exists; returns the
     open :class:`featpipe.features.cache.FeatureCache`. ``options``: :func:`featpipe.features.embed.embed_dataset`' keywords."""
     from featpipe.backbones import DEFAULT_BACKBONE, BackboneSpec, resolve_spec
+    from featpipe.data import Manifest, detect_source
     from featpipe.features.cache import FeatureCache
     from featpipe.features.embed import embed_dataset
     from featpipe.hardware import resolve_device
 
-    manifest = load_dataset(dataset)
+    hf = not isinstance(dataset, Manifest) and detect_source(dataset) == "hf"
+    manifest = load_dataset(dataset, **({"cache_dir": cache_dir} if hf else {}))
     if isinstance(backbone, BackboneSpec):
         spec = backbone
     else:

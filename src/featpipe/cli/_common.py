@@ -65,8 +65,9 @@ def backbone_options(f: Callable[..., Any] | None = None, *, multiple: bool = Fa
 def dataset_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--data", "-d", "data", required=True, type=click.Path(),
-                     help="Image folder (class folders or train/val/test folders), CSV, .npz, "
-                     "or a folder with annotations/<label>.txt + images/."),
+                     help="Image folder (class folders or train/val/test folders), CSV, .npz, a folder "
+                     "with annotations/<label>.txt + images/, a Hugging Face dataset saved with save_to_disk, "
+                     "or hf:NAME[:CONFIG] from the Hub."),
         click.option("--name", default=None, help="Dataset name used in cache file names (default: folder name)."),
         click.option("--split-seed", type=NON_NEGATIVE, default=0, show_default=True,
                      help="Seed of the stratified split when the source has none."),
@@ -87,7 +88,8 @@ def csv_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="CSV: separator of several labels in one cell (';', '|', ',', 'space'), or 'none' "
                      "for one label per cell. Default: ';', '|' or ',' when only one of them occurs."),
         click.option("--label-col", default=None, help="CSV: the label column (default: label, labels, tags, ...)."),
-        click.option("--path-col", default=None, help="CSV: the image path column (default: path, image, file, ...)."),
+        click.option("--path-col", default=None, help="CSV: the image path column (default: path, image, file, ...); "
+                     "Hugging Face datasets: the Image column."),
         click.option("--split-col", default=None, help="CSV: the train/val/test column (default: split, subset, ...)."),
         click.option("--unlabeled-empty", is_flag=True,
                      help="CSV, single-label: an empty label cell marks the row unlabeled instead of an error."),
@@ -111,13 +113,15 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 
 def open_dataset(data: str, *, name: str | None, split_seed: int, fractions: str, pattern: str | None,
-                 **csv: Any):
+                 cache_dir: str | None = None, **csv: Any):
     """Load a dataset from the shared CLI options (``csv``: :data:`CSV_OPTION_NAMES`; unset ones are
-    left out, so they only matter for CSV datasets)."""
-    from featpipe.data import load_dataset
+    left out, so they only matter for CSV datasets). A Hugging Face dataset's images go to ``cache_dir``."""
+    from featpipe.data import detect_source, load_dataset
 
     opts: dict[str, Any] = {"name": name, "seed": split_seed, "fractions": parse_fractions(fractions)}
     if pattern:
         opts["pattern"] = pattern
+    if cache_dir is not None and detect_source(data) == "hf":
+        opts["cache_dir"] = cache_dir
     opts.update({k: v for k, v in csv.items() if k in CSV_OPTION_NAMES and v not in (None, False)})
     return load_dataset(data, **opts)

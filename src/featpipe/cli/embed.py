@@ -80,7 +80,7 @@ def embed(data, name, split_seed, fractions, pattern, label_sep, label_col, path
 
         require_ray()  # before any dataset scan
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
-                            label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
+                            cache_dir=cache_dir, label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
                             unlabeled_empty=unlabeled_empty)
     dev = resolve_device(device) if engine == "local" else device.replace("auto", "cpu")
     specs = []

@@ -118,7 +118,7 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
     if threads:
         torch.set_num_threads(threads)
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
-                            label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
+                            cache_dir=cache_dir, label_sep=label_sep, label_col=label_col, path_col=path_col, split_col=split_col,
                             unlabeled_empty=unlabeled_empty)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "

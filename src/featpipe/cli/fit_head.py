@@ -19,7 +19,7 @@ def _find_cache_for(data, name, split_seed, fractions, pattern, csv_opts, backbo
     from featpipe.hardware import auto_precision
 
     manifest = open_dataset(data, name=name, split_seed=split_seed, fractions=fractions, pattern=pattern,
-                            **csv_opts)
+                            cache_dir=cache_dir, **csv_opts)
 
     def spec_at(prec: str):
         return resolve_spec(backbone, weights=weights, pretrained=not no_pretrained, layer=layer,

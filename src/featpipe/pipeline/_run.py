@@ -135,7 +135,7 @@ class Study:
         return self._manifest
 
     def _load_manifest(self):
-        from featpipe.data import load_dataset
+        from featpipe.data import HF_PREFIX, detect_source, load_dataset
         from featpipe.data.samples import write_digits
 
         d = self.c.data
@@ -151,8 +151,11 @@ class Study:
         csv = {"pattern": d.pattern, "path_col": d.path_col, "label_col": d.label_col, "split_col": d.split_col,
                "label_sep": d.label_sep, "unlabeled_empty": d.unlabeled_empty or None}
         opts.update({k: v for k, v in csv.items() if v is not None})
+        source = d.path if d.path.startswith(HF_PREFIX) else self.path(d.path)
         try:
-            return load_dataset(self.path(d.path), **opts)
+            if detect_source(source) == "hf":
+                opts["cache_dir"] = self.cache_dir  # where the dataset's image bytes are written
+            return load_dataset(source, **opts)
         except FeaturepipeError as e:
             raise self.loaded.error(("data",), str(e)) from None
 

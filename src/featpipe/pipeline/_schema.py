@@ -31,8 +31,9 @@ class DataConfig(Section):
     """`data:` the dataset (a bare string is its path)."""
 
     _short = _shorthand("path")
-    path: str | None = Field(None, description="Image folder (class or split folders), CSV, .npz, or a folder "
-                             "with annotations/ + images/. Relative to the pipeline file; `--set data.path=DIR`.")
+    path: str | None = Field(None, description="Image folder (class or split folders), CSV, .npz, a folder "
+                             "with annotations/ + images/, a Hugging Face dataset's save_to_disk folder, or "
+                             "`hf:NAME[:CONFIG]`. Relative to the pipeline file; `--set data.path=DIR`.")
     sample: Literal["digits"] | None = Field(None, description="A bundled sample instead of `path` (`digits`).")
     per_class: int | None = Field(None, gt=0, description="Images per class of the sample.")
     name: str | None = Field(None, description="Dataset name in cache file names (default: the study name).")
@@ -40,7 +41,7 @@ class DataConfig(Section):
     fractions: tuple[float, float, float] | None = Field(
         None, description="train, val, test fractions when the source has no split.")
     split_seed: int = Field(0, description="Seed of the split when the source has none.")
-    path_col: str | None = Field(None, description="CSV: column of image paths.")
+    path_col: str | None = Field(None, description="CSV: column of image paths (Hugging Face: the Image column).")
     label_col: str | None = Field(None, description="CSV: column of labels.")
     split_col: str | None = Field(None, description="CSV: column of split names.")
     label_sep: str | None = Field(None, description="CSV: separator of several labels in one cell (multi-label; "

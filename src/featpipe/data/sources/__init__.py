@@ -1,4 +1,5 @@
-"""Dataset sources: class folders, split folders, CSV, per-label id lists and ``.npz`` arrays.
+"""Dataset sources: class folders, split folders, CSV, per-label id lists, ``.npz`` arrays and Hugging Face
+datasets.
 
 Every source returns a :class:`~featpipe.data.manifest.Manifest` made by one finishing step
 (``_finish.finish``); every user-fixable problem is a one-line :class:`~featpipe.errors.DatasetError`.
@@ -17,17 +18,20 @@ from featpipe.data.manifest import Manifest
 from featpipe.data.sources._scan import is_hidden, normalize_split_name, subdirs
 from featpipe.data.sources.csvfile import from_csv
 from featpipe.data.sources.folders import from_class_folders, from_split_folders
+from featpipe.data.sources.hf import HF_PREFIX, from_hf, is_hf_source
 from featpipe.data.sources.label_lists import from_label_lists
 from featpipe.data.sources.npz import from_npz
 from featpipe.errors import DatasetError
 
 __all__ = [
+    "HF_PREFIX",
     "IMAGE_EXTENSIONS",
     "from_class_folders",
     "from_split_folders",
     "from_csv",
     "from_label_lists",
     "from_npz",
+    "from_hf",
     "load_dataset",
     "detect_source",
     "normalize_split_name",
@@ -46,8 +50,11 @@ def _the_csv_in(folder: Path) -> list[Path]:
 
 
 def detect_source(path: str | Path) -> str:
-    """Which source :func:`load_dataset` uses: ``npz``, ``csv``, ``label_lists``, ``split_folders``,
-    ``class_folders``. Raises :class:`DatasetError` for a missing or unsupported path."""
+    """Which source :func:`load_dataset` uses: ``hf`` (``hf:NAME[:CONFIG]`` or a ``save_to_disk`` folder),
+    ``npz``, ``csv``, ``label_lists``, ``split_folders``, ``class_folders``. Raises :class:`DatasetError`
+    for a missing or unsupported path."""
+    if str(path).startswith(HF_PREFIX):
+        return "hf"
     p = Path(path).expanduser()
     if not p.exists():
         raise DatasetError(f"dataset not found: {p}")
@@ -58,6 +65,8 @@ def detect_source(path: str | Path) -> str:
         if suf in (".csv", ".tsv"):
             return "csv"
         raise DatasetError(f"unsupported dataset file {p.name!r} (expected a folder, .csv or .npz)")
+    if is_hf_source(p):
+        return "hf"
     subs = {d.name.lower(): d for d in subdirs(p)}
     ann, imgs = subs.get("annotations"), subs.get("images")
     if ann is not None and imgs is not None and any(f.suffix.lower() == ".txt" for f in ann.iterdir()):
@@ -75,6 +84,11 @@ def load_dataset(path: str | Path, **options) -> Manifest:
     ``options`` go to the chosen ``from_*`` function; one that does not apply is a :class:`DatasetError`.
     """
     kind = detect_source(path)
+    if kind == "hf":
+        if "path_col" in options:  # the CLI's --path-col names the image column of a Hugging Face dataset
+            options["image_col"] = options.pop("path_col")
+        _check_options(from_hf, options, "Hugging Face")
+        return from_hf(path, **options)
     p = Path(path).expanduser()
     if kind == "npz":
         _check_options(from_npz, options, "npz")
