@@ -152,10 +152,76 @@ def _image_path(value: Any, folder: Path) -> str | None:
     return None
 
 
+def _open(datasets: Any, source: str | Path, config: str | None) -> tuple[str, str, dict[str, Any]]:
+    """Where the dataset comes from (for messages and its identity), its default name, and its splits."""
+    text = str(source)
+    if text.startswith(HF_PREFIX):
+        repo, _, cfg = text[len(HF_PREFIX):].partition(":")
+        if not repo:
+            raise DatasetError(f"expected hf:NAME[:CONFIG], got {text!r}")
+        config = cfg or config
+        where = HF_PREFIX + repo + (f":{config}" if config else "")
+        loaded = _load_hub(datasets, repo, config)
+        default_name = repo.split("/")[-1] + (f"-{config}" if config else "")
+    else:
+        folder = Path(source).expanduser().resolve()
+        where, default_name = str(folder), folder.name
+        loaded = _load_disk(datasets, folder)
+    parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {str(loaded.split or "train"): loaded}
+    if not parts:
+        raise DatasetError(f"{where}: the dataset has no splits")
+    return where, default_name, parts
+
+
+def _rows(datasets: Any, parts: dict[str, Any], img: str, lab: str, folder: Path,
+          skipped: list[tuple[str, str]]) -> tuple[list[str], list[str], list[str], list[Any]]:
+    """Ids (``<split>/<row>``), image paths, split names and raw labels of the rows that have an image."""
+    ids: list[str] = []
+    paths: list[str] = []
+    splits: list[str] = []
+    labels: list[Any] = []
+    for split_name, part in parts.items():
+        split = normalize_split_name(split_name)
+        view = part.select_columns([img, lab]).cast_column(img, datasets.Image(decode=False))
+        k = 0
+        for batch in view.iter(batch_size=256):
+            for value, y in zip(batch[img], batch[lab], strict=True):
+                row_id = f"{split_name}/{k}"
+                k += 1
+                path = _image_path(value, folder)
+                if path is None:
+                    skipped.append((row_id, "no image" if not value else "image file missing"))
+                    continue
+                ids.append(row_id)
+                paths.append(path)
+                splits.append(split)
+                labels.append(y)
+    return ids, paths, splits, labels
+
+
 def _check_indices(ys: Sequence[int], n_classes: int, where: str, row_id: str) -> None:
     bad = [j for j in ys if not 0 <= j < n_classes]
     if bad:
         raise DatasetError(f"{where}: row {row_id}: label {bad[0]} is not one of the {n_classes} classes")
+
+
+def _labels(raw: list[Any], ids: list[str], labeled_split: np.ndarray, n_classes: int, multi: bool,
+            where: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """Task, labels (class indices, or multi-hot) and which rows are labeled (-1 or another split: not)."""
+    if multi:
+        labels = np.zeros((len(raw), n_classes), dtype=np.uint8)
+        for r, ys in enumerate(raw):
+            _check_indices(ys or [], n_classes, where, ids[r])
+            labels[r, list(ys or [])] = 1
+        labels[~labeled_split] = 0
+        return "multilabel", labels, labeled_split
+    task = task_for(n_classes, where)
+    y = np.array([-1 if v is None else int(v) for v in raw], dtype=np.int64)
+    for r in np.flatnonzero(y >= n_classes):
+        _check_indices([int(y[r])], n_classes, where, ids[r])
+    labeled = labeled_split & (y >= 0)
+    y[~labeled] = -1
+    return task, y, labeled
 
 
 def from_hf(
@@ -175,74 +241,23 @@ def from_hf(
     carved out of train as for split folders); a label of -1 is an unlabeled row. Image bytes go to
     ``cache_dir/images/`` (content-addressed); rows without an image are skipped (recorded)."""
     datasets = _datasets()
-    text = str(source)
-    if text.startswith(HF_PREFIX):
-        repo, _, cfg = text[len(HF_PREFIX):].partition(":")
-        if not repo:
-            raise DatasetError(f"expected hf:NAME[:CONFIG], got {text!r}")
-        config = cfg or config
-        where = HF_PREFIX + repo + (f":{config}" if config else "")
-        loaded = _load_hub(datasets, repo, config)
-        default_name = repo.split("/")[-1] + (f"-{config}" if config else "")
-    else:
-        folder = Path(source).expanduser().resolve()
-        where = str(folder)
-        loaded = _load_disk(datasets, folder)
-        default_name = folder.name
-    parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {str(loaded.split or "train"): loaded}
-    if not parts:
-        raise DatasetError(f"{where}: the dataset has no splits")
+    where, default_name, parts = _open(datasets, source, config)
     first = next(iter(parts.values()))
     img, lab, class_label, multi = _columns(datasets, first.features, image_col, label_col, where)
     for split_name, part in parts.items():
         if part.features != first.features:
             raise DatasetError(f"{where}: split {split_name!r} has other columns than the others")
-
-    folder_out = Path(cache_dir).expanduser().resolve() / IMAGES_FOLDER
-    n_classes = class_label.num_classes
-    ids: list[str] = []
-    paths: list[str] = []
-    splits: list[str] = []
-    rows: list[Any] = []
     skipped: list[tuple[str, str]] = []
-    for split_name, part in parts.items():
-        split = normalize_split_name(split_name)
-        view = part.select_columns([img, lab]).cast_column(img, datasets.Image(decode=False))
-        k = 0
-        for batch in view.iter(batch_size=256):
-            for value, y in zip(batch[img], batch[lab], strict=True):
-                row_id = f"{split_name}/{k}"
-                k += 1
-                path = _image_path(value, folder_out)
-                if path is None:
-                    skipped.append((row_id, "no image" if not value else "image file missing"))
-                    continue
-                ids.append(row_id)
-                paths.append(path)
-                splits.append(split)
-                rows.append(y)
+    folder = Path(cache_dir).expanduser().resolve() / IMAGES_FOLDER
+    ids, paths, splits, raw = _rows(datasets, parts, img, lab, folder, skipped)
     if not ids:
         raise DatasetError(f"{where}: no images")
-
-    in_labeled_split = np.array([s in ("train", "val", "test") for s in splits], dtype=bool)
-    if multi:
-        task = "multilabel"
-        labels = np.zeros((len(ids), n_classes), dtype=np.uint8)
-        for r, ys in enumerate(rows):
-            _check_indices(ys or [], n_classes, where, ids[r])
-            labels[r, list(ys or [])] = 1
-        labeled = in_labeled_split
-    else:
-        task = task_for(n_classes, where)
-        labels = np.array([-1 if y is None else int(y) for y in rows], dtype=np.int64)
-        for r in np.flatnonzero(labels >= n_classes):
-            _check_indices([int(labels[r])], n_classes, where, ids[r])
-        labeled = in_labeled_split & (labels >= 0)
-        labels[~labeled] = -1
+    labeled_split = np.array([s in ("train", "val", "test") for s in splits], dtype=bool)
+    task, labels, labeled = _labels(raw, ids, labeled_split, class_label.num_classes, multi, where)
     if not labeled[np.array([s == "train" for s in splits])].any():
         raise DatasetError(f"{where}: no labeled train split (splits: {', '.join(parts)})")
-    splits = [s if ok or not lab_split else "unlabeled"
-              for s, ok, lab_split in zip(splits, labeled, in_labeled_split, strict=True)]
+    splits = [s if ok or not in_labeled else "unlabeled"
+              for s, ok, in_labeled in zip(splits, labeled, labeled_split, strict=True)]
     source_id = where + "@" + ",".join(f"{s}={p._fingerprint}" for s, p in parts.items())
     return finish(
         name=name or default_name, source=source_id, ids=ids, paths=paths, labels=labels, labeled=labeled,
