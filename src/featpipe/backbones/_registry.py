@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +23,7 @@ from featpipe.backbones._base import (
 from featpipe.backbones._presets import PRESETS
 from featpipe.checksum import file_id, sha256_file_cached
 from featpipe.errors import BackboneError, MissingExtraError, import_optional
-from featpipe.hardware import auto_precision
+from featpipe.hardware import auto_precision, reachable
 
 if TYPE_CHECKING:  # torch is imported where a model is built, so the CLI starts fast
     import torch
@@ -278,23 +276,6 @@ def _hub_cached(cfg: Any) -> bool:
 
         return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)).exists()
     return False
-
-
-def reachable(host: str, timeout: float = 3.0) -> bool:
-    """A TCP connect that gives up after ``timeout`` seconds, DNS included."""
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(result and result[0])
 
 
 def _hub_offline_error(name: str, cfg: Any, why: str) -> BackboneError:

@@ -214,8 +214,9 @@ def dataset_options(f: Callable[..., Any] | None = None, *, required: bool = Tru
                         + ("" if required else " (instead of --cache: its cache is looked up in --cache-dir)"))(f)
 
 
-def open_dataset(data: str, config: DataConfig):
-    """The dataset at ``data`` with the data options of the command line."""
+def open_dataset(data: str, config: DataConfig, cache_dir: str | None = None):
+    """The dataset at ``data`` with the data options of the command line (a Hugging Face dataset's images are
+    written under ``cache_dir``)."""
     from featpipe.data.config import open_dataset as _open
 
-    return _open(config, data)
+    return _open(config, data, cache_dir=cache_dir)

@@ -63,7 +63,7 @@ def embed(data, data_config, backbone, weights, pretrained, layer, image_size, p
         from featpipe.features.ray import require_ray
 
         require_ray()  # before any dataset scan
-    manifest = open_dataset(data, data_config)
+    manifest = open_dataset(data, data_config, cache_dir)
     dev = resolve_device(device) if engine == "local" else device.replace("auto", "cpu")
     configs = [build_section(BackboneConfig, {"name": text, "weights": weights, "pretrained": pretrained,
                                               "layer": layer, "image_size": image_size, "precision": precision,

@@ -25,7 +25,7 @@ def _find_cache_for(data: str, data_config: Any, backbone: BackboneConfig, seed:
     from featpipe.features.cache import find_cache
     from featpipe.hardware import auto_precision
 
-    manifest = open_dataset(data, data_config)
+    manifest = open_dataset(data, data_config, cache_dir)
     precision = backbone.precision
 
     def spec_at(prec: str):

@@ -2,10 +2,12 @@
 
 from featpipe.data.manifest import SPLITS, TASKS, Manifest
 from featpipe.data.sources import (
+    HF_PREFIX,
     IMAGE_EXTENSIONS,
     detect_source,
     from_class_folders,
     from_csv,
+    from_hf,
     from_label_lists,
     from_npz,
     from_split_folders,
@@ -15,6 +17,7 @@ from featpipe.data.sources import (
 from featpipe.data.splitting import check_fractions, stratified_split
 
 __all__ = [
+    "HF_PREFIX",
     "IMAGE_EXTENSIONS",
     "Manifest",
     "SPLITS",
@@ -23,6 +26,7 @@ __all__ = [
     "detect_source",
     "from_class_folders",
     "from_csv",
+    "from_hf",
     "from_label_lists",
     "from_npz",
     "from_split_folders",

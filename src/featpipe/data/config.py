@@ -14,7 +14,8 @@ class DataConfig(Section):
 
     _short = shorthand("path")
     path: str | None = Field(None, description="Image folder (class folders or train/val/test folders), CSV, "
-                             ".npz, or a folder with annotations/<label>.txt + images/. In a pipeline: relative "
+                             ".npz, a folder with annotations/<label>.txt + images/, a Hugging Face dataset saved "
+                             "with save_to_disk, or `hf:NAME[:CONFIG]` from the Hub. In a pipeline: relative "
                              "to the file; `--set data.path=DIR`.", json_schema_extra={"flag": "--data"})
     sample: Literal["digits"] | None = Field(None, description="A bundled sample instead of `path` (`digits`).",
                                              json_schema_extra={"cli": False})
@@ -26,7 +27,8 @@ class DataConfig(Section):
     fractions: tuple[float, float, float] | None = Field(
         None, description="train, val, test fractions when the source has no split (default 0.7,0.15,0.15).")
     split_seed: int = Field(0, ge=0, description="Seed of the stratified split when the source has none.")
-    path_col: str | None = Field(None, description="CSV: the image path column (default: path, image, file, ...).")
+    path_col: str | None = Field(None, description="CSV: the image path column (default: path, image, file, ...); "
+                                 "Hugging Face datasets: the Image column.")
     label_col: str | None = Field(None, description="CSV: the label column (default: label, labels, tags, ...).")
     split_col: str | None = Field(None, description="CSV: the train/val/test column (default: split, subset, ...).")
     label_sep: str | None = Field(None, description="CSV: separator of several labels in one cell (`;`, `|`, `,`, "
@@ -63,8 +65,14 @@ class DataConfig(Section):
         return opts
 
 
-def open_dataset(config: DataConfig, path: str | None = None, *, name: str | None = None):
-    """The :class:`Manifest` of ``config`` (``path``: its path resolved by the caller, default ``config.path``)."""
-    from featpipe.data.sources import load_dataset
+def open_dataset(config: DataConfig, path: str | None = None, *, name: str | None = None,
+                 cache_dir: str | None = None):
+    """The :class:`Manifest` of ``config`` (``path``: its path resolved by the caller, default ``config.path``);
+    a Hugging Face dataset's image bytes are written under ``cache_dir``."""
+    from featpipe.data.sources import detect_source, load_dataset
 
-    return load_dataset(path or config.path, **config.load_options(name))
+    source = path or config.path
+    opts = config.load_options(name)
+    if cache_dir is not None and detect_source(source) == "hf":
+        opts["cache_dir"] = cache_dir
+    return load_dataset(source, **opts)

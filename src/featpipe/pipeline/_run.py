@@ -135,6 +135,7 @@ class Study:
         return self._manifest
 
     def _load_manifest(self):
+        from featpipe.data import HF_PREFIX
         from featpipe.data.config import open_dataset
         from featpipe.data.samples import write_digits
 
@@ -146,8 +147,9 @@ class Study:
             return load_dataset(folder, name=d.name or self.c.name, seed=d.split_seed)
         if not d.path:
             raise self.loaded.error(("data", "path"), "not set: pass --set data.path=DIR (or 'sample: digits')")
+        source = d.path if d.path.startswith(HF_PREFIX) else self.path(d.path)
         try:
-            return open_dataset(d, self.path(d.path), name=self.c.name)
+            return open_dataset(d, source, name=self.c.name, cache_dir=self.cache_dir)
         except FeaturepipeError as e:
             raise self.loaded.error(("data",), str(e)) from None
 
