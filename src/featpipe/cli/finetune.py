@@ -45,7 +45,7 @@ def finetune(data, data_config, config, out, threads, resume, force, quiet):
 
     if threads:
         torch.set_num_threads(threads)
-    manifest = open_dataset(data, data_config, cache_dir)
+    manifest = open_dataset(data, data_config, config.cache_dir)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
