@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from featpipe.backbones import PRECISION_CHOICES
-from featpipe.cli._common import FRACTION, IMAGE_SIZE, NON_NEGATIVE, POSITIVE, dataset_options
+from featpipe.cli._common import FRACTION, IMAGE_SIZE, NON_NEGATIVE, POSITIVE, dataset_options, track_option
 from featpipe.finetune import SCHEDULES
 from featpipe.heads.metrics import METRICS
 
@@ -84,12 +84,14 @@ from featpipe.heads.metrics import METRICS
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@track_option
 def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col, unlabeled_empty,
              backbone, weights, no_pretrained, layer, image_size, out,
              recipe, unfreeze, epochs, budget, batch_size, optimizer, lr, backbone_lr_mult, momentum, nesterov,
              weight_decay, schedule, warmup_epochs, clip_grad, label_smoothing, pos_weight, class_weight, metric,
              augment, hflip, scale, rotate, shift, color_jitter, grayscale, dropout, bn, width, depth, in_channels,
-             patience, precision, device, workers, decode_once, threads, cache_dir, seed, checkpoint_every, resume, force, quiet):
+             patience, precision, device, workers, decode_once, threads, cache_dir, seed, checkpoint_every, resume, force, quiet,
+             track):
     """Fine-tune a backbone end to end on a dataset (same manifest and split as embed), or train
     scratch-cnn from random init. Writes the same metrics.json / model.joblib as fit-head, so
     report and predict use it like any run, and best.pt, which embed accepts as finetuned:RUN.
@@ -101,6 +103,7 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
       featpipe finetune --data faces/ --backbone scratch-cnn --budget 30m --out runs/scratch
       featpipe finetune --data photos/ --pos-weight auto --unfreeze last-3 --out runs/photos
       featpipe finetune --data cifar/ --out runs/lite0 --resume
+      featpipe finetune --data cifar/ --out runs/lite0 --track mlflow
       featpipe embed --data cifar/ --backbone finetuned:runs/lite0
     """
     import time
@@ -146,6 +149,11 @@ def finetune(data, name, split_seed, fractions, pattern, label_sep, label_col, p
         click.echo(f"skipped {len(res.failures)} unreadable images (e.g. {res.failures[0][0]}: "
                    f"{res.failures[0][1]})", err=True)
     click.echo(f"run: {res.out}  (embed with --backbone finetuned:{res.out})")
+    if track:
+        from featpipe.tracking import track_runs
+
+        for t in track_runs([res.out], track):
+            click.echo(t.line(), err=True)
 
 
 def _is_the_program() -> bool:

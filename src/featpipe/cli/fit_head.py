@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from featpipe.cli._common import NON_NEGATIVE, LazyChoice, backbone_options, csv_options
+from featpipe.cli._common import NON_NEGATIVE, LazyChoice, backbone_options, csv_options, track_option
 from featpipe.heads.metrics import METRICS
 
 
@@ -90,10 +90,11 @@ def _check_cv(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               "would not fit are fitted out of core, read from disk in slabs.")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
+@track_option
 def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, label_col, path_col, split_col,
              unlabeled_empty, backbone, weights, no_pretrained, layer, image_size, precision, cache_dir, heads,
              metric, class_weight, refit, cv, n_bootstrap, preprocess, min_positives, threshold_mode, seed,
-             max_memory, out_dir):
+             max_memory, out_dir, track):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -102,6 +103,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
       featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
       featpipe fit-head --cache small.h5 --head all --metric macro_f1 --cv 5
+      featpipe fit-head --cache a.h5 --head all --track mlflow
 
     With --data, the cache is found by dataset (path, split seed and fractions) and backbone
     (weights, layer, image size): a single one is used whatever --precision made it; of several,
@@ -122,7 +124,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
     writable_folder(out_dir, "output")  # before any fit, not after it
-    results = []
+    results, written = [], []
     for p in paths:
         cache = open_cache(p, max_memory)
         if not cache.in_memory:
@@ -140,6 +142,7 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
         for r in runs:
             d = write_run(r, out_dir)
             results.append(r.metrics)
+            written.append(d)
             for note in (r.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
                 if note:
                     click.echo(f"  {r.head}: {note}", err=True)
@@ -147,3 +150,8 @@ def fit_head(caches, data, name, split_seed, fractions, pattern, label_sep, labe
                 click.echo(f"  {r.head}: label {s['label']!r} skipped: {s['reason']}", err=True)
             click.echo(f"wrote {d}", err=True)
     click.echo(format_table(results))
+    if track:
+        from featpipe.tracking import track_runs
+
+        for t in track_runs(written, track):
+            click.echo(t.line(), err=True)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from featpipe.backbones import PRECISION_CHOICES
 from featpipe.finetune import SCHEDULES
+from featpipe.tracking import TRACKERS
 
 
 class Section(BaseModel):
@@ -261,6 +262,11 @@ class Pipeline(Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Embedding options (see `embed.*`).")
     seed: int = Field(0, description="Seed of backbones' random init and of every head; recorded everywhere.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
+    track: Literal[*TRACKERS] | None = Field(None, description="`mlflow`: log each fitted head and fine-tune as an "
+                                            "MLflow run (`MLFLOW_TRACKING_URI`; `pip install featpipe[track]`); "
+                                            "heads logged before are not logged again.")
+    experiment: str | None = Field(None, description="MLflow experiment of `track` (default "
+                                   "`MLFLOW_EXPERIMENT_NAME`, else the study name).")
     out: str | None = Field(None, description="Output folder (default `runs/<name>`; relative to the working dir).")
     cache_dir: str | None = Field(None, description="Feature cache folder (default `<out>/cache`).")
 
