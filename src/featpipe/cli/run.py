@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from featpipe.cli._common import track_option
+
 
 @click.command()
 @click.argument("pipeline_file", required=False, type=click.Path(dir_okay=False))
@@ -22,7 +24,8 @@ import click
               "(docs/options.md) and exit.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Override the pipeline's 'out' folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, options_doc, out, quiet) -> None:
+@track_option
+def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, options_doc, out, quiet, track) -> None:
     """Run a pipeline: dataset -> embed per backbone -> heads (and fused heads) -> predict -> report.
 
     The file is validated first: an unknown key, a wrong type or an impossible combination stops
@@ -37,6 +40,7 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, opti
       featpipe run pipelines/face-gender.yaml --set data.path=~/faces --check
       featpipe run pipelines/scenes.yaml --set data.path=~/scenes --dry-run
       featpipe run pipelines/photo-tags.yaml --set data.path=~/photos --skip-unavailable
+      featpipe run pipelines/cifar10-small.yaml --track mlflow
       featpipe run --schema
       featpipe run --options > docs/options.md
 
@@ -62,7 +66,8 @@ def run(pipeline_file, overrides, check, dry_run, skip_unavailable, schema, opti
     if not pipeline_file:
         raise PipelineError("give a pipeline file (or --schema)")
     loaded = load_pipeline(pipeline_file, overrides)
-    study = Study(loaded, out=out, skip_unavailable=skip_unavailable, progress=not quiet, echo=click.echo)
+    study = Study(loaded, out=out, skip_unavailable=skip_unavailable, progress=not quiet, echo=click.echo,
+                  track=track)
     if check:
         d = loaded.config.data
         study.preflight(data=bool(d.path))  # a sample is made at run time: nothing to check before

@@ -49,6 +49,7 @@ class StudyResult:
     skipped_heads: list[str] = field(default_factory=list)
     predictions: str | None = None
     report: str | None = None
+    tracked: list[str] = field(default_factory=list)  # MLflow run ids, one per fitted head
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -111,7 +112,7 @@ class Study:
     """A loaded pipeline bound to its folders: :meth:`plan` says what would run, :meth:`run` runs it."""
 
     def __init__(self, loaded: LoadedPipeline, *, out: str | Path | None = None, skip_unavailable: bool = False,
-                 progress: bool = True, echo: Callable[[str], Any] = print) -> None:
+                 progress: bool = True, echo: Callable[[str], Any] = print, track: str | None = None) -> None:
         self.loaded = loaded
         self.c = loaded.config
         self.out = Path(out or self.c.out or f"runs/{self.c.name}")
@@ -122,6 +123,7 @@ class Study:
         self.echo = echo
         self._manifest = None
         self._rows: list[BackboneRow] | None = None
+        self.track = track or self.c.track
 
     # ------------------------------------------------------------------------------- resolution
     def path(self, p: str) -> str:
@@ -309,7 +311,10 @@ class Study:
         """Every check a run makes before any work (``run --check`` is this alone): backbone names and
         weights, the dataset (path, split fractions, columns, labels: listed, no image read), the metric
         for its task, the images to predict. ``data=False`` leaves out what needs the dataset."""
+        from featpipe.tracking import require_tracker
+
         self.check_names()
+        require_tracker(self.track)
         self.backbones()
         err = self.unavailable_error()
         if err:
@@ -403,6 +408,13 @@ class Study:
             if n is not None:
                 self.echo(f"  {LABEL_ISSUES_CSV}: {n} flagged image{'' if n == 1 else 's'}")
             res.report = str(index)
+        if self.track and fitted:
+            from featpipe.tracking import track_runs
+
+            for t in track_runs([f["dir"] for f in fitted], self.track, experiment=self.c.experiment,
+                                study=self.c.name, report=Path(res.report).parent if res.report else None):
+                self.echo(t.line())
+                res.tracked.append(t.run_id)
         return res
 
     def _open(self, path: Path):

@@ -7,7 +7,7 @@ prints them as the key table of docs/pipelines.md, docs/options.md lists them pe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -19,6 +19,7 @@ from featpipe.heads.config import HeadConfig
 from featpipe.reporting.config import ReportConfig
 from featpipe.runs.config import FitConfig
 from featpipe.sections import Section, in_pipeline, shorthand
+from featpipe.tracking import TRACKERS
 
 __all__ = ["SECTIONS", "BackboneConfig", "DataConfig", "EmbedConfig", "FinetuneConfig", "FitConfig", "HeadConfig",
            "Pipeline", "PredictConfig", "ReportConfig", "in_pipeline"]
@@ -51,6 +52,11 @@ class Pipeline(Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Embedding options (see `embed.*`).")
     seed: int = Field(0, description="Seed of backbones' random init and of every head; recorded everywhere.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
+    track: Literal[*TRACKERS] | None = Field(None, description="`mlflow`: log each fitted head and fine-tune as an "
+                                            "MLflow run (`MLFLOW_TRACKING_URI`; `pip install featpipe[track]`); "
+                                            "heads logged before are not logged again.")
+    experiment: str | None = Field(None, description="MLflow experiment of `track` (default "
+                                   "`MLFLOW_EXPERIMENT_NAME`, else the study name).")
     out: str | None = Field(None, description="Output folder (default `runs/<name>`; relative to the working dir).")
     cache_dir: str | None = Field(None, description="Feature cache folder (default `<out>/cache`).")
 
