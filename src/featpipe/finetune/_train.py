@@ -759,7 +759,7 @@ def _fmt_seconds(s: float) -> str:
 class _Planner:
     """A run inside a time budget: measures the first steps and one evaluation, plans the epochs and
     the schedule's length to end (closing pass included) before the deadline, re-plans at epoch ends
-    (shorter only, after the first), and ends an epoch early when the machine has slowed down so
+    (longer or shorter, from the measured epoch), and ends an epoch early when the machine has slowed down so
     much that the rest would not fit. Its record is ``history["budget"]``."""
 
     CALIBRATION_STEPS = 5  # measured steps (after 2 warm-up steps) before the first plan
@@ -773,7 +773,6 @@ class _Planner:
                              last["save_seconds"]) if last else None
         self.epochs = int(record["planned_epochs"] or run.cfg.epochs)
         run.planned_epochs = record["planned_epochs"]
-        self.first_epoch = True  # the first epoch end of this process re-plans both ways
         self.n_steps, self.measured = 0, 0.0
 
     # --------------------------------------------------------------------------------- steps
@@ -873,21 +872,21 @@ class _Planner:
 
     def epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
         """After an epoch's validation: the measured epoch replaces the estimates and the plan is
-        re-made (both ways after this process's first epoch, else only shorter)."""
+        re-made both ways: an epoch that ran faster than planned (the first steps pay for warm-up, or
+        other load went away) gives its time back as more epochs, the cosine stretched over them."""
         if row["cut"]:
             return
         steps = max(int(row["steps"]), 1)
         step = row["train_seconds"] / steps
         if self.est is not None:
             self.est.val = row["val_seconds"]
-        grow, self.first_epoch = self.first_epoch, False
         before = (self.epochs, self.run.plan.total)
         if self.est is None:
             self.plan("measured the first epoch", grow=True, epoch_step=step)
             return
         epochs, total = self._peek(step)
-        if (epochs, total) != before and (grow or epochs < before[0] or total < before[1]):
-            self.plan(f"re-planned after epoch {epoch}", grow=grow, epoch_step=step)
+        if (epochs, total) != before:
+            self.plan(f"re-planned after epoch {epoch}", grow=True, epoch_step=step)
 
     def _peek(self, step: float) -> tuple[int, int]:
         assert self.est is not None and self.run.cfg.epochs is not None
