@@ -9,18 +9,10 @@ The job in Python (see :mod:`featpipe.api`)::
     featpipe.report("models", out="report")
 """
 
-from typing import Any
-
+from featpipe.lazy import lazy_attributes
 from featpipe.versions import FEATPIPE_VERSION as __version__
 
+# the API imports numpy and scikit-learn: loaded on first use, so `import featpipe.cli` stays fast
 _API = ("Embedder", "embed", "fit", "load_dataset", "load_model", "report", "run")
 __all__ = ["__version__", *_API]
-
-
-def __getattr__(name: str) -> Any:
-    # the API imports numpy and scikit-learn: loaded on first use, so `import featpipe.cli` stays fast
-    if name in _API:
-        from featpipe import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'featpipe' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(_API, "api"))

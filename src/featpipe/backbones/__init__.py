@@ -6,7 +6,6 @@ record, so the exact same backbone can be rebuilt later. Names that need torch l
 so the command line and a pipeline file's checks stay light.
 """
 
-from typing import Any
 
 from featpipe.backbones._base import FINETUNED, PRECISION_CHOICES, Backbone, BackboneSpec, config_hash
 from featpipe.backbones._presets import PRESETS, Preset
@@ -29,6 +28,7 @@ from featpipe.backbones._registry import (
     weights_record,
     weights_unavailable,
 )
+from featpipe.lazy import lazy_attributes
 
 # public name -> private module (these import torch)
 _LAZY = {
@@ -38,12 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"featpipe.backbones.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'featpipe.backbones' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

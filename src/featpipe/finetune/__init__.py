@@ -2,20 +2,14 @@
 rates), or a small CNN from scratch, and leave the same artifacts as fit-head plus a checkpoint that
 ``embed`` accepts as ``finetuned:RUN``."""
 
-from typing import Any
 
 from featpipe.finetune._budget import parse_duration, seconds_since_process_start
 from featpipe.finetune._config import AUGMENT_PRESETS, SCHEDULES, FinetuneConfig
+from featpipe.lazy import lazy_attributes
 
 # the training code imports torch: loaded on first use, so reading a pipeline file stays light
 _LAZY = {"FinetunedHead": "_bundle", "build_transforms": "_data", "FinetuneResult": "_train", "finetune": "_train"}
 
 __all__ = ["AUGMENT_PRESETS", "SCHEDULES", "FinetuneConfig", "parse_duration", "seconds_since_process_start", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"featpipe.finetune.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'featpipe.finetune' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

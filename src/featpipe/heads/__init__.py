@@ -8,35 +8,31 @@ backbone spec). The head classes load on first use, so the command line and ``he
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from featpipe.errors import HeadError
+from featpipe.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from featpipe.heads._base import BaseHead
 
 # public name -> (module, class); loaded by __getattr__ on first use
 _LAZY = {
-    "BaseHead": ("_base", "BaseHead"), "ConstantProba": ("_base", "ConstantProba"),
-    "Preprocessor": ("_base", "Preprocessor"), "balanced_weights": ("_base", "balanced_weights"),
-    "one_blas_thread": ("_base", "one_blas_thread"), "LogisticHead": ("_logistic", "LogisticHead"),
-    "MLPHead": ("_mlp", "MLPHead"), "LGBMHead": ("_lgbm", "LGBMHead"), "MLPWeights": ("_mlp", "MLPWeights"),
-    "DEFAULT_REFIT": ("_base", "DEFAULT_REFIT"),
+    "BaseHead": "_base", "ConstantProba": "_base", "Preprocessor": "_base", "balanced_weights": "_base",
+    "one_blas_thread": "_base", "DEFAULT_REFIT": "_base", "LogisticHead": "_logistic", "MLPHead": "_mlp",
+    "MLPWeights": "_mlp", "LGBMHead": "_lgbm",
 }
 _HEAD_CLASSES = {"logistic": "LogisticHead", "mlp": "MLPHead", "lgbm": "LGBMHead"}
 HEAD_CHOICES = (*_HEAD_CLASSES, "all")
 
 
+_load = lazy_attributes(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name == "HEADS":  # name -> head class
-        return {k: __getattr__(v) for k, v in _HEAD_CLASSES.items()}
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f"featpipe.heads.{module}"), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return {k: _load(v) for k, v in _HEAD_CLASSES.items()}
+    return _load(name)
 
 
 def head_names(name: str) -> list[str]:
