@@ -61,15 +61,17 @@ def write_cache(path: Path, task: str, n: int = 600, backbone: dict | None = Non
     return Path(path)
 
 
-def write_arrays_cache(path: Path, X: np.ndarray, labels: np.ndarray, split, task: str, classes: list[str]) -> Path:
-    """A complete featpipe feature cache (real HDF5) holding the given rows."""
+def write_arrays_cache(path: Path, X: np.ndarray, labels: np.ndarray, split, task: str, classes: list[str],
+                       dataset: str | None = None, backbone: str = "pixels") -> Path:
+    """A complete featpipe feature cache (real HDF5) holding the given rows (of ``dataset``, by default
+    named after the file, embedded by ``backbone``)."""
     from featpipe.features.cache import OK, create_cache_file
 
     N = len(X)
     attrs = {
         "format": "featpipe-features", "format_version": 1, "key": f"{Path(path).stem}-key",
-        "config": {"source": "arrays"}, "backbone": {"name": "pixels", "layer": None},
-        "dataset": {"name": Path(path).stem, "source": "arrays", "task": task},
+        "config": {"source": "arrays"}, "backbone": {"name": backbone, "layer": None},
+        "dataset": {"name": dataset or Path(path).stem, "source": "arrays", "task": task},
         "task": task, "classes": list(classes), "seed": 0, "versions": {}, "completed": True,
         "timings": {"embed_seconds_total": 0.0},
     }

@@ -338,6 +338,86 @@ def test_multilabel_label_issues_are_per_label_and_per_image(tmp_path):
     assert given ^ suggested == {"is_zero"}
 
 
+def _two_views(tmp_path, labels, names=("top", "bottom")):
+    """The digits as two 'backbones' that each see half of the image (top and bottom four pixel rows):
+    each is right on about 80% of the digits, and their mistakes are mostly different ones."""
+    from _digits import write_arrays_cache
+    from sklearn.datasets import load_digits
+
+    X, _ = load_digits(return_X_y=True)
+    split = np.array(["train", "val", "test"])[np.arange(len(X)) % 3]
+    return [write_arrays_cache(tmp_path / f"{name}.h5", X[:, half], labels, split, "multiclass",
+                               [str(d) for d in range(10)], dataset="digits", backbone=name)
+            for name, half in zip(names, (slice(0, 32), slice(32, 64)), strict=True)]
+
+
+def test_checks_on_two_backbones_flag_what_both_find(tmp_path):
+    """Alone, each half-image check is too weak (its confident mistakes would outnumber the 90 flipped
+    labels: 0.49 precision); a row flagged by both is a wrong label far more often, so the report lists
+    the consensus (before: only the best cache was checked, too weak, and nothing was listed)."""
+    from sklearn.datasets import load_digits
+
+    _, y = load_digits(return_X_y=True)
+    noisy, flipped = _flip(y, 0.05, 10, seed=0)
+    paths = _two_views(tmp_path, noisy)
+    caches = [FeatureCache.open(p) for p in paths]
+    alone = find_label_issues(Probe(caches[0], "logistic", {"C": 0.3}))
+    assert alone["too_weak"] and alone["flags"] == []
+    both = find_label_issues([Probe(c, "logistic", {"C": 0.3}) for c in caches])
+    assert both["too_weak"] is None and both["consensus"] == 2 and [c["used"] for c in both["checks"]] == [True, True]
+    found = {f["row"] for f in both["flags"]}
+    hits = len(found & set(flipped.tolist()))
+    assert hits / len(found) >= 0.7 and hits / len(flipped) >= 0.6, (hits, len(found), len(flipped))
+    assert both["n_estimated"] == len(found) < min(c["n_estimated"] for c in both["checks"])
+    scores = [f["score"] for f in both["flags"]]
+    assert scores == sorted(scores)
+    # the report, without fitted heads: a logistic head on each cache, the consensus listed and explained
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(main, ["report", "--cache", str(paths[0]), "--cache", str(paths[1]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "label_issues.csv").open()))
+    hits = len({r["path"] for r in rows} & {f"arrays#{i}" for i in flipped})
+    assert rows and hits / len(rows) >= 0.6 and hits / len(flipped) >= 0.6, (hits, len(rows))
+    html = (out / "index.html").read_text()
+    assert 'data-testid="label-issues-consensus"' in html and "flagged by both checks" in html
+    assert "flagged by both checks" in (out / "summary.md").read_text()
+
+
+def test_a_cache_of_other_labels_takes_no_part_in_the_consensus(tmp_path):
+    from sklearn.datasets import load_digits
+
+    _, y = load_digits(return_X_y=True)
+    top, other = _two_views(tmp_path, y)
+    c_other = FeatureCache.open(other)
+    c_other.labels = (np.asarray(c_other.labels) + 1) % 10  # another labelling of the same images
+    info = find_label_issues([Probe(FeatureCache.open(top), "logistic", {"C": 0.3}),
+                              Probe(c_other, "logistic", {"C": 0.3})])
+    assert len(info["checks"]) == 1 and info["consensus"] == 1
+
+
+def test_multilabel_checks_on_two_backbones_judge_each_label_together(tmp_path):
+    from _digits import MULTILABEL_CLASSES, multilabel_targets, write_arrays_cache
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    split = np.array(["train", "val", "test"])[np.arange(len(X)) % 3]
+    Y = multilabel_targets(y, split)
+    flip = np.random.default_rng(1).choice(len(Y), 40, replace=False)
+    Y[flip, 0] ^= 1  # "even" flipped on 40 images
+    caches = [FeatureCache.open(write_arrays_cache(tmp_path / f"{n}.h5", X[:, h], Y, split, "multilabel",
+                                                   MULTILABEL_CLASSES, dataset="d", backbone=n))
+              for n, h in (("top", slice(0, 32)), ("bottom", slice(32, 64)))]
+    params = [{"C": 0.3}] * 3 + [None]
+    alone = find_label_issues(Probe(caches[0], "logistic", params))
+    assert alone["too_weak"] and alone["flags"] == []  # each half alone: too weak on every label
+    info = find_label_issues([Probe(c, "logistic", params) for c in caches])
+    per = {r["label"]: r for r in info["per_label"]}
+    assert per["even"]["consensus"] == 2 and per["even"]["too_weak"] is None and per["rare"]["n_estimated"] is None
+    found = {f["row"] for f in info["flags"] if "even" in f["labels"]}
+    hits = len(found & set(flip.tolist()))
+    assert hits >= 0.5 * len(flip) and hits >= 0.5 * len(found), (hits, len(found))
+
+
 def _brute_force_near_copies(c, threshold):
     F = c.features[c.ok].mean(0)
     G = c.features - F

@@ -58,6 +58,7 @@ def build_report(
     cache_files = _data.find_cache_files(cache_dir, list(caches or []))
     runs, bad_runs = _data.find_model_runs(models_dir)
     histories, bad_hist = _data.find_histories(models_dir)
+    cross_fits, bad_cross = _data.find_cross_fits(models_dir)
     if not cache_files and cache_dir is None and not caches:
         # models only: use the caches they were fitted on, where still present
         cache_files = sorted(
@@ -95,12 +96,12 @@ def build_report(
     by_ds: dict[str, list[Any]] = defaultdict(list)
     for c in opened:
         by_ds[_dataset_key(c.dataset)].append(c)
-    datasets = [_dataset_section(cs, plots, thumbs, hashes, out, analyses, ranked.get(k, []))
+    datasets = [_dataset_section(cs, plots, thumbs, hashes, out, analyses, ranked.get(k, []), cross_fits)
                 for k, cs in by_ds.items()]
     models = _models.model_sections(boards, runs, plots, thumbs, hashes)
     hist = _history.history_sections(histories, plots)
 
-    problems = bad_caches + bad_runs + bad_hist
+    problems = bad_caches + bad_runs + bad_hist + bad_cross
     ctx = {
         "datasets": datasets,
         "boards": boards,

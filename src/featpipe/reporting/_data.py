@@ -98,6 +98,46 @@ def _clean(o: Any) -> Any:
     return o
 
 
+@dataclass
+class CrossFit:
+    """A finished cross-fit (``featpipe finetune --cross-fit K``): its record and out-of-fold probabilities."""
+
+    dir: Path
+    record: dict[str, Any]
+
+    def load(self) -> dict[str, np.ndarray]:
+        from featpipe.finetune import OOF_FILE
+
+        with np.load(self.dir / OOF_FILE, allow_pickle=False) as z:
+            return {k: z[k] for k in ("paths", "labels", "labeled", "proba")}
+
+    def digest(self) -> str:
+        from featpipe.finetune import OOF_FILE, RECORD_FILE
+
+        return file_digest(self.dir / RECORD_FILE, self.dir / OOF_FILE)
+
+
+def find_cross_fits(models_dir: str | Path | None) -> tuple[list[CrossFit], list[tuple[str, str]]]:
+    """Every finished cross-fit under ``models_dir``; unreadable ones with a reason."""
+    from featpipe.finetune import OOF_FILE, RECORD_FILE
+
+    if models_dir is None:
+        return [], []
+    d = Path(models_dir)
+    found, bad = [], []
+    for rp in sorted(d.rglob(RECORD_FILE)):
+        rel = str(rp.parent.relative_to(d)) or rp.parent.name
+        try:
+            rec = json.loads(rp.read_text())
+            if not isinstance(rec, dict) or rec.get("kind") != "cross-fit" or not (rp.parent / OOF_FILE).is_file():
+                raise ValueError(f"not a finished cross-fit (no {OOF_FILE})")
+        except (OSError, ValueError) as e:
+            bad.append((rel, f"unreadable {RECORD_FILE} ({str(e)[:100]})"))
+            continue
+        found.append(CrossFit(rp.parent, rec))
+    return found, bad
+
+
 def find_model_runs(models_dir: str | Path | None) -> tuple[list[ModelRun], list[tuple[str, str]]]:
     """Every ``metrics.json`` under ``models_dir`` (``<run>/<head>/``); unreadable ones with a reason."""
     if models_dir is None:

@@ -19,9 +19,10 @@ def _dataset_section(
     out: Path,
     analyses: bool,
     ranked_runs: list[Any] | None = None,
+    cross_fits: list[Any] | None = None,
 ) -> dict[str, Any]:
     """One dataset's section; ``ranked_runs``: its fitted heads, best on the leaderboard first (the best
-    one checks the labels)."""
+    one checks the labels, with the best on other backbones and any cross-fitted fine-tune of its images)."""
     c = caches[0]
     info = c.dataset
     classes = [str(x) for x in c.classes]
@@ -134,5 +135,5 @@ def _dataset_section(
         "quality": None,
     }
     if analyses:
-        section["quality"] = _quality.quality_section(caches, ranked_runs, thumbs, hashes, out)
+        section["quality"] = _quality.quality_section(caches, ranked_runs, thumbs, hashes, out, cross_fits or [])
     return section

@@ -1,4 +1,4 @@
-"""Label issues by confident learning on out-of-fold probabilities of the best head on the best backbone.
+"""Label issues by confident learning on out-of-fold probabilities of the best head on each backbone.
 
 Confident learning (Northcutt, Jiang, Chuang, JAIR 2021), written here from the paper (cleanlab is
 AGPL): per-class thresholds t_j (the mean out-of-fold probability of class j over rows labelled j), the
@@ -13,6 +13,14 @@ hyper-parameters on K-1 folds of every labelled row (no row is scored by a model
 temperature-scaled (one parameter, fitted on those out-of-fold rows): confident learning assumes
 calibrated probabilities, and an over-confident head otherwise passes its own mistakes off as wrong
 labels. A model too weak to tell the two apart judges nothing (:func:`too_weak`).
+
+When the study embedded the dataset with several backbones, the best head on each of the best
+``MAX_PROBES`` backbones checks the labels, and a row is flagged only when every one of them flags it:
+a consensus filter (Brodley and Friedl, JAIR 1999). A wrong label misleads every check, while checks
+on different features seldom share a confident mistake, so the consensus keeps most of the wrong
+labels and drops most of the checks' own mistakes; each check alone overestimates the count by its
+confident mistakes (on cifar10-small at 5% flipped labels, three checks at 0.71-0.73 out-of-fold
+accuracy: each alone 0.33-0.36 precision, all three together 0.62; benchmarks/label_errors.py).
 """
 
 from __future__ import annotations
@@ -24,16 +32,18 @@ from typing import Any
 import numpy as np
 
 MAX_ROWS = 20_000
+MAX_PROBES = 3  # checks in the consensus: the best head on each of the best backbones
 FOLDS = 5
 # A checking model must (1) remove at least half of the errors of always predicting the majority class,
 # (acc - acc0) / (1 - acc0), and (2) remove MIN_GAIN_UNFLAGGED of them on the rows it does not flag
 # (wrong labels lower the plain accuracy of a perfect model): below that, its confident mistakes
-# outnumber the wrong labels it finds (benchmarks/label_errors.py).
+# outnumber the wrong labels it finds (benchmarks/label_errors.py). In a consensus of several checks
+# each needs (1) only: their shared confident mistakes are what remains.
 MIN_GAIN = 0.5
 MIN_GAIN_UNFLAGGED = 0.9
 METHOD = ("confident learning (Northcutt et al. 2021) on temperature-scaled out-of-fold probabilities: "
           "per-class thresholds, calibrated confident joint, pruned by noise rate and by class, "
-          "ranked by self-confidence")
+          "ranked by self-confidence; with several backbones, only the rows that every check flags")
 
 
 @dataclass
@@ -47,9 +57,13 @@ class Probe:
     config: dict[str, Any] = field(default_factory=dict)
     basis: str = ""
     backbone: str = ""
+    oof: Any = None  # a cross-fit (reporting._data.CrossFit): out-of-fold probabilities given, no cache
+    oof_arrays: Any = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
-        return {"head": self.head, "params": self.params, "basis": self.basis, "backbone": self.backbone}
+        name = self.backbone if self.oof is not None else f"{self.head} head on {self.backbone or 'the features'}"
+        return {"head": self.head, "params": self.params, "basis": self.basis, "backbone": self.backbone,
+                "name": name}
 
 
 # ------------------------------------------------------------------------------------------- algorithm
@@ -133,13 +147,17 @@ def confident_learning(labels: np.ndarray, proba: np.ndarray, prune: str = "both
     }
 
 
+def _gain(accuracy: float, constant: float) -> float:
+    """The share of the majority-class predictor's errors that a model removes."""
+    return (accuracy - constant) / (1.0 - constant)
+
+
 def too_weak(accuracy: float, unflagged: float, constant: float) -> str | None:
-    """Why a model cannot judge labels (``None``: it can), from its out-of-fold ``accuracy`` on every
-    row and on the rows it does not flag, against always predicting the majority class (``constant``)."""
+    """Why a model cannot judge labels alone (``None``: it can), from its out-of-fold ``accuracy`` on
+    every row and on the rows it does not flag, against always predicting the majority class (``constant``)."""
     if constant >= 1.0:
         return "every row has the same label"
-    gain = (accuracy - constant) / (1.0 - constant)
-    gain_rest = (unflagged - constant) / (1.0 - constant)
+    gain, gain_rest = _gain(accuracy, constant), _gain(unflagged, constant)
     if gain < MIN_GAIN:
         return (f"its out-of-fold accuracy {accuracy:.3f} removes {max(gain, 0.0):.0%} of the errors of always "
                 f"predicting the majority class ({constant:.3f}); at least {MIN_GAIN:.0%} is needed")
@@ -150,7 +168,53 @@ def too_weak(accuracy: float, unflagged: float, constant: float) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------------------- on a cache
+def _judge(labels: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """One check's verdict on one problem (the classes, or one label as present / absent): temperature
+    scaling, confident learning, and whether the model is strong enough to judge alone (``too_weak``) or
+    as one of several (``usable``: at least MIN_GAIN of the majority-class errors removed)."""
+    P, t = temperature_scale(labels, proba)
+    cl = confident_learning(labels, P)
+    right = P.argmax(1) == labels
+    acc, rest = float(right.mean()), float(right[~cl["flagged"]].mean()) if (~cl["flagged"]).any() else 0.0
+    const = float(np.bincount(labels).max() / len(labels))
+    return {**cl, "proba": P, "temperature": t, "accuracy": acc, "unflagged_accuracy": rest, "constant": const,
+            "too_weak": too_weak(acc, rest, const), "usable": const < 1.0 and _gain(acc, const) >= MIN_GAIN}
+
+
+def _combine(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several checks' verdicts on one problem, as one: with two or more usable checks a row is flagged
+    only when every one of them flags it (a consensus filter, Brodley & Friedl 1999: checks on different
+    features seldom share a confident mistake, while a wrong label misleads them all); with one, its own
+    verdict. Returns ``too_weak``, ``flagged``, ``n_estimated``, ``suggested``, ``self_confidence`` and
+    ``p_suggested`` (averaged over the checks used) and ``used`` (their indices)."""
+    usable = [i for i, j in enumerate(judged) if j["usable"]]
+    if len(usable) < 2:
+        i = usable[0] if usable else 0
+        j = judged[i]
+        return {"too_weak": j["too_weak"], "flagged": j["flagged"], "n_estimated": j["n_estimated"],
+                "suggested": j["suggested"], "self_confidence": j["self_confidence"],
+                "p_suggested": j["proba"][np.arange(len(j["suggested"])), j["suggested"]], "used": [i]}
+    flagged = np.logical_and.reduce([judged[i]["flagged"] for i in usable])
+    P = np.mean([judged[i]["proba"] for i in usable], axis=0)
+    n = len(P)
+    self_conf = np.mean([judged[i]["self_confidence"] for i in usable], axis=0)
+    other = P.copy()
+    given = np.asarray(judged[usable[0]]["given"])
+    other[np.arange(n), given] = -np.inf
+    suggested = other.argmax(1)
+    return {"too_weak": None, "flagged": flagged, "n_estimated": float(flagged.sum()), "suggested": suggested,
+            "self_confidence": self_conf, "p_suggested": P[np.arange(n), suggested], "used": usable}
+
+
+def _check_summary(probe: Probe, judged: dict[str, Any] | None, used: bool) -> dict[str, Any]:
+    out = {**probe.describe(), "used": used}
+    if judged is not None:
+        out.update(oof_accuracy=judged["accuracy"], n_flagged=int(judged["flagged"].sum()),
+                   n_estimated=judged["n_estimated"], too_weak=judged["too_weak"], usable=bool(judged["usable"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------- on caches
 
 
 def _head(probe: Probe, task: str) -> Any:
@@ -160,52 +224,110 @@ def _head(probe: Probe, task: str) -> Any:
     return make_head(probe.head, **cfg, task=task)
 
 
-def find_label_issues(probe: Probe, *, folds: int = FOLDS, max_rows: int = MAX_ROWS, seed: int = 0,
-                      judge: bool = True) -> dict[str, Any]:
-    """Confident learning on every labelled, embedded row of ``probe.cache`` (a seeded subsample of
-    ``max_rows`` when larger) with ``folds``-fold out-of-fold probabilities of ``probe``'s head.
+def _labelled(p: Probe) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(paths, labels, usable rows) of a check: its cache's labelled, embedded rows, or the images its
+    cross-fit scored."""
+    if p.oof is not None:
+        z = p.oof_arrays
+        P = np.asarray(z["proba"], dtype=np.float64)
+        return (np.asarray(z["paths"]).astype(str), np.asarray(z["labels"]),
+                np.flatnonzero(np.asarray(z["labeled"], dtype=bool) & ~np.isnan(P).any(1)))
+    c = p.cache
+    return (np.asarray(c.paths).astype(str), np.asarray(c.labels),
+            np.flatnonzero(np.asarray(c.ok) & np.asarray(c.labeled)))
 
-    Returns a JSON-able record: the basis (model, out-of-fold accuracy, method), ``too_weak`` (why
-    nothing is judged) or ``n_estimated`` and ``flags`` (every flagged row, lowest self-confidence
-    first: ``row``, ``given``, ``suggested``, ``score``). Multilabel: each label is its own binary
-    problem (present / absent), judged only where the model is strong enough on that label; a flag is
-    one image with its given and suggested label sets. ``judge=False`` lists the flags of a model
-    too weak to judge all the same (for benchmarks; the report never does).
+
+def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray]]:
+    """The checks of the first one's dataset (same classes and task; the same label on every shared
+    image; a cross-fit must have scored at least 90% of the first one's images), and for each the rows of
+    the images labelled and embedded (scored) in all of them, in the first cache's order."""
+    base = probes[0].cache
+    paths_b, labels_b, rows0 = _labelled(probes[0])
+    paths0 = paths_b[rows0]
+    keep, index, labels = [probes[0]], [None], [labels_b]
+    for p in probes[1:]:
+        if p.oof is None and (p.cache.task != base.task
+                              or [str(x) for x in p.cache.classes] != [str(x) for x in base.classes]):
+            continue
+        if p.oof is not None:
+            p.oof_arrays = p.oof.load()
+        paths, lab, usable = _labelled(p)
+        ix = dict(zip(paths[usable].tolist(), usable.tolist(), strict=True))
+        if p.oof is not None and np.isin(paths0, paths[usable]).mean() < 0.9:
+            continue
+        keep.append(p)
+        index.append(ix)
+        labels.append(lab)
+    shared = np.array([all(path in ix for ix in index[1:]) for path in paths0], dtype=bool)
+    rows = [rows0[shared]]
+    for ix in index[1:]:
+        rows.append(np.array([ix[path] for path in paths0[shared]], dtype=np.int64))
+    base_y = labels_b[rows[0]]
+    same = [i for i in range(len(keep)) if np.array_equal(np.asarray(labels[i])[rows[i]], base_y)]
+    return [keep[i] for i in same], [rows[i] for i in same]
+
+
+def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_rows: int = MAX_ROWS, seed: int = 0,
+                      judge: bool = True) -> dict[str, Any]:
+    """Confident learning on every labelled, embedded row (a seeded subsample of ``max_rows`` when larger)
+    with ``folds``-fold out-of-fold probabilities of each check's head on its cache.
+
+    ``probes``: one check, or several on caches of the same dataset (different backbones; the first is
+    the best). With two or more strong enough to count (``_judge``'s ``usable``), a row is flagged only
+    when all of them flag it; each check's own figures are in ``checks``.
+
+    Returns a JSON-able record: the basis (models, out-of-fold accuracy of the first, method),
+    ``too_weak`` (why nothing is judged) or ``n_estimated`` and ``flags`` (every flagged row of the first
+    check's cache, lowest self-confidence first: ``row``, ``given``, ``suggested``, ``score``).
+    Multilabel: each label is its own binary problem (present / absent), judged only where the checks are
+    strong enough on that label; a flag is one image with its given and suggested label sets.
+    ``judge=False`` lists the flags of a model too weak to judge all the same (for benchmarks; the report
+    never does).
     """
-    c = probe.cache
+    probes = [probes] if isinstance(probes, Probe) else list(probes)
+    probes, rows_each = _aligned(probes)
+    probe, c = probes[0], probes[0].cache
     classes = [str(x) for x in c.classes]
-    rows = np.flatnonzero(np.asarray(c.ok) & np.asarray(c.labeled))
     info: dict[str, Any] = {
-        "method": METHOD, "probe": probe.describe(), "folds": folds, "n_labeled": int(len(rows)),
+        "method": METHOD, "probe": probe.describe(), "folds": folds, "n_labeled": int(len(rows_each[0])),
         "subsampled": False, "skipped": None, "too_weak": None, "oof_accuracy": None,
         "constant_accuracy": None, "n_estimated": None, "n_flagged": 0, "flags": [],
         "min_gain": MIN_GAIN, "min_gain_unflagged": MIN_GAIN_UNFLAGGED, "seed": seed,
+        "checks": [probe.describe() for probe in probes], "consensus": 1,
     }
-    if len(rows) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+    if len(rows_each[0]) > max_rows:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows_each[0]), max_rows, replace=False))
+        rows_each = [r[pick] for r in rows_each]
         info["subsampled"] = True
+    rows = rows_each[0]
     info["n_used"] = int(len(rows))
     Y = np.asarray(c.labels)[rows]
     if len(rows) < 2 * folds:
         info["skipped"] = f"too few labelled rows ({len(rows)}) for {folds}-fold cross-validation"
         return info
-    X = np.asarray(c.features[rows], dtype=np.float64)
-    head = _head(probe, c.task)
+
+    def oof(i: int, **kw: Any) -> np.ndarray:
+        p = probes[i]
+        if p.oof is not None:  # a cross-fit's own out-of-fold probabilities
+            return np.asarray(p.oof_arrays["proba"], dtype=np.float64)[rows_each[i]]
+        X = np.asarray(p.cache.features[rows_each[i]], dtype=np.float64)
+        return _head(p, c.task).cross_val_proba(X, Y.astype(np.int64), p.params, folds=folds, **kw)
+
     if c.task == "multilabel":
-        return _multilabel(info, head, probe, X, Y.astype(np.int64), rows, classes, folds, judge)
+        return _multilabel(info, probes, [oof(i) for i in range(len(probes))], Y.astype(np.int64), rows, classes,
+                           folds, judge)
     y = Y.astype(np.int64)
     counts = np.bincount(y, minlength=len(classes))
     if (counts > 0).sum() < 2:
         info["skipped"] = "fewer than two classes among the labelled rows"
         return info
-    P = head.cross_val_proba(X, y, probe.params, folds=folds, n_classes=len(classes))
-    P, info["temperature"] = temperature_scale(y, P)
-    cl = confident_learning(y, P)
-    right = P.argmax(1) == y
-    acc, rest = float(right.mean()), float(right[~cl["flagged"]].mean())
-    const = float(counts.max() / counts.sum())
-    info.update(oof_accuracy=acc, unflagged_accuracy=rest, constant_accuracy=const,
-                too_weak=too_weak(acc, rest, const))
+    judged = [{**_judge(y, oof(i, n_classes=len(classes))), "given": y} for i in range(len(probes))]
+    cl = _combine(judged)
+    first = judged[0]
+    info.update(oof_accuracy=first["accuracy"], unflagged_accuracy=first["unflagged_accuracy"],
+                constant_accuracy=first["constant"], temperature=first["temperature"], too_weak=cl["too_weak"],
+                consensus=len(cl["used"]),
+                checks=[_check_summary(p, j, i in cl["used"]) for i, (p, j) in enumerate(zip(probes, judged, strict=True))])
     flagged = np.flatnonzero(cl["flagged"])
     flagged = flagged[np.argsort(cl["self_confidence"][flagged], kind="stable")]
     if info["too_weak"] and judge:  # kept for benchmarks/label_errors.py; never shown nor written
@@ -214,36 +336,36 @@ def find_label_issues(probe: Probe, *, folds: int = FOLDS, max_rows: int = MAX_R
     info["n_estimated"] = cl["n_estimated"]
     info["flags"] = [
         {"row": int(rows[i]), "given": classes[y[i]], "suggested": classes[cl["suggested"][i]],
-         "score": float(cl["self_confidence"][i]), "p_suggested": float(P[i, cl["suggested"][i]])}
+         "score": float(cl["self_confidence"][i]), "p_suggested": float(cl["p_suggested"][i])}
         for i in flagged
     ]
     info["n_flagged"] = len(flagged)
     return info
 
 
-def _multilabel(info: dict[str, Any], head: Any, probe: Probe, X: np.ndarray, Y: np.ndarray, rows: np.ndarray,
+def _multilabel(info: dict[str, Any], probes: list[Probe], P_each: list[np.ndarray], Y: np.ndarray, rows: np.ndarray,
                 classes: list[str], folds: int, judge: bool) -> dict[str, Any]:
-    P = head.cross_val_proba(X, Y, probe.params, folds=folds)
     per_label = []
     flags: dict[int, list[tuple[int, float]]] = {}
     estimated = 0.0
     accs = []
     for k, name in enumerate(classes):
-        p, yk = P[:, k], Y[:, k]
+        yk = Y[:, k]
         rec: dict[str, Any] = {"label": name, "oof_accuracy": None, "too_weak": None, "n_estimated": None,
                                "n_flagged": 0}
         per_label.append(rec)
-        if np.isnan(p).any():
+        fitted = [i for i, P in enumerate(P_each) if not np.isnan(P[:, k]).any()]
+        if not fitted:
             rec["too_weak"] = f"not fitted, or fewer than {folds} positives or negatives"
             continue
-        Pk, rec["temperature"] = temperature_scale(yk, np.stack([1 - p, p], 1))
-        cl = confident_learning(yk, Pk)
-        right = Pk.argmax(1) == yk
-        acc = float(right.mean())
-        const = float(max(yk.mean(), 1 - yk.mean()))
-        rec["oof_accuracy"] = acc
-        accs.append(acc)
-        rec["too_weak"] = too_weak(acc, float(right[~cl["flagged"]].mean()), const)
+        judged = [{**_judge(yk, np.stack([1 - P_each[i][:, k], P_each[i][:, k]], 1)), "given": yk} for i in fitted]
+        cl = _combine(judged)
+        first = judged[0]
+        rec["temperature"] = first["temperature"]
+        rec["oof_accuracy"] = first["accuracy"]
+        accs.append(first["accuracy"])
+        rec["consensus"] = len(cl["used"])
+        rec["too_weak"] = cl["too_weak"]
         if rec["too_weak"] and judge:
             continue
         rec["n_estimated"] = cl["n_estimated"]
@@ -253,8 +375,9 @@ def _multilabel(info: dict[str, Any], head: Any, probe: Probe, X: np.ndarray, Y:
         rec["n_flagged"] = int(cl["flagged"].sum())
     info["per_label"] = per_label
     info["oof_accuracy"] = float(np.mean(accs)) if accs else None
-    judged = [r for r in per_label if r["n_estimated"] is not None]
-    if not judged:
+    info["consensus"] = max((r.get("consensus") or 1 for r in per_label), default=1)
+    judged_labels = [r for r in per_label if r["n_estimated"] is not None]
+    if not judged_labels:
         info["too_weak"] = "no label has a model strong enough to judge it (" + "; ".join(
             f"{r['label']}: {r['too_weak']}" for r in per_label[:3]) + ")"
         return info
@@ -303,15 +426,26 @@ def probe_from_run(metrics: dict[str, Any], cache: Any, backbone: str, rank: int
                        f"{FOLDS} folds with its chosen hyper-parameters ({_params_text(params)}){note}")
 
 
-def default_probe(caches: list[Any], labels: dict[str, str]) -> Probe | None:
-    """Without fitted heads: the logistic head, its C chosen on each cache's validation split (5-fold
-    CV on train when there is none), on the cache where it scores best (``labels`` names each cache's
+def probe_from_cross_fit(x: Any) -> Probe:
+    """A cross-fitted fine-tune (``reporting._data.CrossFit``) as a check: its own out-of-fold probabilities."""
+    r = x.record
+    k = r.get("folds")
+    acc = r.get("oof_accuracy")
+    return Probe(None, "fine-tune", None, {"cross_fit": x.digest()}, oof=x,
+                 backbone=f"{r.get('backbone')} fine-tuned ({k}-fold cross-fit)",
+                 basis=f"{k} fine-tunes ({x.dir.name}), each trained without one fold of the labelled images and "
+                       f"scoring only that fold (out-of-fold accuracy {acc:.3f} when fitted)")
+
+
+def default_probes(caches: list[Any], labels: dict[str, str]) -> list[Probe]:
+    """Without fitted heads: on each cache, the logistic head with its C chosen on the validation split
+    (5-fold CV on train when there is none), best validation score first (``labels`` names each cache's
     backbone by path)."""
     from featpipe.errors import HeadError
     from featpipe.heads import LogisticHead
 
-    best: tuple[float, Probe] | None = None
-    for c in caches:
+    found: list[tuple[float, int, Probe]] = []
+    for n, c in enumerate(caches):
         tr, va = c.split_indices("train"), c.split_indices("val")
         cv = None
         if len(va) == 0:  # with cv the two parts are pooled: C is chosen by 5-fold CV over train
@@ -330,10 +464,8 @@ def default_probe(caches: list[Any], labels: dict[str, str]) -> Probe | None:
         score = float(np.mean(list(s.values()))) if isinstance(s, dict) else float(s)
         params = ([head.params_.get(k) for k in range(len(c.classes))] if c.task == "multilabel"
                   else dict(head.params_))
-        p = Probe(c, "logistic", params, {"seed": c.seed}, backbone=labels.get(str(c.path), ""),
-                  basis=f"no fitted heads given: the logistic head with its C chosen "
-                        f"{'by 5-fold CV on train' if cv else 'on the validation split'} ({_params_text(params)}), "
-                        "on the backbone where it scores best")
-        if best is None or score > best[0]:
-            best = (score, p)
-    return best[1] if best else None
+        found.append((-score, n, Probe(
+            c, "logistic", params, {"seed": c.seed}, backbone=labels.get(str(c.path), ""),
+            basis=f"no fitted heads given: the logistic head with its C chosen "
+                  f"{'by 5-fold CV on train' if cv else 'on the validation split'} ({_params_text(params)})")))
+    return [p for _, _, p in sorted(found, key=lambda t: t[:2])]

@@ -110,6 +110,11 @@ def within_sentence(rows: list[dict[str, Any]], metric: str = "score") -> str:
             f"the paired bootstrap 95% interval of the difference in test {metric}, on the same test images, holds 0.")
 
 
+def consensus_words(n: int) -> str:
+    """``both checks`` / ``all 3 checks``."""
+    return "both checks" if n == 2 else f"all {n} checks"
+
+
 def label_issue_sentence(li: dict[str, Any]) -> str:
     """One line on the label check: the estimate and its basis, or why nothing was judged."""
     probe = li.get("probe") or {}
@@ -124,6 +129,16 @@ def label_issue_sentence(li: dict[str, Any]) -> str:
     n = li.get("n_used") or 0
     est = li.get("n_estimated") or 0.0
     sub = f", seeded subsample of {n} of {li['n_labeled']} rows" if li.get("subsampled") else ""
+    k = int(li.get("consensus") or 1)
+    if k >= 2 and li.get("per_label") is None:
+        used = [c for c in li.get("checks") or [] if c.get("used")]
+        each = "; ".join(f"{c['name']}, out-of-fold accuracy {c['oof_accuracy']:.3f}, "
+                         f"alone {c['n_flagged']} flags" for c in used)
+        lo, hi = min(c["n_estimated"] for c in used), max(c["n_estimated"] for c in used)
+        return (f"{li['n_flagged']} suspected label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%), "
+                f"flagged by {consensus_words(k)} in {LABEL_ISSUES_CSV} ({each}; {li['folds']}-fold{sub}); each "
+                f"check alone estimates {lo:.0f}-{hi:.0f}, a count that includes its own confident mistakes; "
+                f"{li['method']}")
     return (f"estimated {est:.0f} label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%); "
             f"{li['n_flagged']} images flagged in {LABEL_ISSUES_CSV} ({model}, {li['folds']}-fold{sub}; "
             f"{li['method']})")
