@@ -31,6 +31,7 @@ def finetune(data, data_config, config, out, threads, resume, force, quiet, trac
       featpipe finetune --data photos/ --pos-weight auto --unfreeze last-3 --out runs/photos
       featpipe finetune --data cifar/ --out runs/lite0 --resume
       featpipe finetune --data cifar/ --out runs/lite0 --track mlflow
+      featpipe finetune --data cifar/ --cross-fit 4 --budget 40m --out runs/lite0-check
       featpipe embed --data cifar/ --backbone finetuned:runs/lite0
     """
     import time
@@ -51,6 +52,14 @@ def finetune(data, data_config, config, out, threads, resume, force, quiet, trac
     counts = ", ".join(f"{k} {v}" for k, v in manifest.split_counts().items())
     click.echo(f"dataset {manifest.name}: {len(manifest)} images ({counts}), {manifest.task}, "
                f"{len(manifest.classes)} classes", err=True)
+    if config.cross_fit:  # out-of-fold probabilities for the report's label check; no model
+        from featpipe.finetune import cross_fit
+
+        rec = cross_fit(manifest, config, out, force=force, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        click.echo(f"cross-fit: {rec['folds']} fine-tunes, out-of-fold accuracy {rec['oof_accuracy']:.4f} on "
+                   f"{rec['n_scored']} of {rec['n_labeled']} labelled images; the report's label check uses "
+                   f"{out} when it is under --models")
+        return
     res = run_finetune(manifest, config, out, resume=resume, force=force, progress=not quiet,
                        log=lambda m: click.echo(m, err=True), clock_start=started)
     m = res.metrics

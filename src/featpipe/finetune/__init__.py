@@ -8,7 +8,8 @@ from featpipe.finetune._config import AUGMENT_PRESETS, SCHEDULES, FinetuneConfig
 from featpipe.lazy import lazy_attributes
 
 # the training code imports torch: loaded on first use, so reading a pipeline file stays light
-_LAZY = {"FinetunedHead": "_bundle", "build_transforms": "_data", "FinetuneResult": "_train", "finetune": "_train"}
+_LAZY = {"FinetunedHead": "_bundle", "build_transforms": "_data", "FinetuneResult": "_train", "finetune": "_train",
+         "cross_fit": "_crossfit", "cross_fit_done": "_crossfit:is_done", "folds_of": "_crossfit", "OOF_FILE": "_crossfit", "RECORD_FILE": "_crossfit"}
 
 __all__ = ["AUGMENT_PRESETS", "SCHEDULES", "FinetuneConfig", "parse_duration", "seconds_since_process_start", *_LAZY]
 

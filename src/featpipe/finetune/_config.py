@@ -104,6 +104,9 @@ class FinetuneConfig(Section):
                                   "epoch ends only).")
     patience: int | None = Field(None, gt=0, description="Early-stopping patience in epochs (default 3; "
                                  "scratch-cnn 6).")
+    cross_fit: int = Field(0, ge=0, description="For the report's label check: instead of one model, fine-tune K "
+                           "(>= 2), each without one K-th of the labelled images (every split), and keep their "
+                           "probabilities of the images each left out (oof.npz); the budget is shared. 0: off.")
     seed: int = Field(0, ge=0, description="Seed of the run; in a pipeline: `seed`.",
                       json_schema_extra={"pipeline": False})
     precision: Literal[*PRECISION_CHOICES] = Field("auto", description="Autocast: `auto` = bf16 on CUDA and on "
@@ -146,6 +149,8 @@ class FinetuneConfig(Section):
             raise ValueError("scratch-cnn trains from random init: unfreeze all")
         if self.weights and not self.pretrained:
             raise ValueError("'weights' and 'pretrained: false' contradict each other")
+        if self.cross_fit == 1:
+            raise ValueError("cross_fit needs at least 2 folds (0 turns it off)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -258,7 +258,14 @@ class Study:
                     steps.append(self._head_step(label, Path(fused.path).stem, head, params,
                                                  data_fingerprint(fused), stage="fuse"))
         for ft in self.c.finetune:
-            out, _, inputs = self._finetune_job(ft)
+            out, cfg, inputs = self._finetune_job(ft)
+            if ft.cross_fit:
+                from featpipe.finetune import cross_fit_done
+
+                done = cross_fit_done(out, self.manifest(), cfg)
+                steps.append(Step("finetune", f"{ft.id or ft.backbone} (cross-fit)", UP_TO_DATE if done else WILL_RUN,
+                                  "" if done else "no finished cross-fit of this data and config"))
+                continue
             why = why_stale(out / "metrics.json", inputs)
             steps.append(Step("finetune", ft.id or ft.backbone, UP_TO_DATE if why is None else WILL_RUN, why or ""))
         if self.c.predict:
@@ -389,6 +396,12 @@ class Study:
                 self.echo(f"fuse {'+'.join(group)}: {fused.n_dropped} rows not embedded by every backbone left out")
             fitted += self._fit_all(fused, "+".join(group), res)
         for ft in self.c.finetune:
+            if ft.cross_fit:  # out-of-fold probabilities for the report's label check: no model, no run
+                from featpipe.finetune import cross_fit
+
+                out, cfg, _ = self._finetune_job(ft)
+                cross_fit(self.manifest(), cfg, out, progress=self.progress, log=self.echo)
+                continue
             out, metrics = self._run_finetune(ft)
             res.models.append(str(out))
             fitted.append({"dir": out, "metrics": metrics})
