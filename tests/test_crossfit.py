@@ -80,11 +80,11 @@ def test_cli_refuses_one_fold(folder, tmp_path):
 
 
 def test_the_report_uses_a_cross_fit_as_a_check(folder, tmp_path):
-    from conftest import TINY
-
     from featpipe.backbones import resolve_spec
     from featpipe.features.embed import embed_dataset
     from featpipe.reporting import build_report
+
+    from conftest import TINY
 
     m = load_dataset(folder)
     models = tmp_path / "models"
@@ -96,3 +96,9 @@ def test_the_report_uses_a_cross_fit_as_a_check(folder, tmp_path):
     names = [c["name"] for c in li["checks"]]
     assert len(names) == 2 and names[1] == "scratch-cnn fine-tuned (2-fold cross-fit)", names
     assert li["checks"][1]["oof_accuracy"] is not None and li["n_used"] == 60
+    # a damaged oof.npz takes no part and the report says why (no traceback)
+    (models / "check" / OOF_FILE).write_bytes(b"not a zip file")
+    build_report(caches=[res.path], models_dir=models, out=tmp_path / "rep2")
+    li = next(json.loads(p.read_text())["label_issues"] for p in (tmp_path / "rep2" / ".analysis").glob("*.json"))
+    assert len(li["checks"]) == 1 and li["not_used"] == ["scratch-cnn fine-tuned (2-fold cross-fit): unreadable "
+                                                         "(ValueError)"]  # numpy: not a zip, not an array

@@ -146,7 +146,7 @@ def _dump_dom(html: Path, tmp: Path) -> tuple[str, str]:
     return p.stdout, p.stderr
 
 
-def _page_checks(dom: str, log: str, min_images: int) -> None:
+def _page_checks(dom: str, log: str, min_images: int, leaderboard: bool = True) -> None:
     console = [ln for ln in log.splitlines() if ":CONSOLE" in ln]  # anything the page wrote to the console
     assert not console, console
     body = re.search(r"<body([^>]*)>", dom).group(1)
@@ -155,7 +155,7 @@ def _page_checks(dom: str, log: str, min_images: int) -> None:
     ok, total = map(int, attrs["images-ok"].split("/"))
     assert total > min_images and ok == total, f"broken images: {attrs.get('broken-images')}"
     assert attrs["js-errors"] == "0", re.search(r'<pre id="js-errors"[^>]*>(.*?)</pre>', dom, re.S).group(1)
-    assert 'data-testid="leaderboard"' in dom and 'id="datasets"' in dom
+    assert 'id="datasets"' in dom and ('data-testid="leaderboard"' in dom or not leaderboard)
 
 
 def test_report_page_loads_in_headless_chromium(study, digits_report, tmp_path):
@@ -341,8 +341,9 @@ def test_multilabel_label_issues_are_per_label_and_per_image(tmp_path):
 def _two_views(tmp_path, labels, names=("top", "bottom")):
     """The digits as two 'backbones' that each see half of the image (top and bottom four pixel rows):
     each is right on about 80% of the digits, and their mistakes are mostly different ones."""
-    from _digits import write_arrays_cache
     from sklearn.datasets import load_digits
+
+    from _digits import write_arrays_cache
 
     X, _ = load_digits(return_X_y=True)
     split = np.array(["train", "val", "test"])[np.arange(len(X)) % 3]
@@ -381,6 +382,13 @@ def test_checks_on_two_backbones_flag_what_both_find(tmp_path):
     html = (out / "index.html").read_text()
     assert 'data-testid="label-issues-consensus"' in html and "flagged by both checks" in html
     assert "flagged by both checks" in (out / "summary.md").read_text()
+    if CHROMIUM is not None:  # the section renders: each check with its figures, then the cards
+        dom, log = _dump_dom(out / "index.html", tmp_path)
+        _page_checks(dom, log, 0, leaderboard=False)  # no fitted heads: no leaderboard
+        q = re.search(r'<article class="quality" data-testid="quality">(.*?)</article>', dom, re.S).group(1)
+        assert len(re.findall(r"alone \d+ flags", q)) == 2
+        assert "logistic head on top" in q and "logistic head on bottom" in q
+        assert len(re.findall(r'<figure class="card wrong">', q)) == min(len(rows), 24)
 
 
 def test_a_cache_of_other_labels_takes_no_part_in_the_consensus(tmp_path):
@@ -393,11 +401,13 @@ def test_a_cache_of_other_labels_takes_no_part_in_the_consensus(tmp_path):
     info = find_label_issues([Probe(FeatureCache.open(top), "logistic", {"C": 0.3}),
                               Probe(c_other, "logistic", {"C": 0.3})])
     assert len(info["checks"]) == 1 and info["consensus"] == 1
+    assert info["not_used"] == ["logistic head on the features: other labels"]  # a Probe built without a name
 
 
 def test_multilabel_checks_on_two_backbones_judge_each_label_together(tmp_path):
-    from _digits import MULTILABEL_CLASSES, multilabel_targets, write_arrays_cache
     from sklearn.datasets import load_digits
+
+    from _digits import MULTILABEL_CLASSES, multilabel_targets, write_arrays_cache
 
     X, y = load_digits(return_X_y=True)
     split = np.array(["train", "val", "test"])[np.arange(len(X)) % 3]

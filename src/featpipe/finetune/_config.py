@@ -154,7 +154,10 @@ class FinetuneConfig(Section):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        d = self.model_dump()
+        if not d["cross_fit"]:  # recorded only when used: the runs' recorded configs (and so their
+            del d["cross_fit"]  # up-to-date fingerprints and resume checks) are those of before it existed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:

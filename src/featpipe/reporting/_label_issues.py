@@ -19,13 +19,17 @@ When the study embedded the dataset with several backbones, the best head on eac
 a consensus filter (Brodley and Friedl, JAIR 1999). A wrong label misleads every check, while checks
 on different features seldom share a confident mistake, so the consensus keeps most of the wrong
 labels and drops most of the checks' own mistakes; each check alone overestimates the count by its
-confident mistakes (on cifar10-small at 5% flipped labels, three checks at 0.71-0.73 out-of-fold
-accuracy: each alone 0.33-0.36 precision, all three together 0.62; benchmarks/label_errors.py).
+confident mistakes (on cifar10-small with 300 of 6,000 labels flipped, three frozen EfficientNet-Lite
+checks at 0.72-0.74 out-of-fold accuracy would each flag 677-776 images; together 372, precision 0.57
+and recall 0.71; with a cross-fitted fine-tune as a fourth check, 274 at 0.72 and 0.65:
+benchmarks/label_errors.py). A cross-fitted fine-tune (``finetune --cross-fit K``) checks with its own
+out-of-fold probabilities.
 """
 
 from __future__ import annotations
 
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,23 +241,31 @@ def _labelled(p: Probe) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.flatnonzero(np.asarray(c.ok) & np.asarray(c.labeled)))
 
 
-def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray]]:
+def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray], list[str]]:
     """The checks of the first one's dataset (same classes and task; the same label on every shared
-    image; a cross-fit must have scored at least 90% of the first one's images), and for each the rows of
-    the images labelled and embedded (scored) in all of them, in the first cache's order."""
+    image; at least 90% of the first one's images embedded or scored), and for each the rows of
+    the images labelled and embedded (scored) in all of them, in the first cache's order; and why the
+    others take no part."""
     base = probes[0].cache
+    dropped: list[str] = []
     paths_b, labels_b, rows0 = _labelled(probes[0])
     paths0 = paths_b[rows0]
     keep, index, labels = [probes[0]], [None], [labels_b]
     for p in probes[1:]:
         if p.oof is None and (p.cache.task != base.task
                               or [str(x) for x in p.cache.classes] != [str(x) for x in base.classes]):
+            dropped.append(f"{p.describe()['name']}: other classes")
             continue
         if p.oof is not None:
-            p.oof_arrays = p.oof.load()
+            try:
+                p.oof_arrays = p.oof.load()
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                dropped.append(f"{p.describe()['name']}: unreadable ({type(e).__name__})")
+                continue
         paths, lab, usable = _labelled(p)
         ix = dict(zip(paths[usable].tolist(), usable.tolist(), strict=True))
-        if p.oof is not None and np.isin(paths0, paths[usable]).mean() < 0.9:
+        if np.isin(paths0, paths[usable]).mean() < 0.9:  # a check of a subset would shrink every check
+            dropped.append(f"{p.describe()['name']}: covers under 90% of the images")
             continue
         keep.append(p)
         index.append(ix)
@@ -264,7 +276,8 @@ def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray]]:
         rows.append(np.array([ix[path] for path in paths0[shared]], dtype=np.int64))
     base_y = labels_b[rows[0]]
     same = [i for i in range(len(keep)) if np.array_equal(np.asarray(labels[i])[rows[i]], base_y)]
-    return [keep[i] for i in same], [rows[i] for i in same]
+    dropped += [f"{keep[i].describe()['name']}: other labels" for i in range(len(keep)) if i not in same]
+    return [keep[i] for i in same], [rows[i] for i in same], dropped
 
 
 def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_rows: int = MAX_ROWS, seed: int = 0,
@@ -285,7 +298,7 @@ def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_ro
     never does).
     """
     probes = [probes] if isinstance(probes, Probe) else list(probes)
-    probes, rows_each = _aligned(probes)
+    probes, rows_each, dropped = _aligned(probes)
     probe, c = probes[0], probes[0].cache
     classes = [str(x) for x in c.classes]
     info: dict[str, Any] = {
@@ -293,7 +306,7 @@ def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_ro
         "subsampled": False, "skipped": None, "too_weak": None, "oof_accuracy": None,
         "constant_accuracy": None, "n_estimated": None, "n_flagged": 0, "flags": [],
         "min_gain": MIN_GAIN, "min_gain_unflagged": MIN_GAIN_UNFLAGGED, "seed": seed,
-        "checks": [probe.describe() for probe in probes], "consensus": 1,
+        "checks": [probe.describe() for probe in probes], "consensus": 1, "not_used": dropped,
     }
     if len(rows_each[0]) > max_rows:
         pick = np.sort(np.random.default_rng(seed).choice(len(rows_each[0]), max_rows, replace=False))

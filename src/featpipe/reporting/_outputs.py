@@ -135,10 +135,11 @@ def label_issue_sentence(li: dict[str, Any]) -> str:
         each = "; ".join(f"{c['name']}, out-of-fold accuracy {c['oof_accuracy']:.3f}, "
                          f"alone {c['n_flagged']} flags" for c in used)
         lo, hi = min(c["n_estimated"] for c in used), max(c["n_estimated"] for c in used)
+        skipped = "; not used: " + ", ".join(li["not_used"]) if li.get("not_used") else ""
         return (f"{li['n_flagged']} suspected label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%), "
                 f"flagged by {consensus_words(k)} in {LABEL_ISSUES_CSV} ({each}; {li['folds']}-fold{sub}); each "
                 f"check alone estimates {lo:.0f}-{hi:.0f}, a count that includes its own confident mistakes; "
-                f"{li['method']}")
+                f"{li['method']}{skipped}")
     return (f"estimated {est:.0f} label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%); "
             f"{li['n_flagged']} images flagged in {LABEL_ISSUES_CSV} ({model}, {li['folds']}-fold{sub}; "
             f"{li['method']})")
