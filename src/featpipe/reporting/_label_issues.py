@@ -443,11 +443,10 @@ def probe_from_cross_fit(x: Any) -> Probe:
     """A cross-fitted fine-tune (``reporting._data.CrossFit``) as a check: its own out-of-fold probabilities."""
     r = x.record
     k = r.get("folds")
-    acc = r.get("oof_accuracy")
     return Probe(None, "fine-tune", None, {"cross_fit": x.digest()}, oof=x,
                  backbone=f"{r.get('backbone')} fine-tuned ({k}-fold cross-fit)",
                  basis=f"{k} fine-tunes ({x.dir.name}), each trained without one fold of the labelled images and "
-                       f"scoring only that fold (out-of-fold accuracy {acc:.3f} when fitted)")
+                       "scoring only that fold")
 
 
 def default_probes(caches: list[Any], labels: dict[str, str]) -> list[Probe]:
