@@ -102,3 +102,22 @@ def test_the_report_uses_a_cross_fit_as_a_check(folder, tmp_path):
     li = next(json.loads(p.read_text())["label_issues"] for p in (tmp_path / "rep2" / ".analysis").glob("*.json"))
     assert len(li["checks"]) == 1 and li["not_used"] == ["scratch-cnn fine-tuned (2-fold cross-fit): unreadable "
                                                          "(ValueError)"]  # numpy: not a zip, not an array
+
+
+def test_a_pipeline_cross_fit_entry_runs_once_and_feeds_the_report(folder, tmp_path):
+    from featpipe.pipeline import Study, validate_dict
+
+    from conftest import TINY
+
+    spec = {"data": str(folder), "backbones": [{"name": TINY, "pretrained": False, "image_size": 32}], "heads": [],
+            "seed": 0, "report": {"enabled": False},
+            "finetune": [{"backbone": "scratch-cnn", "id": "check", "width": 8, "depth": 2, "batch_size": 8,
+                          "precision": "fp32", "epochs": 1, "cross_fit": 2}]}
+    study = Study(validate_dict(spec, tmp_path), out=tmp_path / "out")
+    (step,) = [s for s in study.plan() if s.stage == "finetune"]
+    assert step.name == "check (cross-fit)" and step.status != "up to date"
+    study.run()
+    out = study.models_dir / "finetune-check"
+    assert (out / RECORD_FILE).is_file() and not (out / "metrics.json").exists()
+    (step,) = [s for s in Study(validate_dict(spec, tmp_path), out=tmp_path / "out").plan() if s.stage == "finetune"]
+    assert step.status == "up to date"

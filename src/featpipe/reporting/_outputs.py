@@ -129,20 +129,20 @@ def label_issue_sentence(li: dict[str, Any]) -> str:
     n = li.get("n_used") or 0
     est = li.get("n_estimated") or 0.0
     sub = f", seeded subsample of {n} of {li['n_labeled']} rows" if li.get("subsampled") else ""
+    skipped = "; not used: " + ", ".join(li["not_used"]) if li.get("not_used") else ""
     k = int(li.get("consensus") or 1)
     if k >= 2 and li.get("per_label") is None:
         used = [c for c in li.get("checks") or [] if c.get("used")]
         each = "; ".join(f"{c['name']}, out-of-fold accuracy {c['oof_accuracy']:.3f}, "
                          f"alone {c['n_flagged']} flags" for c in used)
         lo, hi = min(c["n_estimated"] for c in used), max(c["n_estimated"] for c in used)
-        skipped = "; not used: " + ", ".join(li["not_used"]) if li.get("not_used") else ""
         return (f"{li['n_flagged']} suspected label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%), "
                 f"flagged by {consensus_words(k)} in {LABEL_ISSUES_CSV} ({each}; {li['folds']}-fold{sub}); each "
                 f"check alone estimates {lo:.0f}-{hi:.0f}, a count that includes its own confident mistakes; "
                 f"{li['method']}{skipped}")
     return (f"estimated {est:.0f} label issues among {n} labelled rows ({100 * est / max(n, 1):.1f}%); "
             f"{li['n_flagged']} images flagged in {LABEL_ISSUES_CSV} ({model}, {li['folds']}-fold{sub}; "
-            f"{li['method']})")
+            f"{li['method']}{skipped})")
 
 
 def near_copy_sentence(q: dict[str, Any]) -> str:
@@ -248,6 +248,7 @@ def _render(ctx: dict[str, Any]) -> str:
     )
     env.filters["f"] = _fmt
     env.filters["sf"] = _signed
+    env.filters["checks"] = consensus_words
     env.filters["pct"] = lambda v: "–" if _analysis.finite(v) is None else f"{100 * float(v):.1f}%"
     css = (Path(__file__).parent / "templates" / "style.css").read_text()
     return env.get_template("index.html").render(css=css, **ctx)
