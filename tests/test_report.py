@@ -426,6 +426,14 @@ def test_multilabel_checks_on_two_backbones_judge_each_label_together(tmp_path):
     found = {f["row"] for f in info["flags"] if "even" in f["labels"]}
     hits = len(found & set(flip.tolist()))
     assert hits >= 0.5 * len(flip) and hits >= 0.5 * len(found), (hits, len(found))
+    # the report says which labels were judged together
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(main, ["report", "--cache", str(caches[0].path), "--cache", str(caches[1].path),
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    html = (out / "index.html").read_text()
+    line = re.search(r"Labels judged by both checks \(([^)]*)\)", html).group(1)  # best check first
+    assert sorted(line.split(", ")) == ["logistic head on bottom", "logistic head on top"]
 
 
 def _brute_force_near_copies(c, threshold):
