@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -43,14 +44,21 @@ def write_sidecar(path: str | os.PathLike, digest: str | None = None) -> Path:
     return atomic_write_text(sidecar(path), (digest or sha256_file(path)) + "\n")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it into place:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary file beside ``path``, flush it to disk, then rename it into place:
     a reader (or a kill) sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``text`` written to ``path`` whole or not at all (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

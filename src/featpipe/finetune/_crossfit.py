@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from featpipe.checksum import atomic_write_text
+from featpipe.checksum import atomic_write, atomic_write_text
 from featpipe.data import Manifest
 from featpipe.errors import FinetuneError
 from featpipe.finetune._config import FinetuneConfig
@@ -73,9 +73,11 @@ def is_done(out: str | Path, manifest: Manifest, config: FinetuneConfig) -> bool
 
 
 def _save_npz(path: Path, **arrays: Any) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a bare temporary name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
 def cross_fit(manifest: Manifest, config: FinetuneConfig, out: str | Path, *, force: bool = False,

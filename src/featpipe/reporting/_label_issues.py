@@ -62,7 +62,6 @@ class Probe:
     basis: str = ""
     backbone: str = ""
     oof: Any = None  # a cross-fit (reporting._data.CrossFit): out-of-fold probabilities given, no cache
-    oof_arrays: Any = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         name = self.backbone if self.oof is not None else f"{self.head} head on {self.backbone or 'the features'}"
@@ -228,48 +227,48 @@ def _head(probe: Probe, task: str) -> Any:
     return make_head(probe.head, **cfg, task=task)
 
 
-def _labelled(p: Probe) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _labelled(p: Probe, z: dict[str, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(paths, labels, usable rows) of a check: its cache's labelled, embedded rows, or the images its
-    cross-fit scored."""
-    if p.oof is not None:
-        z = p.oof_arrays
-        P = np.asarray(z["proba"], dtype=np.float64)
+    cross-fit (arrays ``z``) scored."""
+    if z is not None:
         return (np.asarray(z["paths"]).astype(str), np.asarray(z["labels"]),
-                np.flatnonzero(np.asarray(z["labeled"], dtype=bool) & ~np.isnan(P).any(1)))
+                np.flatnonzero(np.asarray(z["labeled"], dtype=bool) & ~np.isnan(z["proba"]).any(1)))
     c = p.cache
     return (np.asarray(c.paths).astype(str), np.asarray(c.labels),
             np.flatnonzero(np.asarray(c.ok) & np.asarray(c.labeled)))
 
 
-def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray], list[str]]:
+def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray], list[np.ndarray | None], list[str]]:
     """The checks of the first one's dataset (same classes and task; the same label on every shared
-    image; at least 90% of the first one's images embedded or scored), and for each the rows of
-    the images labelled and embedded (scored) in all of them, in the first cache's order; and why the
-    others take no part."""
+    image; at least 90% of the first one's images embedded or scored), for each the rows of the images
+    labelled and embedded (scored) in all of them, in the first cache's order, and a cross-fit's
+    probabilities (``None`` for a cache's check); and why the others take no part."""
     base = probes[0].cache
     dropped: list[str] = []
-    paths_b, labels_b, rows0 = _labelled(probes[0])
+    paths_b, labels_b, rows0 = _labelled(probes[0], None)
     paths0 = paths_b[rows0]
-    keep, index, labels = [probes[0]], [None], [labels_b]
+    keep, index, labels, given = [probes[0]], [None], [labels_b], [None]
     for p in probes[1:]:
         if p.oof is None and (p.cache.task != base.task
                               or [str(x) for x in p.cache.classes] != [str(x) for x in base.classes]):
             dropped.append(f"{p.describe()['name']}: other classes")
             continue
+        z = None
         if p.oof is not None:
             try:
-                p.oof_arrays = p.oof.load()
+                z = p.oof.load()
+                z["proba"] = np.asarray(z["proba"], dtype=np.float64)
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
                 dropped.append(f"{p.describe()['name']}: unreadable ({type(e).__name__})")
                 continue
-        paths, lab, usable = _labelled(p)
-        ix = dict(zip(paths[usable].tolist(), usable.tolist(), strict=True))
+        paths, lab, usable = _labelled(p, z)
         if np.isin(paths0, paths[usable]).mean() < 0.9:  # a check of a subset would shrink every check
             dropped.append(f"{p.describe()['name']}: covers under 90% of the images")
             continue
         keep.append(p)
-        index.append(ix)
+        index.append(dict(zip(paths[usable].tolist(), usable.tolist(), strict=True)))
         labels.append(lab)
+        given.append(None if z is None else z["proba"])
     shared = np.array([all(path in ix for ix in index[1:]) for path in paths0], dtype=bool)
     rows = [rows0[shared]]
     for ix in index[1:]:
@@ -277,7 +276,7 @@ def _aligned(probes: list[Probe]) -> tuple[list[Probe], list[np.ndarray], list[s
     base_y = labels_b[rows[0]]
     same = [i for i in range(len(keep)) if np.array_equal(np.asarray(labels[i])[rows[i]], base_y)]
     dropped += [f"{keep[i].describe()['name']}: other labels" for i in range(len(keep)) if i not in same]
-    return [keep[i] for i in same], [rows[i] for i in same], dropped
+    return [keep[i] for i in same], [rows[i] for i in same], [given[i] for i in same], dropped
 
 
 def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_rows: int = MAX_ROWS, seed: int = 0,
@@ -298,7 +297,7 @@ def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_ro
     never does).
     """
     probes = [probes] if isinstance(probes, Probe) else list(probes)
-    probes, rows_each, dropped = _aligned(probes)
+    probes, rows_each, given, dropped = _aligned(probes)
     probe, c = probes[0], probes[0].cache
     classes = [str(x) for x in c.classes]
     info: dict[str, Any] = {
@@ -321,8 +320,8 @@ def find_label_issues(probes: Probe | list[Probe], *, folds: int = FOLDS, max_ro
 
     def oof(i: int, **kw: Any) -> np.ndarray:
         p = probes[i]
-        if p.oof is not None:  # a cross-fit's own out-of-fold probabilities
-            return np.asarray(p.oof_arrays["proba"], dtype=np.float64)[rows_each[i]]
+        if given[i] is not None:  # a cross-fit's own out-of-fold probabilities
+            return given[i][rows_each[i]]
         X = np.asarray(p.cache.features[rows_each[i]], dtype=np.float64)
         return _head(p, c.task).cross_val_proba(X, Y.astype(np.int64), p.params, folds=folds, **kw)
 
@@ -443,7 +442,7 @@ def probe_from_cross_fit(x: Any) -> Probe:
     """A cross-fitted fine-tune (``reporting._data.CrossFit``) as a check: its own out-of-fold probabilities."""
     r = x.record
     k = r.get("folds")
-    return Probe(None, "fine-tune", None, {"cross_fit": x.digest()}, oof=x,
+    return Probe(None, "fine-tune", None, oof=x,
                  backbone=f"{r.get('backbone')} fine-tuned ({k}-fold cross-fit)",
                  basis=f"{k} fine-tunes ({x.dir.name}), each trained without one fold of the labelled images and "
                        "scoring only that fold")
